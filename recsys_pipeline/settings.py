@@ -1,0 +1,74 @@
+"""Where the product writes: one home folder, ``RECSYS_HOME`` (default ``./.recsys``).
+
+Layout under the home::
+
+    warehouse.duckdb      DuckDB warehouse (every table)
+    mlflow.db             MLflow tracking + registry store (SQLite)
+    mlartifacts/          MLflow artifacts
+    dagster/              Dagster instance (DAGSTER_HOME)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = ".recsys"
+BUNDLED_MOVIELENS_DIR = Path(__file__).parent / "data" / "ml-latest-small"
+
+
+@dataclass(frozen=True)
+class HomePaths:
+    """Every path the product writes to, derived from one home folder."""
+
+    root: Path
+
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse.duckdb"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster"
+
+    def ensure(self) -> "HomePaths":
+        """Create the folders (idempotent) and write the Dagster instance config if missing."""
+        self.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+        self.dagster_home.mkdir(parents=True, exist_ok=True)
+        cfg = self.dagster_home / "dagster.yaml"
+        if not cfg.exists():
+            project_cfg = Path(__file__).resolve().parent.parent / "dagster.yaml"
+            text = project_cfg.read_text() if project_cfg.exists() else DAGSTER_YAML
+            cfg.write_text(text)
+        return self
+
+
+DAGSTER_YAML = """\
+# Dagster instance for recsys_pipeline (copied to $RECSYS_HOME/dagster/dagster.yaml).
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 2
+"""
+
+
+def home_paths(home: str | os.PathLike[str] | None = None) -> HomePaths:
+    """Resolve the home folder: the argument, else ``$RECSYS_HOME``, else ``./.recsys`` (made absolute)."""
+    root = Path(home or os.environ.get("RECSYS_HOME") or DEFAULT_HOME).expanduser().resolve()
+    return HomePaths(root)

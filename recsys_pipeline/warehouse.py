@@ -1,0 +1,156 @@
+"""DuckDB warehouse helpers: one embedded file, every write in one transaction.
+
+Conventions (see DESIGN.md): ``user_id``/``item_id`` are VARCHAR; event times are naive ``TIMESTAMP`` in UTC;
+partition windows are half-open ``[start, end)`` timestamp ranges; embeddings are ``FLOAT[d]`` arrays.
+All values reach SQL as bound parameters or registered DataFrames, never by string formatting; table and column
+names come from this module's constants only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+# Table DDL in one place; ``ensure_schema`` creates what is missing.
+TABLES: dict[str, str] = {
+    "raw_events": """
+        partition_date DATE NOT NULL,
+        user_id VARCHAR,
+        item_id VARCHAR,
+        timestamp_raw VARCHAR,
+        value_raw VARCHAR,
+        source VARCHAR NOT NULL,
+        source_row BIGINT NOT NULL
+    """,
+    "interactions": """
+        user_id VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        timestamp TIMESTAMP NOT NULL,
+        value DOUBLE NOT NULL
+    """,
+    "quarantine": """
+        stage VARCHAR NOT NULL,
+        partition_date DATE,
+        reason VARCHAR NOT NULL,
+        user_id VARCHAR,
+        item_id VARCHAR,
+        timestamp_raw VARCHAR,
+        value_raw VARCHAR,
+        source VARCHAR,
+        source_row BIGINT
+    """,
+}
+
+
+def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse file (created if missing, parent folders too) with the tables of ``TABLES``.
+
+    Raises:
+        duckdb.IOException: another process holds the write lock.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
+    if not read_only:
+        ensure_schema(con)
+    return con
+
+
+@contextlib.contextmanager
+def session(path: str | Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``connect`` as a context manager that always closes the connection."""
+    con = connect(path, read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the tables of ``TABLES`` that do not exist yet."""
+    for name, columns in TABLES.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN … COMMIT, with ROLLBACK on any exception (a crash mid-write leaves the previous state)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether ``table`` exists in the main schema."""
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?", [table]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> int:
+    """Insert ``frame`` into ``table`` by column name; returns the row count. Call inside a transaction."""
+    if frame.empty:
+        return 0
+    con.register("_insert_frame", frame)
+    try:
+        cols = ", ".join(f'"{c}"' for c in frame.columns)
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _insert_frame")
+    finally:
+        con.unregister("_insert_frame")
+    return len(frame)
+
+
+def replace_window(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    column: str,
+    start: datetime,
+    end: datetime,
+    frame: pd.DataFrame,
+    extra_where: str = "",
+    extra_params: Sequence[object] = (),
+) -> int:
+    """Replace the rows of ``table`` whose ``column`` lies in ``[start, end)`` by ``frame``, in one transaction.
+
+    Re-running with the same frame gives the same rows (no duplicates). ``start``/``end`` are naive UTC datetimes;
+    ``column`` is a TIMESTAMP or DATE column, compared as a timestamp. Returns the number of rows inserted.
+    """
+    with transaction(con):
+        con.execute(
+            f"DELETE FROM {table} WHERE CAST({column} AS TIMESTAMP) >= ? AND CAST({column} AS TIMESTAMP) < ? {extra_where}",
+            [start, end, *extra_params],
+        )
+        return insert_frame(con, table, frame)
+
+
+def replace_table(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> int:
+    """Atomically replace the whole of ``table`` with ``frame`` (readers see the old or the new table)."""
+    con.register("_replace_frame", frame)
+    try:
+        with transaction(con):
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM _replace_frame")
+    finally:
+        con.unregister("_replace_frame")
+    return len(frame)
+
+
+def read_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] = ()) -> pd.DataFrame:
+    """Run a parameterised query and return a DataFrame."""
+    return con.execute(sql, list(params)).df()
+
+
+def row_count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """Rows in ``table`` (0 if it does not exist)."""
+    if not table_exists(con, table):
+        return 0
+    return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
