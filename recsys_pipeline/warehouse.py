@@ -2,6 +2,7 @@
 
 Conventions (see DESIGN.md): ``user_id``/``item_id`` are VARCHAR; event times are naive ``TIMESTAMP`` in UTC;
 partition windows are half-open ``[start, end)`` timestamp ranges; embeddings are ``FLOAT[d]`` arrays.
+Results are always fetched whole (``fetchall``): DuckDB 2 refuses new work on a connection with a pending result.
 All values reach SQL as bound parameters or registered DataFrames, never by string formatting; table and column
 names come from this module's constants only.
 """
@@ -9,7 +10,7 @@ names come from this module's constants only.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -93,8 +94,8 @@ def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     """Whether ``table`` exists in the main schema."""
     row = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?", [table]
-    ).fetchone()
-    return bool(row and row[0])
+    ).fetchall()
+    return bool(row and row[0][0])
 
 
 def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> int:
@@ -153,4 +154,90 @@ def row_count(con: duckdb.DuckDBPyConnection, table: str) -> int:
     """Rows in ``table`` (0 if it does not exist)."""
     if not table_exists(con, table):
         return 0
-    return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
+
+
+def embedding_hashes(con: duckdb.DuckDBPyConnection, table: str, model_id: str) -> dict[str, str]:
+    """``item_id -> content_hash`` of the stored embeddings made by ``model_id`` (empty if no table)."""
+    if not table_exists(con, table):
+        return {}
+    rows = con.execute(f"SELECT item_id, content_hash FROM {table} WHERE model_id = ?", [model_id]).fetchall()
+    return dict(rows)
+
+
+def sync_embeddings(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    model_id: str,
+    item_ids: Sequence[str],
+    content_hashes: Sequence[str],
+    vectors_for_changed: Callable[[list[int]], "np.ndarray"],
+) -> dict[str, int]:
+    """Bring ``table`` (``item_id, model_id, content_hash, embedding FLOAT[d], encoded_at``) in line with the catalog.
+
+    Only items that are new, whose ``content_hash`` changed, or that were encoded by another model are encoded:
+    ``vectors_for_changed(positions)`` gets their positions in ``item_ids`` and returns ``(len(positions), d)``
+    float32. Rows for items no longer listed are removed. One transaction: a crash leaves the previous table.
+
+    Returns:
+        counts ``{"encoded": …, "reused": …, "removed": …, "total": …}``.
+
+    Raises:
+        ValueError: the vectors' row count or width disagrees with the request or the stored width.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    stored = embedding_hashes(con, table, model_id)
+    changed = [i for i, (item, h) in enumerate(zip(item_ids, content_hashes)) if stored.get(item) != h]
+    vectors = np.asarray(vectors_for_changed(changed), dtype=np.float32) if changed else None
+    if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != len(changed)):
+        raise ValueError(f"{table}: expected ({len(changed)}, d) vectors, got {getattr(vectors, 'shape', None)}")
+    dim = None if vectors is None else int(vectors.shape[1])
+    with transaction(con):
+        if table_exists(con, table):
+            stored_dim = con.execute(
+                "SELECT data_type FROM information_schema.columns WHERE table_name = ? AND column_name = 'embedding'",
+                [table],
+            ).fetchall()[0][0]
+            if dim is not None and stored_dim != f"FLOAT[{dim}]":
+                con.execute(f"DROP TABLE {table}")  # the model's width changed: every row is re-encoded below
+                if len(changed) != len(item_ids):
+                    raise ValueError(f"{table}: width changed to {dim}; re-encode all items")
+        if dim is not None:
+            con.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (item_id VARCHAR PRIMARY KEY, model_id VARCHAR NOT NULL, "
+                f"content_hash VARCHAR NOT NULL, embedding FLOAT[{dim}] NOT NULL, encoded_at TIMESTAMP NOT NULL)"
+            )
+        removed = 0
+        if table_exists(con, table):
+            keep = pd.DataFrame({"item_id": list(item_ids)})
+            con.register("_keep_items", keep)
+            removed = con.execute(
+                f"DELETE FROM {table} WHERE model_id <> ? OR item_id NOT IN (SELECT item_id FROM _keep_items)",
+                [model_id],
+            ).fetchall()[0][0]
+            con.unregister("_keep_items")
+        if changed:
+            flat = pa.array(vectors.reshape(-1), type=pa.float32())
+            batch = pa.table(
+                {
+                    "item_id": pa.array([item_ids[i] for i in changed], type=pa.string()),
+                    "model_id": pa.array([model_id] * len(changed), type=pa.string()),
+                    "content_hash": pa.array([content_hashes[i] for i in changed], type=pa.string()),
+                    "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+                }
+            )
+            con.register("_new_embeddings", batch)
+            con.execute(f"DELETE FROM {table} WHERE item_id IN (SELECT item_id FROM _new_embeddings)")
+            con.execute(
+                f"INSERT INTO {table} SELECT item_id, model_id, content_hash, embedding, now()::TIMESTAMP "
+                "FROM _new_embeddings"
+            )
+            con.unregister("_new_embeddings")
+    return {
+        "encoded": len(changed),
+        "reused": len(item_ids) - len(changed),
+        "removed": int(removed or 0),
+        "total": len(item_ids),
+    }

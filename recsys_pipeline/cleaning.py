@@ -1,0 +1,125 @@
+"""Raw events → typed, validated, de-duplicated interactions; every rejected row kept with its reason.
+
+Rules, applied in order (the first failing rule is the row's reason):
+
+==============================  =========================================================
+reason                          when
+==============================  =========================================================
+``missing user_id``             empty or whitespace-only user id
+``missing item_id``             empty or whitespace-only item id
+``id too long``                 an id longer than ``MAX_ID_LENGTH`` characters
+``unparseable timestamp``       neither epoch seconds nor an ISO-8601 date-time
+``timestamp outside partition`` the UTC time is not in the partition's ``[start, end)``
+``invalid value``               a value that is not a finite number
+``unknown item``                an item id absent from the catalog (when a catalog is given)
+``duplicate event``             the same (user_id, item_id, timestamp) seen earlier
+==============================  =========================================================
+
+Timestamps given with a UTC offset are converted to UTC; timestamps without one are taken as UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+MAX_ID_LENGTH = 256
+INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "value"]
+QUARANTINE_COLUMNS = [
+    "stage", "partition_date", "reason", "user_id", "item_id", "timestamp_raw", "value_raw", "source", "source_row",
+]
+
+
+def parse_timestamps(raw: pd.Series) -> pd.Series:
+    """Parse text timestamps to naive UTC ``datetime64[us]``; NaT where unparseable.
+
+    Integers/decimals are epoch seconds; other text is ISO 8601 (offsets honoured, naive taken as UTC).
+    """
+    text = raw.astype("string").str.strip()
+    numeric = pd.to_numeric(text.where(text.str.fullmatch(r"-?\d+(\.\d+)?", na=False)), errors="coerce")
+    out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[us]")
+    is_num = numeric.notna() & np.isfinite(numeric) & (numeric.abs() < 32503680000)  # before year 3000
+    if is_num.any():
+        out[is_num] = pd.to_datetime(numeric[is_num], unit="s").astype("datetime64[us]")
+    rest = ~is_num & text.notna() & ~text.str.fullmatch(r"-?\d+(\.\d+)?", na=False)
+    if rest.any():
+        parsed = pd.to_datetime(text[rest], utc=True, errors="coerce", format="ISO8601")
+        out[rest] = parsed.dt.tz_localize(None).astype("datetime64[us]")
+    return out
+
+
+def clean_events(
+    raw: pd.DataFrame,
+    window_start: datetime,
+    window_end: datetime,
+    known_items: Collection[str] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate raw events of one partition window.
+
+    Args:
+        raw: rows with ``sources.RAW_EVENT_COLUMNS`` (text columns as str/None).
+        window_start, window_end: the partition's half-open UTC window ``[start, end)``, naive datetimes.
+        known_items: catalog item ids; events for other items are quarantined. ``None`` skips the check.
+
+    Returns:
+        ``(interactions, quarantine)``: interactions with ``user_id, item_id`` (str), ``timestamp``
+        (datetime64, naive UTC), ``value`` (float64; 1.0 where the source gave none), sorted by timestamp;
+        quarantine with ``QUARANTINE_COLUMNS`` (``stage='interactions'``). ``len(interactions) + len(quarantine)
+        == len(raw)``: no row is dropped silently.
+    """
+    frame = raw.reset_index(drop=True)
+    user = frame["user_id"].astype("string").str.strip()
+    item = frame["item_id"].astype("string").str.strip()
+    ts = parse_timestamps(frame["timestamp_raw"])
+    value_text = frame["value_raw"].astype("string").str.strip()
+    value = pd.to_numeric(value_text, errors="coerce").astype("float64")
+    no_value = value_text.isna() | (value_text == "")
+    value = value.where(~no_value, 1.0)
+
+    reason = pd.Series(pd.NA, index=frame.index, dtype="string")
+
+    def flag(mask: pd.Series, why: str) -> None:
+        reason[mask.fillna(True).astype(bool) & reason.isna()] = why
+
+    flag(user.isna() | (user == ""), "missing user_id")
+    flag(item.isna() | (item == ""), "missing item_id")
+    flag((user.str.len() > MAX_ID_LENGTH) | (item.str.len() > MAX_ID_LENGTH), "id too long")
+    flag(ts.isna(), "unparseable timestamp")
+    flag((ts < pd.Timestamp(window_start)) | (ts >= pd.Timestamp(window_end)), "timestamp outside partition")
+    flag(~np.isfinite(value.fillna(np.nan)), "invalid value")
+    if known_items is not None:
+        flag(~item.isin(pd.Index(list(known_items), dtype="string")), "unknown item")
+    valid = reason.isna()
+    key = pd.DataFrame({"u": user, "i": item, "t": ts})
+    # Duplicates are judged among valid rows only, in source order.
+    dup = key[valid].duplicated(keep="first").reindex(frame.index, fill_value=False)
+    reason[dup] = "duplicate event"
+
+    good = reason.isna()
+    interactions = pd.DataFrame(
+        {
+            "user_id": user[good].astype(str),
+            "item_id": item[good].astype(str),
+            "timestamp": ts[good],
+            "value": value[good],
+        }
+    ).sort_values(["timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+    bad = ~good
+    quarantine = pd.DataFrame(
+        {
+            "stage": "interactions",
+            "partition_date": frame.loc[bad, "partition_date"],
+            "reason": reason[bad].astype(str),
+            "user_id": frame.loc[bad, "user_id"],
+            "item_id": frame.loc[bad, "item_id"],
+            "timestamp_raw": frame.loc[bad, "timestamp_raw"],
+            "value_raw": frame.loc[bad, "value_raw"],
+            "source": frame.loc[bad, "source"],
+            "source_row": frame.loc[bad, "source_row"],
+        },
+        columns=QUARANTINE_COLUMNS,
+    ).reset_index(drop=True)
+    return interactions, quarantine

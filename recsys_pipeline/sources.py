@@ -1,0 +1,280 @@
+"""Readers for event logs and item catalogs (no Dagster import).
+
+Two kinds of source share one contract, ``EventSource``:
+
+- ``MovieLensSource``: an extracted GroupLens release: ml-latest-small / ml-latest / ml-20m / ml-25m
+  (``ratings.csv``, ``movies.csv``, ``tags.csv``), ml-1m (``ratings.dat``/``movies.dat``, ``::``-separated) or
+  ml-100k (``u.data`` tab-separated, ``u.item`` pipe-separated). ``MovieLensSource()`` reads the bundled
+  ml-latest-small.
+- ``DailyFileSource``: a user's own data: one event file per UTC day named ``YYYY-MM-DD.csv|.parquet|.jsonl``
+  with columns ``user_id, item_id, timestamp[, value]``, plus an item catalog file with columns
+  ``item_id, title[, genres][, description …][, image_uri][, audio_uri]``.
+
+Raw events are returned as text, exactly as the source gave them (the ``interactions`` stage parses, validates
+and quarantines); each row carries ``source`` (file name) and ``source_row`` (0-based row in that file).
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from recsys_pipeline.settings import BUNDLED_MOVIELENS_DIR
+
+RAW_EVENT_COLUMNS = ["partition_date", "user_id", "item_id", "timestamp_raw", "value_raw", "source", "source_row"]
+CATALOG_COLUMNS = ["item_id", "title", "genres", "extra_text", "image_uri", "audio_uri"]
+EVENT_FILE_SUFFIXES = (".csv", ".parquet", ".jsonl")
+_DATE_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(csv|parquet|jsonl)$")
+
+
+class SourceError(ValueError):
+    """A source is missing, unreadable or not in a supported layout."""
+
+
+class EventSource(abc.ABC):
+    """Contract: events by UTC day window, and the item catalog."""
+
+    @abc.abstractmethod
+    def first_date(self) -> date:
+        """First UTC day holding an event (the start of the daily partitions)."""
+
+    @abc.abstractmethod
+    def last_date(self) -> date:
+        """Last UTC day holding an event."""
+
+    @abc.abstractmethod
+    def read_events(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """Raw events of the UTC days in ``[start, end)`` (naive UTC datetimes at midnight).
+
+        Returns a DataFrame with ``RAW_EVENT_COLUMNS``: ``partition_date`` (datetime64 day), ``user_id``,
+        ``item_id``, ``timestamp_raw``, ``value_raw`` (str or None), ``source`` (str), ``source_row`` (int64).
+        """
+
+    @abc.abstractmethod
+    def read_catalog(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``(items, tags)``: items with ``CATALOG_COLUMNS`` (genres as a ``|``-separated str, may be empty),
+        tags with ``item_id, tag`` (one row per user tag; may be empty)."""
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Object column of str/None (NaN → None), keeping the source's text."""
+    out = series.astype("string").astype(object)
+    return out.where(series.notna(), None)
+
+
+def _epoch_day(seconds: pd.Series) -> pd.Series:
+    return pd.to_datetime(seconds, unit="s", utc=True).dt.tz_localize(None).dt.floor("D")
+
+
+@dataclass
+class MovieLensSource(EventSource):
+    """An extracted GroupLens MovieLens release; ``path=None`` reads the bundled ml-latest-small.
+
+    Raises:
+        SourceError: the folder holds no known ratings file, or a ratings timestamp is not integer seconds.
+    """
+
+    path: str | Path | None = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self.path) if self.path else BUNDLED_MOVIELENS_DIR
+
+    def _layout(self) -> str:
+        root = self.root
+        if not root.is_dir():
+            raise SourceError(f"MovieLens folder not found: {root}")
+        if (root / "ratings.csv").exists():
+            return "csv"
+        if (root / "ratings.dat").exists():
+            return "dat"
+        if (root / "u.data").exists():
+            return "100k"
+        raise SourceError(f"{root}: no ratings.csv (ml-latest, ml-25m), ratings.dat (ml-1m) or u.data (ml-100k)")
+
+    @functools.cached_property
+    def _ratings(self) -> pd.DataFrame:
+        layout, root = self._layout(), self.root
+        names = ["user_id", "item_id", "value_raw", "timestamp_raw"]
+        if layout == "csv":
+            name = "ratings.csv"
+            frame = pd.read_csv(root / name, dtype=str, keep_default_na=False)
+            frame = frame.rename(
+                columns={"userId": "user_id", "movieId": "item_id", "rating": "value_raw", "timestamp": "timestamp_raw"}
+            )[names]
+        elif layout == "dat":
+            name = "ratings.dat"
+            frame = pd.read_csv(root / name, sep="::", engine="python", names=names, dtype=str, encoding="latin-1")
+        else:
+            name = "u.data"
+            frame = pd.read_csv(root / name, sep="\t", names=names, dtype=str)
+        seconds = pd.to_numeric(frame["timestamp_raw"], errors="coerce")
+        bad = seconds.isna() | (seconds < 0)
+        if bad.any():
+            first = int(bad.idxmax())
+            raise SourceError(
+                f"{root / name}: {int(bad.sum())} ratings with a timestamp that is not epoch seconds "
+                f"(first at data row {first}: {frame['timestamp_raw'].iloc[first]!r})"
+            )
+        frame["partition_date"] = _epoch_day(seconds)
+        frame["source"] = name
+        frame["source_row"] = pd.RangeIndex(len(frame), dtype="int64")
+        return frame[RAW_EVENT_COLUMNS].sort_values(["partition_date", "source_row"], kind="stable")
+
+    def first_date(self) -> date:
+        return self._ratings["partition_date"].min().date()
+
+    def last_date(self) -> date:
+        return self._ratings["partition_date"].max().date()
+
+    def read_events(self, start: datetime, end: datetime) -> pd.DataFrame:
+        days = self._ratings["partition_date"]
+        lo, hi = days.searchsorted(pd.Timestamp(start)), days.searchsorted(pd.Timestamp(end))
+        return self._ratings.iloc[lo:hi].reset_index(drop=True)
+
+    def read_catalog(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        layout, root = self._layout(), self.root
+        tags = pd.DataFrame({"item_id": pd.Series(dtype=object), "tag": pd.Series(dtype=object)})
+        if layout == "csv":
+            items = pd.read_csv(root / "movies.csv", dtype=str, keep_default_na=False)
+            items = items.rename(columns={"movieId": "item_id"})
+            if (root / "tags.csv").exists():
+                tags = pd.read_csv(root / "tags.csv", dtype=str, keep_default_na=False)
+                tags = tags.rename(columns={"movieId": "item_id"})[["item_id", "tag"]]
+        elif layout == "dat":
+            items = pd.read_csv(
+                root / "movies.dat", sep="::", engine="python", names=["item_id", "title", "genres"],
+                dtype=str, encoding="latin-1",
+            )
+        else:
+            genre_names = [
+                "unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",
+                "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
+                "Western",
+            ]  # column order of u.item, from the ml-100k README
+            raw = pd.read_csv(
+                root / "u.item", sep="|", header=None, dtype=str, encoding="latin-1",
+                names=["item_id", "title", "release", "video_release", "imdb_url", *genre_names],
+            )
+            flags = raw[genre_names[1:]].eq("1")
+            genres = flags.apply(lambda row: "|".join(g for g, on in row.items() if on), axis=1)
+            items = pd.DataFrame({"item_id": raw["item_id"], "title": raw["title"], "genres": genres})
+        items["genres"] = items["genres"].replace("(no genres listed)", "")
+        items["extra_text"] = ""
+        items["image_uri"] = None
+        items["audio_uri"] = None
+        return items[CATALOG_COLUMNS].reset_index(drop=True), tags.reset_index(drop=True)
+
+
+def _read_table_file(path: Path) -> pd.DataFrame:
+    """Read a CSV, Parquet or JSON Lines file with every column as text.
+
+    Raises:
+        SourceError: unknown suffix or a file that cannot be parsed (the parser's message is kept).
+    """
+    try:
+        if path.suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding_errors="replace")
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path).astype(object)
+        if path.suffix == ".jsonl":
+            return pd.read_json(path, lines=True, dtype=False).astype(object)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: cannot be read: {exc}") from exc
+    raise SourceError(f"{path}: unsupported file type (use {', '.join(EVENT_FILE_SUFFIXES)})")
+
+
+@dataclass
+class DailyFileSource(EventSource):
+    """A folder of daily event files (``YYYY-MM-DD.csv|.parquet|.jsonl``, one UTC day each) and a catalog file.
+
+    Raises:
+        SourceError: the folder or catalog is missing, a file lacks a required column, or no event file exists.
+    """
+
+    events_dir: str | Path
+    catalog_path: str | Path
+
+    def _files(self) -> dict[date, list[Path]]:
+        folder = Path(self.events_dir)
+        if not folder.is_dir():
+            raise SourceError(f"events folder not found: {folder}")
+        files: dict[date, list[Path]] = {}
+        for path in sorted(folder.iterdir()):
+            match = _DATE_FILE.match(path.name)
+            if match:
+                files.setdefault(date.fromisoformat(match.group(1)), []).append(path)
+        if not files:
+            raise SourceError(f"{folder}: no daily event files named YYYY-MM-DD.csv|.parquet|.jsonl")
+        return files
+
+    def first_date(self) -> date:
+        return min(self._files())
+
+    def last_date(self) -> date:
+        return max(self._files())
+
+    def read_events(self, start: datetime, end: datetime) -> pd.DataFrame:
+        frames = []
+        for day, paths in self._files().items():
+            if not (start.date() <= day < end.date()):
+                continue
+            for path in paths:
+                raw = _read_table_file(path)
+                missing = {"user_id", "item_id", "timestamp"} - set(raw.columns)
+                if missing:
+                    raise SourceError(f"{path}: missing column(s) {sorted(missing)}")
+                value = raw["value"] if "value" in raw.columns else pd.Series([None] * len(raw), dtype=object)
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "partition_date": pd.Timestamp(day),
+                            "user_id": _as_text(raw["user_id"]),
+                            "item_id": _as_text(raw["item_id"]),
+                            "timestamp_raw": _as_text(raw["timestamp"]),
+                            "value_raw": _as_text(value),
+                            "source": path.name,
+                            "source_row": pd.RangeIndex(len(raw), dtype="int64"),
+                        }
+                    )
+                )
+        if not frames:
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in RAW_EVENT_COLUMNS}).astype(
+                {"partition_date": "datetime64[us]", "source_row": "int64"}
+            )
+        return pd.concat(frames, ignore_index=True)[RAW_EVENT_COLUMNS]
+
+    def read_catalog(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        path = Path(self.catalog_path)
+        if not path.is_file():
+            raise SourceError(f"catalog file not found: {path}")
+        raw = _read_table_file(path)
+        missing = {"item_id", "title"} - set(raw.columns)
+        if missing:
+            raise SourceError(f"{path}: missing column(s) {sorted(missing)}")
+        known = {"item_id", "title", "genres", "image_uri", "audio_uri", "tags"}
+        text_columns = [c for c in raw.columns if c not in known]
+        items = pd.DataFrame({"item_id": _as_text(raw["item_id"]), "title": _as_text(raw["title"]).fillna("")})
+        items["genres"] = _as_text(raw["genres"]).fillna("") if "genres" in raw.columns else ""
+        items["extra_text"] = (
+            raw[text_columns].astype("string").fillna("").agg(" ".join, axis=1).str.strip() if text_columns else ""
+        )
+        for col in ("image_uri", "audio_uri"):
+            items[col] = _as_text(raw[col]) if col in raw.columns else None
+        tags = pd.DataFrame({"item_id": pd.Series(dtype=object), "tag": pd.Series(dtype=object)})
+        if "tags" in raw.columns:
+            split = raw[["item_id", "tags"]].dropna().assign(tag=lambda f: f["tags"].astype(str).str.split("|"))
+            tags = split.explode("tag")[["item_id", "tag"]].astype(str)
+        return items[CATALOG_COLUMNS], tags.reset_index(drop=True)
+
+
+def day_window(day: date) -> tuple[datetime, datetime]:
+    """``[midnight, next midnight)`` of a UTC day as naive datetimes."""
+    start = datetime(day.year, day.month, day.day)
+    return start, start + timedelta(days=1)
