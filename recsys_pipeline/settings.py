@@ -56,8 +56,8 @@ class HomePaths:
         return self
 
 
+# Used when the package is installed without the project's dagster.yaml beside it.
 DAGSTER_YAML = """\
-# Dagster instance for recsys_pipeline (copied to $RECSYS_HOME/dagster/dagster.yaml).
 telemetry:
   enabled: false
 run_coordinator:

@@ -241,3 +241,15 @@ def sync_embeddings(
         "removed": int(removed or 0),
         "total": len(item_ids),
     }
+
+
+def read_interactions(con: duckdb.DuckDBPyConnection, until: datetime | None = None) -> pd.DataFrame:
+    """Interactions with ``timestamp < until`` (all when ``None``), ordered by time.
+
+    Returns ``user_id, item_id`` (str), ``timestamp`` (datetime64, naive UTC), ``value`` (float64).
+    """
+    if until is None:
+        return con.execute("SELECT * FROM interactions ORDER BY timestamp, user_id, item_id").df()
+    return con.execute(
+        "SELECT * FROM interactions WHERE timestamp < ? ORDER BY timestamp, user_id, item_id", [until]
+    ).df()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def enc() -> TextEncoder:
 
 
 def test_default_model_path_and_ids(enc: TextEncoder) -> None:
-    assert (default_text_model_path() + "/config.json")
+    assert os.path.isfile(os.path.join(default_text_model_path(), "config.json"))
     assert enc.model_id == "sentence-transformers/all-MiniLM-L6-v2"
     assert enc.dim == 384
     assert str(enc.device) in ("cpu", "cuda")

@@ -209,3 +209,60 @@ def genres_multi_hot(genres: Sequence[str | None], sep: str = "|") -> tuple[np.n
         for t in row:
             out[i, col[t]] = 1.0
     return out, names
+
+
+def item_table(
+    content: ItemContent,
+    item_index: Mapping[str, int],
+    genre_names: Sequence[str] | None = None,
+    modality_dims: Mapping[str, int] | None = None,
+    rows: np.ndarray | None = None,
+) -> dict:
+    """Torch tensors the item tower reads, one row per content item (or per ``rows`` of it).
+
+    Args:
+        content: the items.
+        item_index: ``item_id -> id-embedding index`` (1-based); ids not in it map to ``0`` (cold item).
+        genre_names: the model's genre column order; content genres are realigned by name (unknown names dropped,
+            missing ones zero). Default: content order.
+        modality_dims: the model's ``name -> width`` in modality order; a model modality absent from ``content`` is
+            all-absent (zeros). Default: content's. A width mismatch raises ``ValueError``.
+        rows: optional content rows to take (default all).
+
+    Returns:
+        ``{"id_idx": (n,) int64, "features": {name: (n, d_m) float32}, "present": (n, M) bool,
+        "genres": (n, G) float32, "year": (n,) int64}``.
+    """
+    import torch
+
+    sel = np.arange(len(content)) if rows is None else np.asarray(rows, dtype=np.int64)
+    ids = [content.item_ids[r] for r in sel]
+    id_idx = np.fromiter((item_index.get(i, 0) for i in ids), dtype=np.int64, count=len(ids))
+    genre_names = list(content.genre_names) if genre_names is None else list(genre_names)
+    modality_dims = dict(content.modality_dims if modality_dims is None else modality_dims)
+    modality_names = list(modality_dims)
+    gcol = {g: j for j, g in enumerate(content.genre_names)}
+    genres = np.zeros((len(sel), len(genre_names)), dtype=np.float32)
+    for j, g in enumerate(genre_names):
+        if g in gcol:
+            genres[:, j] = content.genres[sel, gcol[g]]
+    mcol = {m: j for j, m in enumerate(content.modalities)}
+    features, present = {}, np.zeros((len(sel), len(modality_names)), dtype=bool)
+    for j, m in enumerate(modality_names):
+        if m in mcol:
+            if content.modalities[m].shape[1] != modality_dims[m]:
+                raise ValueError(
+                    f"modality {m!r} has width {content.modalities[m].shape[1]} in content, model expects "
+                    f"{modality_dims[m]}"
+                )
+            features[m] = torch.from_numpy(np.ascontiguousarray(content.modalities[m][sel]))
+            present[:, j] = content.present[sel, mcol[m]]
+        else:
+            features[m] = torch.zeros(len(sel), modality_dims[m])
+    return {
+        "id_idx": torch.from_numpy(id_idx),
+        "features": features,
+        "present": torch.from_numpy(present),
+        "genres": torch.from_numpy(genres),
+        "year": torch.from_numpy(np.ascontiguousarray(content.year[sel])),
+    }

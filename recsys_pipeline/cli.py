@@ -1,0 +1,166 @@
+"""``recsys``: the command line.
+
+- ``recsys demo``: materialize every partition of the configured data (default: bundled MovieLens) and everything
+  downstream through Dagster, on the instance under ``$RECSYS_HOME/dagster`` (the runs show in the UI), then print
+  a summary.
+- ``recsys recommend --user ID [-k N]``: that user's latest recommendations with titles.
+- ``recsys ui``: the Dagster UI on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from recsys_pipeline.settings import home_paths
+
+
+def _prepare_home(home: str | None):
+    paths = home_paths(home).ensure()
+    os.environ["RECSYS_HOME"] = str(paths.root)
+    os.environ["DAGSTER_HOME"] = str(paths.dagster_home)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return paths
+
+
+def _run(job, instance, selection, label: str, tags: dict | None = None, run_config: dict | None = None) -> float:
+    """Execute ``selection`` of ``job`` in process on ``instance``; raises SystemExit on failure."""
+    print(f"==> {label}", flush=True)
+    started = time.perf_counter()
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    result = job.execute_in_process(
+        instance=instance, asset_selection=selection, tags=tags or {}, run_config={**quiet, **(run_config or {})},
+        raise_on_error=False,
+    )
+    seconds = time.perf_counter() - started
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure and event.step_failure_data is not None:
+                print(event.step_failure_data.error.to_string(), file=sys.stderr)
+        raise SystemExit(f"step failed: {label} (run {result.run_id}); see `recsys ui` for the logs")
+    print(f"    done in {seconds:.1f} s (run {result.run_id[:8]})", flush=True)
+    return seconds
+
+
+def demo(args: argparse.Namespace) -> int:
+    paths = _prepare_home(args.home)
+    import dagster as dg
+
+    from recsys_pipeline.definitions import defs
+    from recsys_pipeline.resources import source_from_env
+
+    source = source_from_env().build()
+    first, last = (args.start or source.first_date().isoformat()), (args.end or source.last_date().isoformat())
+    print(f"recsys demo: home {paths.root}\n    data {first} .. {last} (UTC days)", flush=True)
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_job_def("recsys_pipeline_job")
+    key = dg.AssetKey
+    timings = {}
+    timings["item_catalog"] = _run(job, instance, [key("item_catalog")], "item_catalog")
+    timings["raw_events + interactions"] = _run(
+        job, instance, [key("raw_events"), key("interactions")],
+        f"raw_events + interactions: daily partitions {first} .. {last} (one single-run backfill)",
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+    )
+    for name in ("text_embeddings", "item_features", "recommender_model", "model_evaluation", "recommendations"):
+        timings[name] = _run(job, instance, [key(name)], name)
+    _summary(paths, timings, args.user)
+    return 0
+
+
+def _summary(paths, timings: dict[str, float], user: str | None) -> None:
+    from recsys_pipeline import warehouse
+    from recsys_pipeline.runs import metrics_table
+
+    with warehouse.session(paths.warehouse, read_only=True) as con:
+        print("\nRows per table:")
+        for table in ("raw_events", "interactions", "quarantine", "item_catalog", "text_embeddings",
+                      "item_features", "recommendations", "evaluation_ranked_lists"):
+            print(f"    {table:<24} {warehouse.row_count(con, table):>10,}")
+        print("\nWall time per step (s):")
+        for name, seconds in timings.items():
+            print(f"    {name:<28} {seconds:8.1f}")
+        print(f"    {'total':<28} {sum(timings.values()):8.1f}")
+        metrics = con.execute("SELECT protocol, model, metric, value FROM evaluation_metrics").df()
+        keep = metrics["metric"].isin(["recall_at_10", "recall_at_20", "ndcg_at_10", "coverage",
+                                       "warm_recall_at_20", "cold_recall_at_20"])
+        print("\nEvaluation (model_evaluation; ours vs. popularity on the same split):")
+        print(metrics_table(metrics[keep]))
+        if user is None:
+            user = con.execute("SELECT min(user_id) FROM recommendations").fetchall()[0][0]
+        recs = con.execute(
+            "SELECT r.rank, c.title, round(r.score, 3) AS score FROM recommendations r JOIN item_catalog c "
+            "USING (item_id) WHERE r.user_id = ? ORDER BY r.rank LIMIT 10", [user]
+        ).df()
+        liked = con.execute(
+            "SELECT c.title, i.value AS rating FROM interactions i JOIN item_catalog c USING (item_id) "
+            "WHERE i.user_id = ? ORDER BY i.value DESC, i.timestamp DESC LIMIT 10", [user]
+        ).df()
+    print(f"\nUser {user}: top-10 recommendations")
+    print(recs.to_markdown(index=False))
+    print(f"\nUser {user}: titles they rated highest")
+    print(liked.to_markdown(index=False))
+    print(f"\nNext: `recsys recommend --user {user}`, `recsys ui` (Dagster), "
+          f"`mlflow ui --backend-store-uri {paths.mlflow_tracking_uri}` (MLflow)")
+
+
+def recommend(args: argparse.Namespace) -> int:
+    from recsys_pipeline import warehouse
+
+    paths = home_paths(args.home)
+    if not paths.warehouse.exists():
+        print(f"no warehouse at {paths.warehouse}: run `recsys demo` first", file=sys.stderr)
+        return 2
+    with warehouse.session(paths.warehouse, read_only=True) as con:
+        if not warehouse.table_exists(con, "recommendations"):
+            print("no recommendations yet: materialize `recommendations` (or run `recsys demo`)", file=sys.stderr)
+            return 2
+        recs = con.execute(
+            "SELECT r.rank, r.item_id, c.title, round(r.score, 4) AS score, r.model_run_id, r.produced_on "
+            "FROM recommendations r LEFT JOIN item_catalog c USING (item_id) WHERE r.user_id = ? "
+            "ORDER BY r.rank LIMIT ?", [args.user, args.k]
+        ).df()
+    if recs.empty:
+        print(f"unknown user {args.user!r}: no recommendations for this user_id", file=sys.stderr)
+        return 1
+    print(f"Top {len(recs)} for user {args.user} (model run {recs['model_run_id'].iloc[0]}, "
+          f"produced {recs['produced_on'].iloc[0]}):")
+    print(recs[["rank", "item_id", "title", "score"]].to_markdown(index=False))
+    return 0
+
+
+def ui(args: argparse.Namespace) -> int:
+    paths = _prepare_home(args.home)
+    cmd = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(args.port),
+           "-m", "recsys_pipeline.definitions"]
+    print(f"Dagster UI on http://127.0.0.1:{args.port} (instance {paths.dagster_home})", flush=True)
+    return subprocess.call(cmd, cwd=Path.cwd())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", help="project home (default: $RECSYS_HOME or ./.recsys)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="materialize every partition and everything downstream, print a summary")
+    p.add_argument("--start", help="first UTC day (default: first day of the data)")
+    p.add_argument("--end", help="last UTC day (default: last day of the data)")
+    p.add_argument("--user", help="user for the printed example (default: the first)")
+    p.set_defaults(func=demo)
+    p = sub.add_parser("recommend", help="print a user's latest recommendations")
+    p.add_argument("--user", required=True)
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(func=recommend)
+    p = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=ui)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

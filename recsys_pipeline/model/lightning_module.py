@@ -1,0 +1,240 @@
+"""``RecommenderModule``: the two-tower model and its optimisation (sampled softmax or BPR), full-catalog validation.
+
+The item table (content of every catalog item, non-persistent buffers) lives on the module so it moves with the
+device; the state dict holds only model weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from .modules import TwoTowerModel
+
+__all__ = [
+    "RecommenderModule",
+    "BestStateCallback",
+    "sampled_softmax_loss",
+    "bpr_loss",
+    "topk_metrics",
+    "compute_item_vectors",
+]
+
+
+@torch.no_grad()
+def compute_item_vectors(model: TwoTowerModel, table, chunk: int = 16384) -> Tensor:
+    """All item vectors ``(n, D + 1)`` of an item ``table`` (see ``content.item_table``) in eval mode."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n = int(table["id_idx"].shape[0])
+    names = list(table["features"])
+    out = []
+    for s in range(0, n, chunk):
+        sl = slice(s, min(s + chunk, n))
+        feats = [table["features"][m][sl].to(device, torch.float32) for m in names]
+        out.append(
+            model.item_vectors(
+                table["id_idx"][sl].to(device),
+                feats,
+                table["present"][sl].to(device),
+                table["genres"][sl].to(device),
+                table["year"][sl].to(device),
+            )
+        )
+    model.train(was)
+    return torch.cat(out) if out else torch.zeros(0, model.item_tower.dim + 1, device=device)
+
+
+def sampled_softmax_loss(pos: Tensor, neg: Tensor, hit_mask: Tensor) -> Tensor:
+    """Softmax cross-entropy of the positive against shared negatives.
+
+    Args:
+        pos: ``(B,)`` positive scores. neg: ``(B, N)`` scores of shared negatives.
+        hit_mask: ``(B, N)`` True where the negative is the positive itself (accidental hit, excluded).
+    """
+    logits = torch.cat([pos[:, None], neg.masked_fill(hit_mask, float("-inf"))], dim=1)
+    return (torch.logsumexp(logits, dim=1) - pos).mean()
+
+
+def bpr_loss(pos: Tensor, neg: Tensor, hit_mask: Tensor) -> Tensor:
+    """BPR (Rendle et al. 2009): ``-mean log sigmoid(s_pos - s_neg)`` over non-hit (positive, negative) pairs."""
+    keep = (~hit_mask).to(pos.dtype)
+    return -(F.logsigmoid(pos[:, None] - neg) * keep).sum() / keep.sum().clamp(min=1.0)
+
+
+def topk_metrics(scores: Tensor, truth_pairs: Tensor, k_ndcg: int = 10, k_recall: int = 20) -> tuple[Tensor, Tensor]:
+    """Per-user NDCG@k_ndcg and Recall@k_recall from a masked score matrix.
+
+    Args:
+        scores: ``(b, n_items)``, already ``-inf`` at excluded items.
+        truth_pairs: ``(2, n)`` ``[row, item]`` relevant items.
+    Returns:
+        ``(ndcg (b',), recall (b',))`` for the ``b'`` rows with at least one relevant item.
+    """
+    b, n_items = scores.shape
+    k = min(max(k_ndcg, k_recall), n_items)
+    top = scores.topk(k, dim=1).indices  # (b, k)
+    rel = torch.zeros(b, n_items, dtype=torch.bool, device=scores.device)
+    rel[truth_pairs[0], truth_pairs[1]] = True
+    hits = rel.gather(1, top).to(scores.dtype)  # (b, k)
+    n_rel = rel.sum(dim=1)
+    ok = n_rel > 0
+    discount = 1.0 / torch.log2(torch.arange(2, k + 2, device=scores.device, dtype=scores.dtype))
+    kn = min(k_ndcg, k)
+    dcg = (hits[:, :kn] * discount[:kn]).sum(dim=1)
+    idcg = torch.cumsum(discount[:kn], 0)[(n_rel.clamp(min=1, max=kn) - 1)]
+    recall = hits[:, : min(k_recall, k)].sum(dim=1) / n_rel.clamp(min=1)
+    return (dcg / idcg)[ok], recall[ok]
+
+
+class RecommenderModule(L.LightningModule):
+    """Two-tower recommender trained on implicit positives.
+
+    Args:
+        n_users, n_items: id vocabulary sizes (embeddings have one more row, index 0 = unknown).
+        modality_dims: ordered ``name -> d_m``. n_genres: genre vector width.
+        table: item table from :func:`recsys_pipeline.model.content.item_table` (the catalog; negatives are
+            sampled from it and validation ranks over all of it). May be ``None`` for inference-only use.
+        config: a ``ModelConfig``-like object (``embedding_dim, fusion, n_heads, cross_layers, mlp_hidden,
+            dropout, id_dropout, modality_dropout, loss, num_negatives, lr, weight_decay``).
+
+    Batches: training ``(user_idx (B,), item_row (B,))``; validation ``(users (b,), seen (2, n), truth (2, m))``.
+    """
+
+    def __init__(self, n_users: int, n_items: int, modality_dims: Mapping[str, int], n_genres: int, config, table=None):
+        super().__init__()
+        self.config = config
+        if config.loss not in ("sampled_softmax", "bpr"):
+            raise ValueError(f"loss must be 'sampled_softmax' or 'bpr', got {config.loss!r}")
+        self.model = TwoTowerModel(
+            n_users,
+            n_items,
+            modality_dims,
+            n_genres,
+            dim=config.embedding_dim,
+            fusion=config.fusion,
+            n_heads=config.n_heads,
+            cross_layers=config.cross_layers,
+            mlp_hidden=config.mlp_hidden,
+            dropout=config.dropout,
+            id_dropout=config.id_dropout,
+            modality_dropout=config.modality_dropout,
+        )
+        self.modality_names = list(modality_dims)
+        self.n_table = 0
+        if table is not None:
+            self.set_table(table)
+        self.val_ndcg = MeanMetric()
+        self.val_recall = MeanMetric()
+        self._val_item_vecs: Tensor | None = None
+
+    # ------------------------------------------------------------------ item table
+    def set_table(self, table) -> None:
+        self.register_buffer("t_id_idx", table["id_idx"], persistent=False)
+        for j, name in enumerate(self.modality_names):
+            self.register_buffer(f"t_feat_{j}", table["features"][name].float(), persistent=False)
+        self.register_buffer("t_present", table["present"], persistent=False)
+        self.register_buffer("t_genres", table["genres"], persistent=False)
+        self.register_buffer("t_year", table["year"], persistent=False)
+        self.n_table = int(table["id_idx"].shape[0])
+
+    def table_item_vectors(self, rows: Tensor | None = None) -> Tensor:
+        """Item vectors ``(n, D + 1)`` for table ``rows`` (all rows when ``None``)."""
+        if rows is None:
+            rows = torch.arange(self.n_table, device=self.t_id_idx.device)
+        feats = [getattr(self, f"t_feat_{j}")[rows] for j in range(len(self.modality_names))]
+        return self.model.item_vectors(
+            self.t_id_idx[rows], feats, self.t_present[rows], self.t_genres[rows], self.t_year[rows]
+        )
+
+    @torch.no_grad()
+    def all_item_vectors(self, chunk: int = 16384) -> Tensor:
+        was = self.model.training
+        self.model.eval()
+        out = torch.cat(
+            [
+                self.table_item_vectors(torch.arange(s, min(s + chunk, self.n_table), device=self.t_id_idx.device))
+                for s in range(0, self.n_table, chunk)
+            ]
+        )
+        self.model.train(was)
+        return out
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx):
+        users, rows = batch
+        n_neg = min(self.config.num_negatives, self.n_table)
+        neg = torch.randint(0, self.n_table, (n_neg,), device=rows.device)
+        vecs = self.table_item_vectors(torch.cat([rows, neg]))
+        pos_v, neg_v = vecs[: len(rows)], vecs[len(rows) :]
+        u = self.model.user_vectors(users)
+        pos = (u * pos_v).sum(dim=1)
+        negs = u @ neg_v.T
+        hit = rows[:, None] == neg[None, :]
+        loss_fn = sampled_softmax_loss if self.config.loss == "sampled_softmax" else bpr_loss
+        loss = loss_fn(pos, negs, hit)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(rows), sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_item_vecs = self.all_item_vectors()
+
+    def validation_step(self, batch, batch_idx):
+        users, seen, truth = batch
+        if self._val_item_vecs is None:
+            self._val_item_vecs = self.all_item_vectors()
+        scores = self.model.user_vectors(users) @ self._val_item_vecs.T
+        scores[seen[0], seen[1]] = float("-inf")
+        ndcg, recall = topk_metrics(scores, truth, 10, 20)
+        self.val_ndcg.update(ndcg)
+        self.val_recall.update(recall)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val_ndcg_at_10", self.val_ndcg.compute(), prog_bar=True, sync_dist=False)
+        self.log("val_recall_at_20", self.val_recall.compute(), sync_dist=False)
+        self.val_ndcg.reset()
+        self.val_recall.reset()
+        self._val_item_vecs = None
+
+
+class BestStateCallback(Callback):
+    """Keep the best state dict (by ``monitor``) in memory; restore it with :meth:`restore`.
+
+    A checkpoint-file-free alternative to ``ModelCheckpoint`` for small models.
+    """
+
+    def __init__(self, monitor: str = "val_ndcg_at_10", mode: str = "max"):
+        self.monitor, self.mode = monitor, mode
+        self.best_score = -math.inf if mode == "max" else math.inf
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, Tensor] | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        v = float(value)
+        better = v > self.best_score if self.mode == "max" else v < self.best_score
+        if better or self.best_state is None:
+            self.best_score = v
+            self.best_epoch = trainer.current_epoch
+            self.best_state = {k: t.detach().cpu().clone() for k, t in pl_module.model.state_dict().items()}
+
+    def restore(self, pl_module) -> None:
+        if self.best_state is not None:
+            pl_module.model.load_state_dict(copy.deepcopy(self.best_state))

@@ -1,0 +1,272 @@
+"""Plain ``nn.Module`` building blocks of the two-tower recommender (no Lightning here).
+
+Shapes follow TorchRec conventions: ``B`` batch, ``M`` modalities, ``W`` fusion width, ``D`` output dim.
+
+* :class:`ModalityAttentionFusion` / :class:`ConcatFusion`: fuse per-modality item vectors, masking absent ones.
+* :class:`CrossNetworkV2`: DCN-V2 cross layers (Wang et al. 2021).
+* :class:`ItemTower`: id embedding + fused content + genres + year bucket -> cross net -> MLP -> item vector.
+* :class:`UserTower`: user id embedding.
+* :class:`TwoTowerModel`: both towers; score = ``<user_vec, item_vec>`` where the last item coordinate is a
+  content-predicted item bias and the matching user coordinate is the constant 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ModalityAttentionFusion",
+    "ConcatFusion",
+    "CrossNetworkV2",
+    "ItemTower",
+    "UserTower",
+    "TwoTowerModel",
+    "year_bucket",
+    "N_YEAR_BUCKETS",
+]
+
+# year buckets: 0 = unknown, 1 = before 1900, then 5-year buckets 1900..2039
+_YEAR_MIN, _YEAR_STEP, _N_SPANS = 1900, 5, 28
+N_YEAR_BUCKETS = _N_SPANS + 2
+
+
+def year_bucket(year: Tensor) -> Tensor:
+    """``(B,)`` int years (0 = unknown) -> ``(B,)`` bucket ids in ``[0, N_YEAR_BUCKETS)``."""
+    b = torch.clamp((year - _YEAR_MIN) // _YEAR_STEP, min=-1, max=_N_SPANS - 1) + 2
+    return torch.where(year > 0, b, torch.zeros_like(b))
+
+
+class ModalityAttentionFusion(nn.Module):
+    """Self-attention over modality tokens with masking, then masked mean-pooling.
+
+    Each modality ``m`` is projected ``d_m -> W`` and a learned modality-type embedding is added; the ``M`` tokens
+    attend to each other (``key_padding_mask = ~present``) and the outputs of present tokens are averaged. Absent
+    modalities influence nothing: their values are never used as keys and their outputs are not pooled. Items with
+    no modality at all get zeros and ``has_content=False`` (no all-masked softmax, so no NaN).
+
+    Args:
+        modality_dims: ordered ``name -> d_m``.
+        width: token width ``W`` (divisible by ``n_heads``).
+        n_heads: attention heads.
+        dropout: dropout inside attention.
+
+    Call:
+        ``fusion(features, present)`` with ``features`` a mapping ``name -> (B, d_m)`` (or a list in modality
+        order) and ``present`` ``(B, M)`` bool. Returns ``(fused (B, W), has_content (B,) bool)``.
+
+    Example::
+
+        >>> f = ModalityAttentionFusion({"text": 8, "image": 4}, width=16, n_heads=4, dropout=0.0)
+        >>> out, has = f({"text": torch.randn(3, 8), "image": torch.zeros(3, 4)},
+        ...              torch.tensor([[True, False], [True, True], [False, False]]))
+        >>> out.shape, has.tolist()
+        (torch.Size([3, 16]), [True, True, False])
+    """
+
+    def __init__(self, modality_dims: Mapping[str, int], width: int, n_heads: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.modality_names = list(modality_dims)
+        self.proj = nn.ModuleList([nn.Linear(d, width) for d in modality_dims.values()])
+        self.type_emb = nn.Parameter(torch.randn(len(self.modality_names), width) * 0.02)
+        self.attn = nn.MultiheadAttention(width, n_heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+        self.width = width
+
+    def _features(self, features) -> list[Tensor]:
+        if isinstance(features, Mapping):
+            return [features[name] for name in self.modality_names]
+        return list(features)
+
+    def forward(self, features, present: Tensor) -> tuple[Tensor, Tensor]:
+        feats = self._features(features)
+        present = present.bool()
+        tokens = torch.stack([p(x) for p, x in zip(self.proj, feats)], dim=1) + self.type_emb  # (B, M, W)
+        has_content = present.any(dim=1)  # (B,)
+        # rows with nothing present: unmask everything (output discarded below) to avoid an all-masked softmax
+        kpm = ~(present | ~has_content[:, None])
+        attended, _ = self.attn(tokens, tokens, tokens, key_padding_mask=kpm, need_weights=False)
+        tokens = self.norm(tokens + attended)  # (B, M, W)
+        w = present.to(tokens.dtype)  # (B, M)
+        pooled = (tokens * w[..., None]).sum(dim=1) / w.sum(dim=1, keepdim=True).clamp(min=1.0)
+        return pooled, has_content
+
+
+class ConcatFusion(nn.Module):
+    """Zero-fill absent modalities, concatenate with the presence flags, project to ``W``.
+
+    Same call contract as :class:`ModalityAttentionFusion`: ``(features, present (B, M)) -> ((B, W), (B,) bool)``;
+    rows with no modality present come out as zeros.
+    """
+
+    def __init__(self, modality_dims: Mapping[str, int], width: int, n_heads: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.modality_names = list(modality_dims)
+        self.linear = nn.Linear(sum(modality_dims.values()) + len(modality_dims), width)
+        self.dropout = nn.Dropout(dropout)
+        self.width = width
+
+    def forward(self, features, present: Tensor) -> tuple[Tensor, Tensor]:
+        feats = [features[n] for n in self.modality_names] if isinstance(features, Mapping) else list(features)
+        present = present.bool()
+        w = present.to(feats[0].dtype)
+        x = torch.cat([f * w[:, j : j + 1] for j, f in enumerate(feats)] + [w], dim=1)
+        has_content = present.any(dim=1)
+        out = self.dropout(self.linear(x)) * has_content[:, None].to(x.dtype)
+        return out, has_content
+
+
+class CrossNetworkV2(nn.Module):
+    r"""DCN-V2 cross network (Wang et al. 2021, "DCN V2", eq. 1).
+
+    :math:`x_{l+1} = x_0 \odot (W_l x_l + b_l) + x_l` for ``n_layers`` full-rank layers.
+
+    Args:
+        dim: input/output width ``F``.
+        n_layers: number of cross layers (0 = identity).
+
+    Call: ``(B, F) -> (B, F)``.
+
+    Example::
+
+        >>> net = CrossNetworkV2(4, n_layers=2)
+        >>> net(torch.randn(5, 4)).shape
+        torch.Size([5, 4])
+    """
+
+    def __init__(self, dim: int, n_layers: int = 2):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(dim, dim) for _ in range(n_layers)])
+        for layer in self.layers:
+            nn.init.xavier_uniform_(layer.weight, gain=0.5)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x
+
+
+class ItemTower(nn.Module):
+    """Item vector from id and content.
+
+    Input features ``[id_emb (D), fused content (D), has_content (1), genre projection (G'), year emb (Y)]`` are
+    concatenated, passed through :class:`CrossNetworkV2` and an MLP to ``D + 1`` outputs: an item vector ``(D,)`` and
+    a bias. Id index ``0`` is the unknown/cold item. In training, ``id_dropout`` replaces the id with ``0`` and
+    ``modality_dropout`` hides present modalities, never both for the same item when that would leave it with no
+    signal at all, so the tower learns to score brand-new items from content alone.
+
+    Args:
+        n_items: number of known items (embedding has ``n_items + 1`` rows).
+        modality_dims: ordered ``name -> d_m``.
+        n_genres: width of the multi-hot genre vector.
+        dim: output dim ``D``; also id-embedding and fusion width.
+        fusion: ``"attention"`` or ``"concat"``.
+        n_heads, cross_layers, mlp_hidden, dropout: architecture knobs.
+        id_dropout, modality_dropout: training-time feature dropout probabilities.
+
+    Call:
+        ``tower(item_idx (B,), features {name: (B, d_m)}, present (B, M), genres (B, n_genres), year (B,))``
+        -> ``(B, D + 1)`` (last column = bias).
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        modality_dims: Mapping[str, int],
+        n_genres: int,
+        dim: int = 64,
+        fusion: str = "attention",
+        n_heads: int = 4,
+        cross_layers: int = 2,
+        mlp_hidden: int = 128,
+        dropout: float = 0.1,
+        id_dropout: float = 0.3,
+        modality_dropout: float = 0.2,
+        genre_dim: int = 16,
+        year_dim: int = 8,
+    ):
+        super().__init__()
+        if fusion not in ("attention", "concat"):
+            raise ValueError(f"fusion must be 'attention' or 'concat', got {fusion!r}")
+        self.dim = dim
+        self.id_dropout = id_dropout
+        self.modality_dropout = modality_dropout
+        self.id_emb = nn.Embedding(n_items + 1, dim)
+        nn.init.normal_(self.id_emb.weight, std=0.05)
+        fusion_cls = ModalityAttentionFusion if fusion == "attention" else ConcatFusion
+        self.fusion = fusion_cls(modality_dims, dim, n_heads, dropout)
+        self.genre_proj = nn.Linear(max(n_genres, 1), genre_dim)
+        self.n_genres = n_genres
+        self.year_emb = nn.Embedding(N_YEAR_BUCKETS, year_dim)
+        in_dim = dim + dim + 1 + genre_dim + year_dim
+        self.cross = CrossNetworkV2(in_dim, cross_layers)
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, mlp_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(mlp_hidden, dim + 1)
+        )
+
+    def forward(self, item_idx: Tensor, features, present: Tensor, genres: Tensor, year: Tensor) -> Tensor:
+        present = present.bool()
+        if self.training and (self.id_dropout > 0 or self.modality_dropout > 0):
+            if self.modality_dropout > 0:
+                drop = torch.rand(present.shape, device=present.device) < self.modality_dropout
+                present = present & ~drop
+            if self.id_dropout > 0:
+                drop_id = torch.rand(item_idx.shape, device=item_idx.device) < self.id_dropout
+                drop_id &= present.any(dim=1)  # keep the id when no content is left
+                item_idx = torch.where(drop_id, torch.zeros_like(item_idx), item_idx)
+        fused, has_content = self.fusion(features, present)
+        if self.n_genres == 0:
+            genres = torch.zeros(item_idx.shape[0], 1, device=item_idx.device, dtype=fused.dtype)
+        x = torch.cat(
+            [
+                self.id_emb(item_idx),
+                fused,
+                has_content[:, None].to(fused.dtype),
+                self.genre_proj(genres.to(fused.dtype)),
+                self.year_emb(year_bucket(year)),
+            ],
+            dim=1,
+        )
+        return self.mlp(self.cross(x))
+
+
+class UserTower(nn.Module):
+    """User vector ``(B, D + 1)``: id embedding with a constant 1 appended (multiplies the item bias).
+
+    Index ``0`` is the unknown user: its embedding is fixed at zero so an unknown user is scored by the item bias
+    alone (a learned, content-aware popularity).
+    """
+
+    def __init__(self, n_users: int, dim: int = 64):
+        super().__init__()
+        self.emb = nn.Embedding(n_users + 1, dim, padding_idx=0)
+        nn.init.normal_(self.emb.weight, std=0.05)
+        with torch.no_grad():
+            self.emb.weight[0].zero_()
+
+    def forward(self, user_idx: Tensor) -> Tensor:
+        u = self.emb(user_idx)
+        return torch.cat([u, torch.ones_like(u[:, :1])], dim=1)
+
+
+class TwoTowerModel(nn.Module):
+    """User tower + item tower; ``score(u, i) = <user_tower(u), item_tower(i)>``.
+
+    Score all users x all items as ``user_vecs @ item_vecs.T`` after precomputing item vectors once.
+    """
+
+    def __init__(self, n_users: int, n_items: int, modality_dims: Mapping[str, int], n_genres: int, **item_kwargs):
+        super().__init__()
+        dim = item_kwargs.get("dim", 64)
+        self.user_tower = UserTower(n_users, dim)
+        self.item_tower = ItemTower(n_items, modality_dims, n_genres, **item_kwargs)
+
+    def user_vectors(self, user_idx: Tensor) -> Tensor:
+        return self.user_tower(user_idx)
+
+    def item_vectors(self, item_idx: Tensor, features, present: Tensor, genres: Tensor, year: Tensor) -> Tensor:
+        return self.item_tower(item_idx, features, present, genres, year)
