@@ -1,12 +1,15 @@
 """Shared fixtures. Every test gets its own home; nothing touches the network."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # The partitions definition is built at import: pin it to the bundled data's first day for every test.
 os.environ["RECSYS_PARTITIONS_START"] = "1996-03-29"
+# Importing recsys_pipeline.definitions creates the home: never the developer's ./.recsys.
+os.environ["RECSYS_HOME"] = tempfile.mkdtemp(prefix="recsys-test-home-")
 
 from pathlib import Path  # noqa: E402
 
