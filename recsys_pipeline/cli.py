@@ -19,7 +19,21 @@ from pathlib import Path
 from recsys_pipeline.settings import home_paths
 
 
+def _quiet_libraries() -> None:
+    """Keep the demo's output to its own progress lines: library info logs and deprecation chatter off."""
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+
+
 def _prepare_home(home: str | None):
+    _quiet_libraries()
     paths = home_paths(home).ensure()
     os.environ["RECSYS_HOME"] = str(paths.root)
     os.environ["DAGSTER_HOME"] = str(paths.dagster_home)
@@ -47,15 +61,20 @@ def _run(job, instance, selection, label: str, tags: dict | None = None, run_con
     return seconds
 
 
-def demo(args: argparse.Namespace) -> int:
-    paths = _prepare_home(args.home)
+def run_demo(home: str | None = None, start: str | None = None, end: str | None = None) -> dict[str, float]:
+    """Materialize item_catalog, the partitions ``start..end`` (default: all days of the data) of raw_events and
+    interactions as one single-run backfill, then everything downstream, on the Dagster instance under the home.
+
+    Returns wall seconds per step. Raises SystemExit when a step fails.
+    """
+    paths = _prepare_home(home)
     import dagster as dg
 
     from recsys_pipeline.definitions import defs
     from recsys_pipeline.resources import source_from_env
 
     source = source_from_env().build()
-    first, last = (args.start or source.first_date().isoformat()), (args.end or source.last_date().isoformat())
+    first, last = (start or source.first_date().isoformat()), (end or source.last_date().isoformat())
     print(f"recsys demo: home {paths.root}\n    data {first} .. {last} (UTC days)", flush=True)
     instance = dg.DagsterInstance.get()
     job = defs.resolve_job_def("recsys_pipeline_job")
@@ -69,7 +88,12 @@ def demo(args: argparse.Namespace) -> int:
     )
     for name in ("text_embeddings", "item_features", "recommender_model", "model_evaluation", "recommendations"):
         timings[name] = _run(job, instance, [key(name)], name)
-    _summary(paths, timings, args.user)
+    return timings
+
+
+def demo(args: argparse.Namespace) -> int:
+    timings = run_demo(args.home, args.start, args.end)
+    _summary(home_paths(args.home), timings, args.user)
     return 0
 
 

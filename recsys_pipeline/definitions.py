@@ -6,9 +6,12 @@ import os
 
 import dagster as dg
 
+from recsys_pipeline import dagster_sqlite
 from recsys_pipeline.assets import ALL_ASSETS
 from recsys_pipeline.resources import default_resources
 from recsys_pipeline.settings import home_paths
+
+dagster_sqlite.install()
 
 # The whole graph; run for one day (or a range) it ingests those partitions and refreshes everything downstream.
 pipeline_job = dg.define_asset_job("recsys_pipeline_job", selection=dg.AssetSelection.all())

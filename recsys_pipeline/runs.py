@@ -123,9 +123,11 @@ def evaluate_and_log(
     seed: int = 0,
 ) -> EvaluationResult:
     """For each protocol: split, train our model and the popularity baseline on the train part, rank the test
-    users' candidates (all unseen items; only the held-out items for ``item_cold_start``), and compute Recall@10,
-    Recall@20, NDCG@10 and coverage overall and for warm / cold items. One MLflow run; metric names
-    ``{protocol}.{model}.{metric}``.
+    users' candidates, and compute Recall@10, Recall@K, NDCG@10 and coverage overall and for warm / cold items
+    (``evaluation.evaluate_split``; for ``item_cold_start`` also ``cold_candidates_*``: ranking among the held-out
+    items only, next to a random ranker's expected recall). One MLflow run; metric names
+    ``{protocol}.{model}.{metric}``. The saved ranked lists rank all unseen items, or only the held-out items for
+    ``item_cold_start``.
     """
     mlflow.set_tracking_uri(tracking_uri)
     rows, ranked_all, truth_all, details = [], [], [], {}
@@ -146,18 +148,13 @@ def evaluate_and_log(
                                  "test_interactions": len(split.test), "epochs": stats.get("epochs_trained")}
             popularity = PopularityRecommender().fit(split.train)
             for name, model in (("ours", ours), ("popularity", popularity)):
-                ranked = evaluation.rank_for_split(model, split, catalog, k=k, candidates=candidates)
-                result = evaluation.evaluate_ranked(ranked, split, catalog, k=k)
+                result = evaluation.evaluate_split(model, split, catalog, k=k)
                 for metric, value in result.items():
                     rows.append((protocol, name, metric, float(value)))
                     if value is not None and np.isfinite(value):
                         mlflow.log_metric(f"{protocol}.{name}.{metric}", float(value))
+                ranked = evaluation.rank_for_split(model, split, k, candidates, catalog)
                 ranked_all.append(ranked.assign(protocol=protocol, model=name))
-            if protocol == "item_cold_start":
-                n_candidates = len(split.cold_items or ())
-                random_recall = min(1.0, k / n_candidates) if n_candidates else float("nan")
-                rows.append((protocol, "random", f"recall_at_{k}", random_recall))
-                mlflow.log_metric(f"{protocol}.random.recall_at_{k}", random_recall)
             truth_all.append(split.test[["user_id", "item_id"]].assign(protocol=protocol))
         metrics = pd.DataFrame(rows, columns=["protocol", "model", "metric", "value"])
         mlflow.log_dict(details, "evaluation_details.json")

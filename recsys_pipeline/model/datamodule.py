@@ -25,8 +25,8 @@ class PairDataset(Dataset):
     """``(user_idx, item_row)`` training pairs; fetched a whole batch at a time via ``__getitems__``."""
 
     def __init__(self, users: np.ndarray, items: np.ndarray):
-        self.users = torch.as_tensor(users, dtype=torch.long)
-        self.items = torch.as_tensor(items, dtype=torch.long)
+        self.users = torch.tensor(np.asarray(users), dtype=torch.long)
+        self.items = torch.tensor(np.asarray(items), dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.users)

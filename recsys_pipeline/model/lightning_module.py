@@ -128,6 +128,7 @@ class RecommenderModule(L.LightningModule):
             dropout=config.dropout,
             id_dropout=config.id_dropout,
             modality_dropout=config.modality_dropout,
+            skip=getattr(config, "skip", True),
         )
         self.modality_names = list(modality_dims)
         self.n_table = 0
@@ -174,7 +175,9 @@ class RecommenderModule(L.LightningModule):
         users, rows = batch
         n_neg = min(self.config.num_negatives, self.n_table)
         neg = torch.randint(0, self.n_table, (n_neg,), device=rows.device)
-        vecs = self.table_item_vectors(torch.cat([rows, neg]))
+        # run the item tower once per distinct item of the batch (positives repeat: popular items)
+        uniq, inv = torch.unique(torch.cat([rows, neg]), return_inverse=True)
+        vecs = self.table_item_vectors(uniq)[inv]
         pos_v, neg_v = vecs[: len(rows)], vecs[len(rows) :]
         u = self.model.user_vectors(users)
         pos = (u * pos_v).sum(dim=1)
@@ -201,12 +204,11 @@ class RecommenderModule(L.LightningModule):
         ndcg, recall = topk_metrics(scores, truth, 10, 20)
         self.val_ndcg.update(ndcg)
         self.val_recall.update(recall)
+        # logging the metric objects lets Lightning/torchmetrics sync them across DDP ranks and reset per epoch
+        self.log("val_ndcg_at_10", self.val_ndcg, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val_recall_at_20", self.val_recall, on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val_ndcg_at_10", self.val_ndcg.compute(), prog_bar=True, sync_dist=False)
-        self.log("val_recall_at_20", self.val_recall.compute(), sync_dist=False)
-        self.val_ndcg.reset()
-        self.val_recall.reset()
         self._val_item_vecs = None
 
 

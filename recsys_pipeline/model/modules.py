@@ -154,7 +154,8 @@ class ItemTower(nn.Module):
     """Item vector from id and content.
 
     Input features ``[id_emb (D), fused content (D), has_content (1), genre projection (G'), year emb (Y)]`` are
-    concatenated, passed through :class:`CrossNetworkV2` and an MLP to ``D + 1`` outputs: an item vector ``(D,)`` and
+    concatenated, passed through :class:`CrossNetworkV2` and an MLP (plus, if ``skip``, a linear shortcut around
+    the MLP) to ``D + 1`` outputs: an item vector ``(D,)`` and
     a bias. Id index ``0`` is the unknown/cold item. In training, ``id_dropout`` replaces the id with ``0`` and
     ``modality_dropout`` hides present modalities, never both for the same item when that would leave it with no
     signal at all, so the tower learns to score brand-new items from content alone.
@@ -188,6 +189,7 @@ class ItemTower(nn.Module):
         modality_dropout: float = 0.2,
         genre_dim: int = 16,
         year_dim: int = 8,
+        skip: bool = True,
     ):
         super().__init__()
         if fusion not in ("attention", "concat"):
@@ -207,6 +209,8 @@ class ItemTower(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, mlp_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(mlp_hidden, dim + 1)
         )
+        # linear shortcut around the MLP: the id embedding reaches the output directly (MF-like, fast for warm items)
+        self.skip = nn.Linear(in_dim, dim + 1, bias=False) if skip else None
 
     def forward(self, item_idx: Tensor, features, present: Tensor, genres: Tensor, year: Tensor) -> Tensor:
         present = present.bool()
@@ -231,7 +235,9 @@ class ItemTower(nn.Module):
             ],
             dim=1,
         )
-        return self.mlp(self.cross(x))
+        h = self.cross(x)
+        out = self.mlp(h)
+        return out + self.skip(h) if self.skip is not None else out
 
 
 class UserTower(nn.Module):

@@ -44,6 +44,7 @@ class ModelConfig:
     n_heads: int = 4
     cross_layers: int = 2
     mlp_hidden: int = 128
+    skip: bool = False  # linear shortcut around the item MLP (measured: overfits faster on ml-latest-small)
     dropout: float = 0.1
     id_dropout: float = 0.3
     modality_dropout: float = 0.2
@@ -55,6 +56,7 @@ class ModelConfig:
     max_epochs: int = 30
     patience: int = 3
     val_fraction: float = 0.1
+    refit: bool = False  # after early stopping, retrain on all interactions for the best epoch count
     seed: int = 42
 
     @classmethod
@@ -217,7 +219,7 @@ class TrainedRecommender:
             candidate_item_ids: restrict to these items (default: every item in the content).
         Users with fewer than ``k`` non-excluded candidates get shorter lists.
         """
-        user_ids = [str(u) for u in user_ids]
+        user_ids = list(dict.fromkeys(str(u) for u in user_ids))  # unique, order kept
         if candidate_item_ids is None:
             cand_ids = list(self.content.item_ids)
             v = self.item_vectors()
@@ -349,46 +351,62 @@ def train_recommender(
         torch.set_num_threads(trainer_config.num_threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
 
-    dm = InteractionDataModule(interactions, content, config.val_fraction, config.batch_size, config.seed)
     modality_dims = content.modality_dims
-    table = item_table(content, dm.item_index, content.genre_names, modality_dims)
-    module = RecommenderModule(dm.n_users, dm.n_items, modality_dims, len(content.genre_names), config, table)
 
+    def make_trainer(max_epochs: int, cbs: list, with_val: bool):
+        return L.Trainer(
+            accelerator=trainer_config.accelerator,
+            devices=trainer_config.devices,
+            strategy=trainer_config.strategy,
+            precision=trainer_config.precision,
+            num_nodes=trainer_config.num_nodes,
+            max_epochs=max_epochs,
+            logger=logger if logger is not None else False,
+            callbacks=cbs,
+            enable_checkpointing=False,
+            enable_progress_bar=trainer_config.enable_progress_bar,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+            limit_val_batches=1.0 if with_val else 0,
+        )
+
+    def make_module(dm):
+        table = item_table(content, dm.item_index, content.genre_names, modality_dims)
+        return RecommenderModule(dm.n_users, dm.n_items, modality_dims, len(content.genre_names), config, table)
+
+    dm = InteractionDataModule(interactions, content, config.val_fraction, config.batch_size, config.seed)
+    module = make_module(dm)
     best = BestStateCallback("val_ndcg_at_10", "max")
     cbs = list(callbacks)
     if dm.has_validation:
         cbs += [best, EarlyStopping(monitor="val_ndcg_at_10", mode="max", patience=config.patience)]
-    trainer = L.Trainer(
-        accelerator=trainer_config.accelerator,
-        devices=trainer_config.devices,
-        strategy=trainer_config.strategy,
-        precision=trainer_config.precision,
-        num_nodes=trainer_config.num_nodes,
-        max_epochs=config.max_epochs,
-        logger=logger if logger is not None else False,
-        callbacks=cbs,
-        enable_checkpointing=False,
-        enable_progress_bar=trainer_config.enable_progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        limit_val_batches=1.0 if dm.has_validation else 0,
-        deterministic=False,
-    )
+    trainer = make_trainer(config.max_epochs, cbs, dm.has_validation)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
-    seconds = time.perf_counter() - t0
     epochs = int(trainer.current_epoch)
     best.restore(module)
-    n_train = len(dm.train_pairs[0])
+    best_epoch = best.best_epoch if best.best_epoch is not None else epochs - 1
+    n_samples = len(dm.train_pairs[0]) * epochs
+    n_val_users = int(len(dm.val_users))
+    if config.refit and dm.has_validation:
+        # the validation holdout is each user's most recent activity: retrain on everything for the best epoch count
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        dm = InteractionDataModule(interactions, content, 0.0, config.batch_size, config.seed)
+        module = make_module(dm)
+        refit = make_trainer(best_epoch + 1, list(callbacks), False)
+        refit.fit(module, datamodule=dm)
+        n_samples += len(dm.train_pairs[0]) * (best_epoch + 1)
+    seconds = time.perf_counter() - t0
     stats = {
         "best_val_ndcg_at_10": float(best.best_score) if best.best_state is not None else float("nan"),
         "epochs_trained": epochs,
-        "best_epoch": best.best_epoch if best.best_epoch is not None else epochs - 1,
+        "best_epoch": best_epoch,
         "train_seconds": seconds,
-        "samples_per_second": n_train * max(epochs, 1) / max(seconds, 1e-9),
-        "n_train_interactions": n_train,
-        "n_val_users": int(len(dm.val_users)),
+        "samples_per_second": n_samples / max(seconds, 1e-9),
+        "n_train_interactions": len(dm.train_pairs[0]),
+        "n_val_users": n_val_users,
+        "refit": bool(config.refit and n_val_users > 0),
     }
     model = TrainedRecommender(module.model, config, dm.user_ids, dm.item_ids, content, modality_dims, list(content.genre_names))
     return model, stats

@@ -1,0 +1,74 @@
+"""Standalone training entry point (also launchable with ``torchrun`` for DDP).
+
+    python -m recsys_pipeline.model.train --interactions I.parquet --content C.npz --out DIR \
+        [--accelerator cpu --devices 1 --strategy auto --precision 32-true --max-epochs 30]
+
+Reads interactions (``user_id, item_id, timestamp[, value]``) and an :class:`ItemContent` ``.npz``, trains, and (on
+global rank 0) writes the model directory (``model.safetensors``, ``config.json``, ``id_maps.json``) plus
+``train_stats.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import pandas as pd
+
+from .content import ItemContent
+from .recommender import ModelConfig, TrainerConfig, train_recommender
+
+
+def _devices(v: str):
+    return int(v) if v.isdigit() else v
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--interactions", required=True, help="parquet with user_id, item_id, timestamp[, value]")
+    p.add_argument("--content", required=True, help="ItemContent .npz (ItemContent.to_npz)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto", type=_devices)
+    p.add_argument("--strategy", default="auto")
+    p.add_argument("--precision", default="32-true")
+    p.add_argument("--num-nodes", default=1, type=int)
+    p.add_argument("--num-threads", default=None, type=int)
+    p.add_argument("--max-epochs", default=None, type=int)
+    p.add_argument("--config-json", default=None, help="JSON object of ModelConfig overrides")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    interactions = pd.read_parquet(args.interactions)
+    content = ItemContent.from_npz(args.content)
+    overrides = json.loads(args.config_json) if args.config_json else {}
+    unknown = set(overrides) - {f.name for f in fields(ModelConfig)}
+    if unknown:
+        raise SystemExit(f"unknown ModelConfig fields: {sorted(unknown)}")
+    if args.max_epochs is not None:
+        overrides["max_epochs"] = args.max_epochs
+    config = ModelConfig(**overrides)
+    tc = TrainerConfig(
+        accelerator=args.accelerator,
+        devices=args.devices,
+        strategy=args.strategy,
+        precision=args.precision,
+        num_nodes=args.num_nodes,
+        num_threads=args.num_threads,
+    )
+    model, stats = train_recommender(interactions, content, config, tc)
+    if int(os.environ.get("RANK", "0")) == 0:
+        out = Path(args.out)
+        model.save(out)
+        (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+        print(json.dumps(stats))
+    return stats
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Model: content container, modules (masking, DCN formula), training, scoring, persistence, cold items."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys_pipeline.evaluation import evaluate_split, split_user_last_fraction
+from recsys_pipeline.model import (
+    ConcatFusion,
+    CrossNetworkV2,
+    ItemContent,
+    ModalityAttentionFusion,
+    ModelConfig,
+    PopularityRecommender,
+    TrainedRecommender,
+    TrainerConfig,
+    train_recommender,
+)
+
+N_GENRES, N_ITEMS, N_USERS, DIM = 4, 120, 60, 16
+FAST = dict(batch_size=128, num_negatives=64, embedding_dim=32, mlp_hidden=64, max_epochs=12, patience=4, lr=3e-3)
+
+
+def make_content(n_items=N_ITEMS, seed=0, prefix="i") -> ItemContent:
+    """Items belong to one of N_GENRES genres; the text vector is the genre centroid plus noise.
+
+    A second modality "image" exists for even items only (absent rows are garbage, to prove masking).
+    """
+    rng = np.random.default_rng(seed)
+    g = np.arange(n_items) % N_GENRES
+    cent = np.random.default_rng(123).normal(size=(N_GENRES, DIM))
+    text = cent[g] + 0.3 * rng.normal(size=(n_items, DIM))
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    image = rng.normal(size=(n_items, 8))
+    present = np.stack([np.ones(n_items, bool), np.arange(n_items) % 2 == 0], axis=1)
+    return ItemContent(
+        item_ids=[f"{prefix}{i}" for i in range(n_items)],
+        modalities={"text": text.astype(np.float32), "image": image.astype(np.float32)},
+        present=present,
+        genres=np.eye(N_GENRES, dtype=np.float32)[g],
+        genre_names=[f"g{k}" for k in range(N_GENRES)],
+        year=np.where(np.arange(n_items) % 5 == 0, 0, 1980 + np.arange(n_items) % 30),
+    )
+
+
+def make_interactions(seed=0) -> pd.DataFrame:
+    """Planted structure: user u likes only genre u % N_GENRES; item popularity is skewed within a genre."""
+    rng = np.random.default_rng(seed)
+    g = np.arange(N_ITEMS) % N_GENRES
+    rows = []
+    for u in range(N_USERS):
+        pool = np.where(g == u % N_GENRES)[0]
+        p = 1.0 / (1 + np.arange(len(pool)))
+        items = rng.choice(pool, size=15, replace=False, p=p / p.sum())
+        for t, i in enumerate(items):
+            rows.append((f"u{u}", f"i{i}", pd.Timestamp("2020-01-01") + pd.Timedelta(hours=int(t)), 1.0))
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "value"])
+
+
+@pytest.fixture(scope="module")
+def content():
+    return make_content()
+
+
+@pytest.fixture(scope="module")
+def trained(content):
+    inter = make_interactions()
+    split = split_user_last_fraction(inter, 0.2, 5)
+    # the first 100 items are the training catalog; 20 more items exist only in the full content (cold)
+    model, stats = train_recommender(
+        split.train, content, ModelConfig(**FAST), TrainerConfig(accelerator="cpu", devices=1)
+    )
+    return model, stats, split
+
+
+# ---------------------------------------------------------------------------------------------- content
+def test_content_validate_and_npz_roundtrip(content, tmp_path):
+    content.validate()
+    path = tmp_path / "c.npz"
+    content.to_npz(path)
+    back = ItemContent.from_npz(path)
+    assert back.item_ids == content.item_ids and list(back.modalities) == ["text", "image"]
+    np.testing.assert_array_equal(back.modalities["image"], content.modalities["image"])
+    np.testing.assert_array_equal(back.present, content.present)
+    assert back.genre_names == content.genre_names
+    sub = content.subset(["i3", "i1"])
+    assert sub.item_ids == ["i3", "i1"] and sub.present.shape == (2, 2)
+    np.testing.assert_array_equal(sub.year, content.year[[3, 1]])
+    with pytest.raises(KeyError, match="1 item_ids"):
+        content.subset(["i1", "nope"])
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c.item_ids.__setitem__(1, c.item_ids[0]), "duplicate"),
+        (lambda c: c.modalities["text"].__setitem__((2, 0), np.nan), "non-finite"),
+        (lambda c: setattr(c, "present", c.present[:, :1]), "present"),
+        (lambda c: setattr(c, "genre_names", c.genre_names[:-1]), "genre_names"),
+        (lambda c: setattr(c, "year", c.year[:-1]), "year"),
+    ],
+)
+def test_content_validate_rejects(mutate, message):
+    c = make_content(10)
+    mutate(c)
+    with pytest.raises(ValueError, match=message):
+        c.validate()
+
+
+# ---------------------------------------------------------------------------------------------- modules
+@pytest.mark.parametrize("cls", [ModalityAttentionFusion, ConcatFusion])
+def test_fusion_masks_absent_modalities(cls):
+    torch.manual_seed(0)
+    fusion = cls({"text": 6, "image": 4, "audio": 3}, width=8, n_heads=2, dropout=0.0).eval()
+    b = 5
+    feats = {"text": torch.randn(b, 6), "image": torch.randn(b, 4), "audio": torch.randn(b, 3)}
+    present = torch.tensor(
+        [[True, True, True], [True, False, True], [False, True, False], [False, False, False], [True, False, False]]
+    )
+    out, has = fusion(feats, present)
+    assert out.shape == (b, 8) and has.tolist() == [True, True, True, False, True]
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[3], torch.zeros(8))  # no modality at all -> zeros, no NaN
+    # whatever sits in the rows of absent modalities, the output does not change
+    garbage = {k: torch.where(present[:, j : j + 1], v, 100 * torch.randn_like(v)) for j, (k, v) in enumerate(feats.items())}
+    out2, _ = fusion(garbage, present)
+    torch.testing.assert_close(out, out2)
+    # ... while a present modality does matter
+    changed = dict(feats, text=feats["text"] + 1.0)
+    out3, _ = fusion(changed, present)
+    assert not torch.allclose(out3[0], out[0])
+
+
+def test_attention_fusion_list_input_and_grad():
+    fusion = ModalityAttentionFusion({"text": 6}, width=8, n_heads=4, dropout=0.0)
+    x = torch.randn(3, 6, requires_grad=True)
+    out, _ = fusion([x], torch.tensor([[True], [False], [True]]))
+    out.sum().backward()
+    assert torch.equal(x.grad[1], torch.zeros(6))  # the absent row gets no gradient: it was never used
+    assert x.grad[0].abs().sum() > 0
+
+
+def test_cross_network_v2_formula_hand_example():
+    net = CrossNetworkV2(2, n_layers=1)
+    with torch.no_grad():
+        net.layers[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        net.layers[0].bias.copy_(torch.tensor([0.5, -1.0]))
+    x0 = torch.tensor([[1.0, 2.0]])
+    # W x0 + b = [1, 4] + [0.5, -1] = [1.5, 3];  x0 * that = [1.5, 6];  + x0 = [2.5, 8]
+    torch.testing.assert_close(net(x0), torch.tensor([[2.5, 8.0]]))
+    # two layers: x2 = x0 * (W x1 + b) + x1 with x1 = [2.5, 8]: W x1 + b = [3, 15] -> [3, 30] + [2.5, 8]
+    net2 = CrossNetworkV2(2, n_layers=2)
+    with torch.no_grad():
+        for layer in net2.layers:
+            layer.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+            layer.bias.copy_(torch.tensor([0.5, -1.0]))
+    torch.testing.assert_close(net2(x0), torch.tensor([[5.5, 38.0]]))
+
+
+# ---------------------------------------------------------------------------------------------- training
+def test_training_beats_popularity_on_planted_structure(trained, content):
+    model, stats, split = trained
+    assert stats["epochs_trained"] >= 1 and stats["samples_per_second"] > 0
+    assert np.isfinite(stats["best_val_ndcg_at_10"])
+    ours = evaluate_split(model, split, content.item_ids)
+    pop = evaluate_split(PopularityRecommender().fit(split.train), split, content.item_ids)
+    assert ours["ndcg_at_10"] > pop["ndcg_at_10"] + 0.1, (ours["ndcg_at_10"], pop["ndcg_at_10"])
+    assert ours["recall_at_20"] > pop["recall_at_20"]
+
+
+def test_score_shapes_and_unknown_user(trained, content):
+    model, _, _ = trained
+    items = content.item_ids[:30]
+    s = model.score(["u1", "u2", "stranger", "other-stranger"], items)
+    assert s.shape == (4, 30) and s.dtype == np.float32 and np.isfinite(s).all()
+    # unknown users share one documented fallback: the learned item bias (a content-aware popularity)
+    np.testing.assert_array_equal(s[2], s[3])
+    bias = model.item_vectors()[: 30, -1].numpy()
+    np.testing.assert_allclose(s[2], bias, rtol=1e-6)
+    assert not np.allclose(s[0], s[2])
+
+
+def test_recommend_excludes_and_ranks(trained, content):
+    model, _, split = trained
+    users = ["u0", "u5", "stranger"]
+    rec = model.recommend(users, k=7, exclude=split.train)
+    assert list(rec.columns) == ["user_id", "rank", "item_id", "score"]
+    assert rec.groupby("user_id")["rank"].apply(list).map(lambda r: r == list(range(1, 8))).all()
+    seen = set(zip(split.train["user_id"], split.train["item_id"]))
+    assert not any((u, i) in seen for u, i in zip(rec["user_id"], rec["item_id"]))
+    # agrees with the score matrix
+    s = model.score(["u5"], content.item_ids)[0]
+    mask = np.array([("u5", i) in seen for i in content.item_ids])
+    s[mask] = -np.inf
+    top = [content.item_ids[j] for j in np.argsort(-s, kind="stable")[:7]]
+    assert rec[rec.user_id == "u5"]["item_id"].tolist() == top
+    cand = model.recommend(["u0"], k=50, candidate_item_ids=["i1", "i2", "i3"])
+    assert sorted(cand["item_id"]) == ["i1", "i2", "i3"]
+
+
+def test_save_load_roundtrip_identical_scores(trained, content, tmp_path):
+    model, _, _ = trained
+    model.save(tmp_path / "m")
+    files = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert files == ["config.json", "id_maps.json", "model.safetensors"]
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["modality_dims"] == {"text": DIM, "image": 8}
+    back = TrainedRecommender.load(tmp_path / "m", content)
+    users, items = ["u0", "u7", "stranger"], content.item_ids
+    np.testing.assert_array_equal(model.score(users, items), back.score(users, items))
+    assert back.user_ids == model.user_ids and back.item_ids == model.item_ids
+
+
+def test_cold_item_scored_from_content(trained, content):
+    model, _, _ = trained
+    new = make_content(4, seed=9, prefix="new")  # never seen in training
+    both = ItemContent(
+        item_ids=content.item_ids + new.item_ids,
+        modalities={k: np.concatenate([content.modalities[k], new.modalities[k]]) for k in content.modalities},
+        present=np.concatenate([content.present, new.present]),
+        genres=np.concatenate([content.genres, new.genres]),
+        genre_names=content.genre_names,
+        year=np.concatenate([content.year, new.year]),
+    )
+    m2 = model.with_content(both)
+    s = m2.score(["u0", "u1", "stranger"], new.item_ids)
+    assert np.isfinite(s).all()
+    # content-dependent: a genre-0 item scores higher for a genre-0 user (u0) than a genre-1 item does
+    assert s[0, 0] > s[0, 1]
+    # and changing the item's text vector changes its score
+    text = both.modalities["text"].copy()
+    text[-4] = -text[-4]
+    m3 = model.with_content(ItemContent(both.item_ids, {"text": text, "image": both.modalities["image"]},
+                                        both.present, both.genres, both.genre_names, both.year))
+    assert not np.isclose(m3.score(["u0"], ["new0"])[0, 0], s[0, 0])
+    # unknown items (not in content) are an error that says how many
+    with pytest.raises(ValueError, match="1 of 2 item_ids"):
+        model.score(["u0"], ["i1", "new0"])
+
+
+def test_train_rejects_bad_inputs(content):
+    inter = make_interactions()
+    with pytest.raises(ValueError, match="empty"):
+        train_recommender(inter.iloc[:0], content)
+    bad = pd.concat([inter, inter.iloc[:3].assign(item_id=["x1", "x2", "x1"])])
+    with pytest.raises(ValueError, match="2 of .* items \\(3 interactions\\)"):
+        train_recommender(bad, content)
+
+
+def test_bpr_and_concat_variants_train(content):
+    inter = make_interactions()
+    cfg = ModelConfig(**dict(FAST, max_epochs=2, loss="bpr", fusion="concat", refit=True))
+    model, stats = train_recommender(inter, content, cfg, TrainerConfig(accelerator="cpu", devices=1))
+    assert stats["epochs_trained"] == 2 and stats["refit"]
+    # the refit saw every interaction, including each user's latest ones
+    assert stats["n_train_interactions"] == len(inter)
+    assert np.isfinite(model.score(["u0"], content.item_ids)).all()
+
+
+def test_train_cli(tmp_path, content):
+    from recsys_pipeline.model.train import main
+
+    make_interactions().to_parquet(tmp_path / "i.parquet")
+    content.to_npz(tmp_path / "c.npz")
+    stats = main(["--interactions", str(tmp_path / "i.parquet"), "--content", str(tmp_path / "c.npz"),
+                  "--out", str(tmp_path / "m"), "--accelerator", "cpu", "--devices", "1", "--max-epochs", "1",
+                  "--config-json", json.dumps({"batch_size": 256, "num_negatives": 32})])
+    assert stats["epochs_trained"] == 1
+    back = TrainedRecommender.load(tmp_path / "m", content)
+    assert back.score(["u1"], ["i1"]).shape == (1, 1)
