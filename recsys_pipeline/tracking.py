@@ -61,9 +61,19 @@ def log_recommender(
             artifacts={"weights": str(model_dir), "item_content": str(content_path), "seen": str(seen_path)},
             pip_requirements=pip_requirements or ["recsys_pipeline", "torch", "safetensors", "pandas", "pyarrow"],
             registered_model_name=registered_model_name,
+            signature=_signature(),
         )
     version = str(info.registered_model_version) if info.registered_model_version is not None else None
     return info.model_uri, version
+
+
+def _signature():
+    """Input ``user_id`` (str); output ``user_id, rank, item_id, score``; param ``k`` (int, default 10)."""
+    from mlflow.models import infer_signature
+
+    example_in = pd.DataFrame({"user_id": ["1"]})
+    example_out = pd.DataFrame({"user_id": ["1"], "rank": [1], "item_id": ["1"], "score": [0.5]})
+    return infer_signature(example_in, example_out, params={"k": 10})
 
 
 def load_pyfunc(tracking_uri: str, model_uri: str):
