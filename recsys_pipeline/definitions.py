@@ -8,6 +8,7 @@ import dagster as dg
 
 from recsys_pipeline import dagster_sqlite
 from recsys_pipeline.assets import ALL_ASSETS
+from recsys_pipeline.assets.checks import ALL_CHECKS
 from recsys_pipeline.resources import default_resources
 from recsys_pipeline.settings import home_paths
 
@@ -27,6 +28,7 @@ nightly_schedule = dg.build_schedule_from_partitioned_job(
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
+    asset_checks=ALL_CHECKS,
     jobs=[pipeline_job],
     schedules=[nightly_schedule],
     resources=default_resources(home_paths().ensure()),
