@@ -28,6 +28,9 @@ from typing import Callable, Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+hf_logging.disable_progress_bar()  # the per-load "Loading weights" bar is noise in batch runs
 
 __all__ = ["TextEncoder", "content_hash", "default_text_model_path"]
 
