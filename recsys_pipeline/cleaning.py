@@ -9,7 +9,7 @@ reason                          when
 ``missing item_id``             empty or whitespace-only item id
 ``id too long``                 an id longer than ``MAX_ID_LENGTH`` characters
 ``unparseable timestamp``       neither epoch seconds nor an ISO-8601 date-time
-``timestamp outside partition`` the UTC time is not in the partition's ``[start, end)``
+``timestamp outside partition`` the UTC time is not on the row's partition day ``[day, day + 1)``
 ``invalid value``               a value that is not a finite number
 ``unknown item``                an item id absent from the catalog (when a catalog is given)
 ``duplicate event``             the same (user_id, item_id, timestamp) seen earlier
@@ -88,6 +88,10 @@ def clean_events(
     flag(item.isna() | (item == ""), "missing item_id")
     flag((user.str.len() > MAX_ID_LENGTH) | (item.str.len() > MAX_ID_LENGTH), "id too long")
     flag(ts.isna(), "unparseable timestamp")
+    # Each row must fall on its own partition's UTC day (not merely inside the run's window), so a day re-run
+    # alone deletes and re-inserts exactly the rows a range run gave it.
+    day = pd.to_datetime(frame["partition_date"]).astype("datetime64[us]")
+    flag((ts < day) | (ts >= day + pd.Timedelta(days=1)), "timestamp outside partition")
     flag((ts < pd.Timestamp(window_start)) | (ts >= pd.Timestamp(window_end)), "timestamp outside partition")
     flag(~np.isfinite(value.fillna(np.nan)), "invalid value")
     if known_items is not None:

@@ -59,11 +59,23 @@ def _run(job, instance, selection, label: str, tags: dict | None = None, run_con
     seconds = time.perf_counter() - started
     if not result.success:
         for event in result.all_events:
-            if event.is_failure and event.step_failure_data is not None:
+            if event.is_step_failure:
                 print(event.step_failure_data.error.to_string(), file=sys.stderr)
         raise SystemExit(f"step failed: {label} (run {result.run_id}); see `recsys ui` for the logs")
     print(f"    done in {seconds:.1f} s (run {result.run_id[:8]})", flush=True)
     return seconds
+
+
+def _day(text: str | None, flag: str):
+    """Parse a YYYY-MM-DD option; None stays None. Raises ValueError naming the flag."""
+    from datetime import date
+
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is not a YYYY-MM-DD date") from None
 
 
 def run_demo(home: str | None = None, start: str | None = None, end: str | None = None) -> dict[str, float]:
@@ -79,7 +91,10 @@ def run_demo(home: str | None = None, start: str | None = None, end: str | None 
     from recsys_pipeline.resources import source_from_env
 
     source = source_from_env().build()
-    first, last = (start or source.first_date().isoformat()), (end or source.last_date().isoformat())
+    first, last = _day(start, "--start") or source.first_date(), _day(end, "--end") or source.last_date()
+    if first > last:
+        raise ValueError(f"--start {first} is after --end {last}")
+    first, last = first.isoformat(), last.isoformat()
     print(f"recsys demo: home {paths.root}\n    data {first} .. {last} (UTC days)", flush=True)
     instance = dg.DagsterInstance.get()
     job = defs.resolve_job_def("recsys_pipeline_job")
@@ -131,15 +146,15 @@ def _summary(paths, timings: dict[str, float], user: str | None) -> None:
             "USING (item_id) WHERE r.user_id = ? ORDER BY r.rank LIMIT 10", [user]
         ).df()
         liked = con.execute(
-            "SELECT c.title, i.value AS rating FROM interactions i JOIN item_catalog c USING (item_id) "
-            "WHERE i.user_id = ? ORDER BY i.value DESC, i.timestamp DESC LIMIT 10", [user]
+            "SELECT c.title, max(i.value) AS value FROM interactions i JOIN item_catalog c USING (item_id) "
+            "WHERE i.user_id = ? GROUP BY c.title ORDER BY value DESC, c.title LIMIT 10", [user]
         ).df()
     print(f"\nUser {user}: top-10 recommendations")
     print(recs.to_markdown(index=False))
-    print(f"\nUser {user}: titles they rated highest")
+    print(f"\nUser {user}: titles with their highest interaction value (the rating, for MovieLens)")
     print(liked.to_markdown(index=False))
     print(f"\nNext: `recsys recommend --user {user}`, `recsys ui` (Dagster), "
-          f"`mlflow ui --backend-store-uri {paths.mlflow_tracking_uri}` (MLflow)")
+          f"`.venv/bin/mlflow ui --backend-store-uri {paths.mlflow_tracking_uri}` (MLflow)")
 
 
 def recommend(args: argparse.Namespace) -> int:
@@ -154,7 +169,8 @@ def recommend(args: argparse.Namespace) -> int:
             print("no recommendations yet: materialize `recommendations` (or run `recsys demo`)", file=sys.stderr)
             return 2
         recs = con.execute(
-            "SELECT r.rank, r.item_id, c.title, round(r.score, 4) AS score, r.model_run_id, r.produced_on "
+            "SELECT r.rank, r.item_id, c.title, round(r.score, 4) AS score, r.model_run_id, "
+            "CAST(r.produced_on AS DATE) AS produced_on "
             "FROM recommendations r LEFT JOIN item_catalog c USING (item_id) WHERE r.user_id = ? "
             "ORDER BY r.rank LIMIT ?", [args.user, args.k]
         ).df()
@@ -195,9 +211,16 @@ def ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, cwd=Path.cwd())
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--home", help="project home (default: $RECSYS_HOME or ./.recsys)")
+    parser.add_argument("--home", help="project home (default: $RECSYS_HOME or ./.recsys); goes before the command")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="materialize every partition and everything downstream, print a summary")
     p.add_argument("--start", help="first UTC day (default: first day of the data)")
@@ -205,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", help="user for the printed example (default: the first)")
     p.set_defaults(func=demo)
     p = sub.add_parser("recommend", help="print a user's latest recommendations")
-    p.add_argument("--user", required=True)
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--user", required=True, help="user_id as in the interactions table")
+    p.add_argument("-k", type=_positive_int, default=10, help="list length (1..the published K, default 10)")
     p.set_defaults(func=recommend)
     p = sub.add_parser("export", help="write interactions.parquet + item_content.npz for standalone training")
     p.add_argument("--out", required=True)
@@ -215,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=ui)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from recsys_pipeline.sources import SourceError
+
+    try:
+        return args.func(args)
+    except (SourceError, ValueError, LookupError) as exc:  # configuration and data errors: a message, not a traceback
+        print(f"recsys {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

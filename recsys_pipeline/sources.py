@@ -175,12 +175,16 @@ class MovieLensSource(EventSource):
 def _read_table_file(path: Path) -> pd.DataFrame:
     """Read a CSV, Parquet or JSON Lines file with every column as text.
 
+    A 0-byte file gives an empty frame. Bytes that are not UTF-8 are an error, never replaced silently.
+
     Raises:
         SourceError: unknown suffix or a file that cannot be parsed (the parser's message is kept).
     """
+    if path.suffix in EVENT_FILE_SUFFIXES and path.stat().st_size == 0:
+        return pd.DataFrame()  # an empty file is a day without events
     try:
         if path.suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding_errors="replace")
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         if path.suffix == ".parquet":
             return pd.read_parquet(path).astype(object)
         if path.suffix == ".jsonl":
@@ -209,7 +213,11 @@ class DailyFileSource(EventSource):
         for path in sorted(folder.iterdir()):
             match = _DATE_FILE.match(path.name)
             if match:
-                files.setdefault(date.fromisoformat(match.group(1)), []).append(path)
+                try:
+                    day = date.fromisoformat(match.group(1))
+                except ValueError:
+                    raise SourceError(f"{path}: file name is not a real date (YYYY-MM-DD)") from None
+                files.setdefault(day, []).append(path)
         if not files:
             raise SourceError(f"{folder}: no daily event files named YYYY-MM-DD.csv|.parquet|.jsonl")
         return files
@@ -227,6 +235,8 @@ class DailyFileSource(EventSource):
                 continue
             for path in paths:
                 raw = _read_table_file(path)
+                if raw.empty and not len(raw.columns):
+                    continue
                 missing = {"user_id", "item_id", "timestamp"} - set(raw.columns)
                 if missing:
                     raise SourceError(f"{path}: missing column(s) {sorted(missing)}")

@@ -61,3 +61,11 @@ def test_catalog_year_genres_tags_and_text():
     assert cat["genres"].tolist() == [["Animation", "Comedy"], []]
     assert cat["tags_text"].tolist() == ["pixar, fun", ""]
     assert cat["text"].tolist()[0] == "Toy Story (1995). Genres: Animation, Comedy. Tags: pixar, fun."
+
+
+def test_rows_must_fall_on_their_own_partition_day_even_in_a_range_run():
+    frame = raw([["u1", "1", "2020-01-01T10:00:00Z", "1"], ["u1", "2", "2020-01-02T10:00:00Z", "1"]])
+    # both rows come from the 2020-01-01 file; the run covers two days
+    good, bad = clean_events(frame, datetime(2020, 1, 1), datetime(2020, 1, 3))
+    assert good["item_id"].tolist() == ["1"]
+    assert bad["reason"].tolist() == ["timestamp outside partition"]

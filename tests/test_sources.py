@@ -87,3 +87,17 @@ def test_daily_files_missing_column_is_a_clear_error(tmp_path):
         source.read_events(datetime(2024, 1, 5), datetime(2024, 1, 6))
     with pytest.raises(SourceError, match="catalog file not found"):
         source.read_catalog()
+
+
+def test_daily_files_edge_cases_are_clear(tmp_path):
+    events = tmp_path / "events"
+    events.mkdir()
+    (events / "2024-01-05.csv").write_bytes(b"")  # a day without events
+    (events / "2024-01-06.csv").write_bytes(b"user_id,item_id,timestamp\ncaf\xe9,a,2024-01-06T10:00:00Z\n")
+    source = DailyFileSource(events, tmp_path / "items.csv")
+    assert source.read_events(datetime(2024, 1, 5), datetime(2024, 1, 6)).empty
+    with pytest.raises(SourceError, match="2024-01-06.csv: cannot be read"):
+        source.read_events(datetime(2024, 1, 6), datetime(2024, 1, 7))  # non-UTF-8: an error, not U+FFFD
+    (events / "2024-13-01.csv").write_text("user_id,item_id,timestamp\n")
+    with pytest.raises(SourceError, match="2024-13-01.csv: file name is not a real date"):
+        source.first_date()

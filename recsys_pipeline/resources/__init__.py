@@ -44,7 +44,7 @@ class SourceResource(dg.ConfigurableResource):
             return MovieLensSource(self.movielens_path or None)
         if self.kind == "daily_files":
             if not self.events_dir or not self.catalog_path:
-                raise ValueError("source kind 'daily_files' needs events_dir and catalog_path")
+                raise ValueError("source kind 'daily_files' needs events_dir and catalog_path (RECSYS_EVENTS_DIR, RECSYS_CATALOG_PATH)")
             return DailyFileSource(self.events_dir, self.catalog_path)
         raise ValueError(f"unknown source kind {self.kind!r}: use 'movielens' or 'daily_files'")
 
