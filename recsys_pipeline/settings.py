@@ -6,6 +6,7 @@ Layout under the home::
     mlflow.db             MLflow tracking + registry store (SQLite)
     mlartifacts/          MLflow artifacts
     dagster/              Dagster instance (DAGSTER_HOME)
+    published/            read-only snapshots for serving (``recommendations.parquet``), replaced atomically
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class HomePaths:
     @property
     def dagster_home(self) -> Path:
         return self.root / "dagster"
+
+    @property
+    def published(self) -> Path:
+        return self.root / "published"
 
     def ensure(self) -> "HomePaths":
         """Create the folders (idempotent) and write the Dagster instance config if missing."""
