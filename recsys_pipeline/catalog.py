@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 YEAR_IN_TITLE = r"\((\d{4})\)\s*$"
+# Encoders read at most a few hundred tokens (MiniLM: 128 by default); a 1 MB description is cut, not stored whole.
+MAX_TEXT_CHARS = 10_000
 CATALOG_TABLE_COLUMNS = ["item_id", "title", "genres", "year", "tags_text", "text", "image_uri", "audio_uri"]
 
 
@@ -19,7 +21,7 @@ def build_item_catalog(items: pd.DataFrame, tags: pd.DataFrame, max_tags: int = 
     Returns:
         One row per item: ``item_id`` (str), ``title`` (str), ``genres`` (list[str]), ``year`` (Int64, <NA> when
         the title carries no ``(YYYY)``), ``tags_text`` (str), ``text`` (the text-encoder input: title, genres,
-        tags and extra text), ``image_uri``, ``audio_uri``.
+        tags and extra text, cut at ``MAX_TEXT_CHARS`` characters), ``image_uri``, ``audio_uri``.
 
     Raises:
         ValueError: an empty or duplicated ``item_id`` (the catalog is the source of truth for item ids).
@@ -58,7 +60,7 @@ def build_item_catalog(items: pd.DataFrame, tags: pd.DataFrame, max_tags: int = 
     text = frame["title"] + ". Genres: " + genre_text + "."
     text = text.where(frame["tags_text"] == "", text + " Tags: " + frame["tags_text"] + ".")
     extra = pd.Series(extra, index=items.index).astype(str).values
-    frame["text"] = [f"{t} {e}".strip() for t, e in zip(text, extra)]
+    frame["text"] = [f"{t} {e}".strip()[:MAX_TEXT_CHARS] for t, e in zip(text, extra)]
     frame["image_uri"] = items["image_uri"].values
     frame["audio_uri"] = items["audio_uri"].values
     return frame[CATALOG_TABLE_COLUMNS]

@@ -5,6 +5,8 @@ Rules, applied in order (the first failing rule is the row's reason):
 ==============================  =========================================================
 reason                          when
 ==============================  =========================================================
+``malformed … line: …``         the source line could not be parsed (``parse_error``: wrong
+                                field count, unbalanced quote, invalid JSON); ``not UTF-8``
 ``missing user_id``             empty or whitespace-only user id
 ``missing item_id``             empty or whitespace-only item id
 ``id too long``                 an id longer than ``MAX_ID_LENGTH`` characters
@@ -30,6 +32,7 @@ MAX_ID_LENGTH = 256
 INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "value"]
 QUARANTINE_COLUMNS = [
     "stage", "partition_date", "reason", "user_id", "item_id", "timestamp_raw", "value_raw", "source", "source_row",
+    "raw_line",
 ]
 
 
@@ -60,7 +63,8 @@ def clean_events(
     """Validate raw events of one partition window.
 
     Args:
-        raw: rows with ``sources.RAW_EVENT_COLUMNS`` (text columns as str/None).
+        raw: rows with ``sources.RAW_EVENT_COLUMNS`` (text columns as str/None; ``parse_error`` and ``raw_line``
+            may be absent).
         window_start, window_end: the partition's half-open UTC window ``[start, end)``, naive datetimes.
         known_items: catalog item ids; events for other items are quarantined. ``None`` skips the check.
 
@@ -71,6 +75,9 @@ def clean_events(
         == len(raw)``: no row is dropped silently.
     """
     frame = raw.reset_index(drop=True)
+    for col in ("parse_error", "raw_line"):
+        if col not in frame.columns:
+            frame[col] = None
     user = frame["user_id"].astype("string").str.strip()
     item = frame["item_id"].astype("string").str.strip()
     ts = parse_timestamps(frame["timestamp_raw"])
@@ -84,6 +91,8 @@ def clean_events(
     def flag(mask: pd.Series, why: str) -> None:
         reason[mask.fillna(True).astype(bool) & reason.isna()] = why
 
+    parse_error = frame["parse_error"].astype("string")
+    reason[parse_error.notna()] = parse_error[parse_error.notna()]
     flag(user.isna() | (user == ""), "missing user_id")
     flag(item.isna() | (item == ""), "missing item_id")
     flag((user.str.len() > MAX_ID_LENGTH) | (item.str.len() > MAX_ID_LENGTH), "id too long")
@@ -123,7 +132,50 @@ def clean_events(
             "value_raw": frame.loc[bad, "value_raw"],
             "source": frame.loc[bad, "source"],
             "source_row": frame.loc[bad, "source_row"],
+            "raw_line": frame.loc[bad, "raw_line"],
         },
         columns=QUARANTINE_COLUMNS,
     ).reset_index(drop=True)
     return interactions, quarantine
+
+
+def clean_catalog_items(items: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split catalog rows into usable items and quarantined rows, each rejected row with its reason.
+
+    Rules, first failing rule wins: ``missing item_id`` (empty or whitespace-only), ``id too long`` (over
+    ``MAX_ID_LENGTH`` characters), ``duplicate item_id`` (the first row with an id is kept, later ones are
+    quarantined).
+
+    Args:
+        items: rows with ``sources.CATALOG_COLUMNS`` as read (text columns str/None).
+        source: the catalog's file or folder name, recorded with each quarantined row.
+
+    Returns:
+        ``(items, quarantine)``: the kept rows unchanged (index reset); quarantine with ``QUARANTINE_COLUMNS``
+        (``stage='item_catalog'``, ``partition_date`` None, ``source_row`` the 0-based catalog row).
+        ``len(items) + len(quarantine) == len(input)``.
+    """
+    frame = items.reset_index(drop=True)
+    ids = frame["item_id"].astype("string").str.strip()
+    reason = pd.Series(pd.NA, index=frame.index, dtype="string")
+    reason[(ids.isna() | (ids == "")).fillna(True).astype(bool)] = "missing item_id"
+    reason[(ids.str.len() > MAX_ID_LENGTH).fillna(False).astype(bool) & reason.isna()] = "id too long"
+    dup = ids[reason.isna()].duplicated(keep="first").reindex(frame.index, fill_value=False)
+    reason[dup] = "duplicate item_id"
+    bad = reason.notna()
+    quarantine = pd.DataFrame(
+        {
+            "stage": "item_catalog",
+            "partition_date": pd.Series(pd.NaT, index=frame.index[bad], dtype="datetime64[us]"),
+            "reason": reason[bad].astype(str),
+            "user_id": None,
+            "item_id": frame.loc[bad, "item_id"],
+            "timestamp_raw": None,
+            "value_raw": None,
+            "source": source,
+            "source_row": frame.index[bad].astype("int64"),
+            "raw_line": None,
+        },
+        columns=QUARANTINE_COLUMNS,
+    ).reset_index(drop=True)
+    return frame[~bad].reset_index(drop=True), quarantine

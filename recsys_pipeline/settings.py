@@ -63,13 +63,29 @@ class HomePaths:
 
 # Used when the package is installed without the project's dagster.yaml beside it.
 DAGSTER_YAML = """\
+# Dagster instance settings for recsys_pipeline.
+# `recsys` copies this file to $RECSYS_HOME/dagster/dagster.yaml and sets DAGSTER_HOME there, so every run,
+# schedule tick and event is stored under the project home (SQLite) and shows in the UI.
+# recsys_pipeline/settings.py holds the same text (DAGSTER_YAML) for installs without this file: keep them equal.
 telemetry:
   enabled: false
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
-  config:
+concurrency:
+  runs:
     max_concurrent_runs: 2
+  pools:
+    # DuckDB lets one process write the warehouse file at a time. Every asset that writes it is in the `duckdb`
+    # pool; one slot per pool serializes those steps across runs (a backfill and a schedule tick) and within a
+    # multiprocess run. Op granularity: also enforced for in-process runs (`recsys demo`), not only queued ones.
+    default_limit: 1
+    granularity: op
+run_monitoring:
+  # A run that ended without freeing its slot (its process was killed, then the run was marked failed or
+  # canceled in the UI) gets the slot back after this many seconds (needs `dagster-daemon`, run by `dagster dev`).
+  enabled: true
+  free_slots_after_run_end_seconds: 60
 """
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 from recsys_pipeline.settings import HomePaths
 
 RECOMMENDATIONS = "recommendations"
+ITEMS = "items"  # item_id, title, users, rank: titles and the popularity fallback (publish.item_popularity)
 
 
 def snapshot_path(paths: HomePaths, name: str = RECOMMENDATIONS) -> Path:
@@ -38,6 +39,7 @@ def publish_snapshot(paths: HomePaths, frame: pd.DataFrame, name: str = RECOMMEN
             frame.to_parquet(handle, index=False)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a server running as another user must read it
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,6 +54,11 @@ def read_snapshot(paths: HomePaths, name: str = RECOMMENDATIONS) -> pd.DataFrame
         FileNotFoundError: nothing has been published yet.
     """
     target = snapshot_path(paths, name)
-    if not target.exists():
-        raise FileNotFoundError(f"no published {name} at {target}: materialize `{name}` first")
-    return pd.read_parquet(target)
+    try:
+        handle = open(target, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no published {name} at {target}: materialize `{name}` first") from None
+    # One open file for the whole read: reading by path, pyarrow opens the file again for the data pages, and a
+    # publish in between paired the old footer with the new file ("Couldn't deserialize thrift").
+    with handle:
+        return pd.read_parquet(handle)

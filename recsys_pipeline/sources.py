@@ -11,13 +11,22 @@ Two kinds of source share one contract, ``EventSource``:
   ``item_id, title[, genres][, description …][, image_uri][, audio_uri]``.
 
 Raw events are returned as text, exactly as the source gave them (the ``interactions`` stage parses, validates
-and quarantines); each row carries ``source`` (file name) and ``source_row`` (0-based row in that file).
+and quarantines); each row carries ``source`` (file name) and ``source_row`` (0-based data row in that file).
+
+Daily CSV and JSON Lines event files are read line by line, so one bad line never fails the whole file: a line that
+cannot be parsed (wrong field count, unbalanced quote, a field over 128 KiB, bytes that are not UTF-8, invalid
+JSON) becomes a raw row with ``parse_error`` (the reason) and ``raw_line`` (its text, cut at
+``MAX_RAW_LINE_CHARS``) and is quarantined by the ``interactions`` stage. Event values never span lines, so a line
+is a record. Whole-file errors remain for a missing column, a header that is not UTF-8, a Parquet file that cannot
+be read, and for MovieLens releases and catalog files (a catalog text may legitimately hold quoted line breaks).
 """
 
 from __future__ import annotations
 
 import abc
+import csv
 import functools
+import json
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -27,7 +36,11 @@ import pandas as pd
 
 from recsys_pipeline.settings import BUNDLED_MOVIELENS_DIR
 
-RAW_EVENT_COLUMNS = ["partition_date", "user_id", "item_id", "timestamp_raw", "value_raw", "source", "source_row"]
+RAW_EVENT_COLUMNS = [
+    "partition_date", "user_id", "item_id", "timestamp_raw", "value_raw", "source", "source_row", "parse_error",
+    "raw_line",
+]
+MAX_RAW_LINE_CHARS = 1000  # text of an unparseable line kept for diagnosis; the file itself stays the record
 CATALOG_COLUMNS = ["item_id", "title", "genres", "extra_text", "image_uri", "audio_uri"]
 EVENT_FILE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 _DATE_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(csv|parquet|jsonl)$")
@@ -53,7 +66,9 @@ class EventSource(abc.ABC):
         """Raw events of the UTC days in ``[start, end)`` (naive UTC datetimes at midnight).
 
         Returns a DataFrame with ``RAW_EVENT_COLUMNS``: ``partition_date`` (datetime64 day), ``user_id``,
-        ``item_id``, ``timestamp_raw``, ``value_raw`` (str or None), ``source`` (str), ``source_row`` (int64).
+        ``item_id``, ``timestamp_raw``, ``value_raw`` (str or None), ``source`` (str), ``source_row`` (int64),
+        ``parse_error`` (None, or why the line could not be parsed; its other fields are then None) and
+        ``raw_line`` (None, or the unparseable line's text).
         """
 
     @abc.abstractmethod
@@ -125,6 +140,8 @@ class MovieLensSource(EventSource):
         frame["partition_date"] = _epoch_day(seconds)
         frame["source"] = name
         frame["source_row"] = pd.RangeIndex(len(frame), dtype="int64")
+        frame["parse_error"] = None
+        frame["raw_line"] = None
         return frame[RAW_EVENT_COLUMNS].sort_values(["partition_date", "source_row"], kind="stable")
 
     def first_date(self) -> date:
@@ -194,6 +211,90 @@ def _read_table_file(path: Path) -> pd.DataFrame:
     raise SourceError(f"{path}: unsupported file type (use {', '.join(EVENT_FILE_SUFFIXES)})")
 
 
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_RAW_LINE_CHARS else text[:MAX_RAW_LINE_CHARS] + "…"
+
+
+def _read_event_lines(path: Path) -> pd.DataFrame:
+    """Read a CSV (with header) or JSON Lines event file line by line, keeping the lines that cannot be parsed.
+
+    Returns one row per non-blank data line: the file's columns as str/None, ``source_row`` (int64: 0-based data
+    line, blank lines counted, so ``line number - 2`` for CSV and ``- 1`` for JSON Lines), ``parse_error`` (None or
+    the reason) and ``raw_line`` (None or the bad line's text, non-UTF-8 bytes shown as ``\\xNN``). A 0-byte file
+    gives an empty frame.
+
+    Raises:
+        SourceError: the CSV header is missing, not UTF-8 or malformed, or the file holds NUL bytes (not text).
+    """
+    data = path.read_bytes()
+    if not data.strip():
+        return pd.DataFrame()
+    if b"\x00" in data:
+        raise SourceError(f"{path}: holds NUL bytes; not a text file")
+    lines = data.removeprefix(b"\xef\xbb\xbf").splitlines()  # UTF-8 byte-order mark
+    header: list[str] = []
+    if path.suffix == ".csv":
+        try:
+            header = [name.strip() for name in next(csv.reader([lines[0].decode("utf-8")], strict=True))]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise SourceError(f"{path}: header line cannot be read: {exc}") from exc
+        lines = lines[1:]
+    texts = [_decode_or_none(raw) for raw in lines]  # None: not UTF-8
+    good_rows: list[list] = []
+    bad_rows: list[dict] = []
+    plain = b'"' not in data  # no quoting anywhere: a comma split is the CSV parse
+    limit = csv.field_size_limit()  # the csv module's own cap (128 KiB), applied to both paths
+    for number, text in enumerate(texts):
+        if text is None:
+            raw = lines[number]
+            bad_rows.append({"source_row": number, "parse_error": f"not UTF-8 (byte {_bad_utf8_offset(raw)})",
+                             "raw_line": _clip(raw.decode("utf-8", errors="backslashreplace"))})
+            continue
+        if not text.strip():
+            continue
+        try:
+            if header:
+                fields = text.split(",") if plain else next(csv.reader([text], strict=True))
+                if len(fields) != len(header):
+                    raise ValueError(f"{len(fields)} fields, header has {len(header)}")
+                if plain and len(text) > limit and any(len(f) > limit for f in fields):
+                    raise csv.Error(f"field larger than field limit ({limit})")
+                good_rows.append([*fields, number])
+            else:
+                parsed = json.loads(text)
+                if not isinstance(parsed, dict):
+                    raise ValueError(f"a JSON {type(parsed).__name__}, not an object")
+                good_rows.append({**parsed, "source_row": number})
+        except (csv.Error, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+            kind = "CSV" if header else "JSON"
+            bad_rows.append({"source_row": number, "parse_error": f"malformed {kind} line: {exc}",
+                             "raw_line": _clip(text)})
+    if header:
+        good = pd.DataFrame(good_rows, columns=[*header, "source_row"], dtype=object)
+        good[header] = good[header].replace("", None)  # an empty field is no value, as pandas reads it
+    else:
+        good = pd.DataFrame.from_records(good_rows) if good_rows else pd.DataFrame(columns=["source_row"])
+    if not bad_rows:
+        return good.assign(parse_error=None, raw_line=None)
+    frame = pd.concat([good, pd.DataFrame(bad_rows)], ignore_index=True)
+    return frame.sort_values("source_row", kind="stable").reset_index(drop=True)
+
+
+def _decode_or_none(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _bad_utf8_offset(raw: bytes) -> int:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return -1
+
+
 @dataclass
 class DailyFileSource(EventSource):
     """A folder of daily event files (``YYYY-MM-DD.csv|.parquet|.jsonl``, one UTC day each) and a catalog file.
@@ -204,6 +305,14 @@ class DailyFileSource(EventSource):
 
     events_dir: str | Path
     catalog_path: str | Path
+
+    def files_by_day(self) -> dict[date, list[Path]]:
+        """The event files by UTC day, sorted by name (what the landing-folder sensor watches).
+
+        Raises:
+            SourceError: the folder is missing, holds no daily file, or a file name is not a real date.
+        """
+        return self._files()
 
     def _files(self) -> dict[date, list[Path]]:
         folder = Path(self.events_dir)
@@ -234,13 +343,19 @@ class DailyFileSource(EventSource):
             if not (start.date() <= day < end.date()):
                 continue
             for path in paths:
-                raw = _read_table_file(path)
+                raw = _read_table_file(path) if path.suffix == ".parquet" else _read_event_lines(path)
                 if raw.empty and not len(raw.columns):
                     continue
                 missing = {"user_id", "item_id", "timestamp"} - set(raw.columns)
+                if missing and path.suffix == ".jsonl" and len(raw) and raw["parse_error"].notna().all():
+                    missing = set()  # no line parsed at all: every line is quarantined with its reason
                 if missing:
                     raise SourceError(f"{path}: missing column(s) {sorted(missing)}")
-                value = raw["value"] if "value" in raw.columns else pd.Series([None] * len(raw), dtype=object)
+                for col in ("user_id", "item_id", "timestamp", "value", "parse_error", "raw_line"):
+                    if col not in raw.columns:
+                        raw[col] = None
+                rows = raw["source_row"] if "source_row" in raw.columns else pd.RangeIndex(len(raw))
+                value = raw["value"]
                 frames.append(
                     pd.DataFrame(
                         {
@@ -250,7 +365,9 @@ class DailyFileSource(EventSource):
                             "timestamp_raw": _as_text(raw["timestamp"]),
                             "value_raw": _as_text(value),
                             "source": path.name,
-                            "source_row": pd.RangeIndex(len(raw), dtype="int64"),
+                            "source_row": pd.Series(rows, index=raw.index).astype("int64"),
+                            "parse_error": _as_text(raw["parse_error"]),
+                            "raw_line": _as_text(raw["raw_line"]),
                         }
                     )
                 )

@@ -10,6 +10,9 @@ names come from this module's constants only.
 from __future__ import annotations
 
 import contextlib
+import os
+import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +29,9 @@ TABLES: dict[str, str] = {
         timestamp_raw VARCHAR,
         value_raw VARCHAR,
         source VARCHAR NOT NULL,
-        source_row BIGINT NOT NULL
+        source_row BIGINT NOT NULL,
+        parse_error VARCHAR,
+        raw_line VARCHAR
     """,
     "interactions": """
         user_id VARCHAR NOT NULL,
@@ -43,29 +48,87 @@ TABLES: dict[str, str] = {
         timestamp_raw VARCHAR,
         value_raw VARCHAR,
         source VARCHAR,
-        source_row BIGINT
+        source_row BIGINT,
+        raw_line VARCHAR
     """,
+}
+# Columns added after a table's first release: ``ensure_schema`` adds them to older warehouse files.
+ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "raw_events": {"parse_error": "VARCHAR", "raw_line": "VARCHAR"},
+    "quarantine": {"raw_line": "VARCHAR"},
 }
 
 
-def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse file (created if missing, parent folders too) with the tables of ``TABLES``.
+LOCK_TIMEOUT_ENV = "RECSYS_DUCKDB_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT_S = 300.0
+
+
+class WarehouseLockedError(duckdb.IOException):
+    """Another process kept the warehouse file locked for longer than the lock timeout."""
+
+
+def lock_timeout() -> float:
+    """Seconds ``connect`` waits for another process's lock: ``$RECSYS_DUCKDB_LOCK_TIMEOUT``, default 300.
 
     Raises:
-        duckdb.IOException: another process holds the write lock.
+        ValueError: the variable is not a number >= 0.
+    """
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also rejects nan
+        raise ValueError(f"{LOCK_TIMEOUT_ENV}={text!r} must be a number of seconds >= 0")
+    return seconds
+
+
+def connect(path: str | Path, read_only: bool = False, timeout: float | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse file (created if missing, parent folders too) with the tables of ``TABLES``.
+
+    DuckDB lets one process at a time hold a file open for writing, and no reader beside it. When another process
+    holds the lock, this retries with jittered exponential backoff (50 ms doubling to 2 s) for up to ``timeout``
+    seconds (``None``: :func:`lock_timeout`). Dagster runs do not normally wait here: their DuckDB-writing steps
+    share the ``duckdb`` concurrency pool (dagster.yaml); this covers everything else (asset checks, the CLI, a
+    script, a run on an instance without the pool).
+
+    Raises:
+        WarehouseLockedError: still locked after ``timeout`` seconds; the message names the file and the holder.
+        duckdb.IOException: any other I/O error (e.g. ``read_only`` on a file that does not exist).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
+    budget = lock_timeout() if timeout is None else timeout
+    deadline, delay = time.monotonic() + budget, 0.05
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "could not set lock" not in str(exc).lower():
+                raise
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WarehouseLockedError(
+                    f"warehouse {path} stayed locked by another process for {budget:g} s (DuckDB allows one "
+                    f"writing process per file): wait for the run holding it or raise {LOCK_TIMEOUT_ENV}. "
+                    f"DuckDB said: {exc}"
+                ) from exc
+            time.sleep(min(delay * random.uniform(0.5, 1.0), remaining))
+            delay = min(delay * 2, 2.0)
     if not read_only:
         ensure_schema(con)
     return con
 
 
 @contextlib.contextmanager
-def session(path: str | Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    """``connect`` as a context manager that always closes the connection."""
-    con = connect(path, read_only=read_only)
+def session(
+    path: str | Path, read_only: bool = False, timeout: float | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``connect`` (same arguments and errors) as a context manager that always closes the connection."""
+    con = connect(path, read_only=read_only, timeout=timeout)
     try:
         yield con
     finally:
@@ -73,9 +136,16 @@ def session(path: str | Path, read_only: bool = False) -> Iterator[duckdb.DuckDB
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the tables of ``TABLES`` that do not exist yet."""
+    """Create the tables of ``TABLES`` that do not exist yet; add ``ADDED_COLUMNS`` missing from older files."""
     for name, columns in TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+    for name, added in ADDED_COLUMNS.items():
+        have = {row[0] for row in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?", [name]
+        ).fetchall()}
+        for column, sql_type in added.items():
+            if column not in have:
+                con.execute(f"ALTER TABLE {name} ADD COLUMN {column} {sql_type}")
 
 
 @contextlib.contextmanager
@@ -118,8 +188,6 @@ def replace_window(
     start: datetime,
     end: datetime,
     frame: pd.DataFrame,
-    extra_where: str = "",
-    extra_params: Sequence[object] = (),
 ) -> int:
     """Replace the rows of ``table`` whose ``column`` lies in ``[start, end)`` by ``frame``, in one transaction.
 
@@ -128,17 +196,23 @@ def replace_window(
     """
     with transaction(con):
         con.execute(
-            f"DELETE FROM {table} WHERE CAST({column} AS TIMESTAMP) >= ? AND CAST({column} AS TIMESTAMP) < ? {extra_where}",
-            [start, end, *extra_params],
+            f"DELETE FROM {table} WHERE CAST({column} AS TIMESTAMP) >= ? AND CAST({column} AS TIMESTAMP) < ?",
+            [start, end],
         )
         return insert_frame(con, table, frame)
 
 
-def replace_table(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> int:
-    """Atomically replace the whole of ``table`` with ``frame`` (readers see the old or the new table)."""
+def replace_table(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, *, own_transaction: bool = True) -> int:
+    """Atomically replace the whole of ``table`` with ``frame`` (readers see the old or the new table).
+
+    ``own_transaction=False`` when the caller already holds a transaction that must cover other writes too.
+    """
     con.register("_replace_frame", frame)
     try:
-        with transaction(con):
+        if own_transaction:
+            with transaction(con):
+                con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM _replace_frame")
+        else:
             con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM _replace_frame")
     finally:
         con.unregister("_replace_frame")

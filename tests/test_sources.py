@@ -96,8 +96,10 @@ def test_daily_files_edge_cases_are_clear(tmp_path):
     (events / "2024-01-06.csv").write_bytes(b"user_id,item_id,timestamp\ncaf\xe9,a,2024-01-06T10:00:00Z\n")
     source = DailyFileSource(events, tmp_path / "items.csv")
     assert source.read_events(datetime(2024, 1, 5), datetime(2024, 1, 6)).empty
-    with pytest.raises(SourceError, match="2024-01-06.csv: cannot be read"):
-        source.read_events(datetime(2024, 1, 6), datetime(2024, 1, 7))  # non-UTF-8: an error, not U+FFFD
+    bad = source.read_events(datetime(2024, 1, 6), datetime(2024, 1, 7))  # non-UTF-8: kept as a bad line, not U+FFFD
+    assert bad[["user_id", "parse_error", "raw_line"]].values.tolist() == [
+        [None, "not UTF-8 (byte 3)", "caf\\xe9,a,2024-01-06T10:00:00Z"]
+    ]
     (events / "2024-13-01.csv").write_text("user_id,item_id,timestamp\n")
     with pytest.raises(SourceError, match="2024-13-01.csv: file name is not a real date"):
         source.first_date()

@@ -1,17 +1,21 @@
 """Ingestion assets: raw_events → interactions (daily partitions), and item_catalog."""
 
 
+import time
+from pathlib import Path
+
 import dagster as dg
-import pandas as pd
 
 from recsys_pipeline import warehouse
 from recsys_pipeline.assets.partitions import daily_partitions, window
 from recsys_pipeline.catalog import build_item_catalog
-from recsys_pipeline.cleaning import clean_events
+from recsys_pipeline.cleaning import clean_catalog_items, clean_events
 from recsys_pipeline.resources import SourceResource, WarehouseResource
+from recsys_pipeline.sources import DailyFileSource
 
 
 @dg.asset(
+    pool="duckdb",
     group_name="ingestion",
     kinds={"duckdb"},
     partitions_def=daily_partitions,
@@ -19,6 +23,7 @@ from recsys_pipeline.resources import SourceResource, WarehouseResource
 )
 def raw_events(context: dg.AssetExecutionContext, source: SourceResource, warehouse_db: WarehouseResource):
     """Events as the source gave them (text columns), one UTC day per partition; a re-run replaces the window."""
+    started = time.perf_counter()
     start, end = window(context)
     events = source.build().read_events(start, end)
     with warehouse_db.session() as con:
@@ -26,7 +31,9 @@ def raw_events(context: dg.AssetExecutionContext, source: SourceResource, wareho
     days_with_events = int(events["partition_date"].nunique()) if n else 0
     return dg.MaterializeResult(
         metadata={
+            "seconds": round(time.perf_counter() - started, 2),
             "rows": n,
+            "unparseable_lines": int(events["parse_error"].notna().sum()),  # quarantined by interactions
             "window_start_utc": start.isoformat(),
             "window_end_utc": end.isoformat(),
             "days_with_events": days_with_events,
@@ -35,6 +42,7 @@ def raw_events(context: dg.AssetExecutionContext, source: SourceResource, wareho
 
 
 @dg.asset(
+    pool="duckdb",
     group_name="ingestion",
     kinds={"duckdb"},
     partitions_def=daily_partitions,
@@ -43,6 +51,7 @@ def raw_events(context: dg.AssetExecutionContext, source: SourceResource, wareho
 )
 def interactions(context: dg.AssetExecutionContext, warehouse_db: WarehouseResource):
     """Typed, validated, de-duplicated events; rejected rows go to ``quarantine`` with their reason."""
+    started = time.perf_counter()
     start, end = window(context)
     with warehouse_db.session() as con:
         raw = con.execute(
@@ -68,6 +77,7 @@ def interactions(context: dg.AssetExecutionContext, warehouse_db: WarehouseResou
     reasons = quarantined["reason"].value_counts().to_dict() if len(quarantined) else {}
     return dg.MaterializeResult(
         metadata={
+            "seconds": round(time.perf_counter() - started, 2),
             "rows": len(clean),
             "raw_rows": len(raw),
             "quarantined": len(quarantined),
@@ -78,16 +88,27 @@ def interactions(context: dg.AssetExecutionContext, warehouse_db: WarehouseResou
     )
 
 
-@dg.asset(group_name="ingestion", kinds={"duckdb"})
+@dg.asset(pool="duckdb", group_name="ingestion", kinds={"duckdb"})
 def item_catalog(source: SourceResource, warehouse_db: WarehouseResource):
     """One row per item: title, genres, year, user tags as text, the text to encode, image/audio URIs."""
-    items, tags = source.build().read_catalog()
-    catalog = build_item_catalog(items, tags)
+    started = time.perf_counter()
+    src = source.build()
+    items, tags = src.read_catalog()
+    name = Path(src.catalog_path).name if isinstance(src, DailyFileSource) else "movielens catalog"
+    kept, quarantined = clean_catalog_items(items, source=name)
+    catalog = build_item_catalog(kept, tags)
     with warehouse_db.session() as con:
-        warehouse.replace_table(con, "item_catalog", catalog)
+        with warehouse.transaction(con):  # catalog and its quarantine rows change together
+            warehouse.replace_table(con, "item_catalog", catalog, own_transaction=False)
+            con.execute("DELETE FROM quarantine WHERE stage = 'item_catalog'")
+            warehouse.insert_frame(con, "quarantine", quarantined)
+    reasons = quarantined["reason"].value_counts().to_dict()
     return dg.MaterializeResult(
         metadata={
+            "seconds": round(time.perf_counter() - started, 2),
             "rows": len(catalog),
+            "quarantined": len(quarantined),
+            "quarantine_reasons": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
             "with_tags": int((catalog["tags_text"] != "").sum()),
             "with_year": int(catalog["year"].notna().sum()),
             "preview": dg.MetadataValue.md(catalog[["item_id", "title", "year"]].head(10).to_markdown(index=False)),

@@ -3,19 +3,38 @@
 No Dagster import here: usable from a notebook or plain pytest.
 """
 
-from .content import ItemContent, genres_multi_hot, item_table
-from .datamodule import InteractionDataModule
-from .lightning_module import BestStateCallback, RecommenderModule
-from .modules import ConcatFusion, CrossNetworkV2, ItemTower, ModalityAttentionFusion, TwoTowerModel, UserTower
-from .recommender import (
-    ModelConfig,
-    PopularityRecommender,
-    RandomRecommender,
-    Recommender,
-    TrainedRecommender,
-    TrainerConfig,
-    train_recommender,
-)
+import importlib
+
+# Lazy exports (PEP 562): `recsys_pipeline.model.content` is needed by light processes (asset definitions, Dagster
+# code servers, the CLI) that must not pay for importing Lightning.
+_EXPORTS = {
+    "ItemContent": "content",
+    "genres_multi_hot": "content",
+    "item_table": "content",
+    "InteractionDataModule": "datamodule",
+    "RecommenderModule": "lightning_module",
+    "BestStateCallback": "lightning_module",
+    "ModalityAttentionFusion": "modules",
+    "ConcatFusion": "modules",
+    "CrossNetworkV2": "modules",
+    "ItemTower": "modules",
+    "UserTower": "modules",
+    "TwoTowerModel": "modules",
+    "ModelConfig": "recommender",
+    "TrainerConfig": "recommender",
+    "Recommender": "recommender",
+    "PopularityRecommender": "recommender",
+    "RandomRecommender": "recommender",
+    "TrainedRecommender": "recommender",
+    "train_recommender": "recommender",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ItemContent",

@@ -1,0 +1,164 @@
+"""Asset checks: interactions schema, keys, duplicates and partition windows; the generic embedding check; the
+blocking gate that keeps a model worse than popularity from publishing recommendations."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_pipeline import warehouse
+from recsys_pipeline.assets import ALL_ASSETS, interactions, item_catalog, raw_events, recommendations
+from recsys_pipeline.assets.checks import (
+    ALL_CHECKS,
+    embedding_check,
+    interactions_inside_partition_window,
+    interactions_keys_and_duplicates,
+    interactions_schema,
+    model_beats_popularity,
+    ndcg_against_popularity,
+)
+from recsys_pipeline.resources import SourceResource, WarehouseResource, default_resources
+from recsys_pipeline.settings import home_paths
+
+pytestmark = pytest.mark.reliability
+
+INTERACTION_CHECKS = [interactions_schema, interactions_keys_and_duplicates, interactions_inside_partition_window]
+
+
+def evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+
+
+def insert_interactions(path, rows: list[tuple]) -> None:
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "value"])
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+    with warehouse.session(path) as con, warehouse.transaction(con):
+        warehouse.insert_frame(con, "interactions", frame)
+
+
+def test_interaction_checks_run_with_the_asset_and_catch_violations(tmp_path):
+    events = tmp_path / "events"
+    events.mkdir()
+    (events / "2024-01-05.csv").write_text("user_id,item_id,timestamp\n u1 ,a,2024-01-05T10:00:00Z\nu2,a,1704456000\n")
+    (tmp_path / "items.csv").write_text("item_id,title\na,Alpha\n")
+    path = tmp_path / "w.duckdb"
+    resources = {"warehouse_db": WarehouseResource(path=str(path)),
+                 "source": SourceResource(kind="daily_files", events_dir=str(events),
+                                          catalog_path=str(tmp_path / "items.csv"))}
+    assert dg.materialize([item_catalog], resources=resources).success
+    result = dg.materialize([raw_events, interactions, item_catalog, *INTERACTION_CHECKS], resources=resources,
+                            partition_key="2024-01-05", selection=[raw_events, interactions])
+    got = evaluations(result)
+    assert set(got) == {c.check_key.name for c in INTERACTION_CHECKS}  # the checks run in the asset's own run
+    assert all(e.passed for e in got.values())
+
+    resource = WarehouseResource(path=str(path))
+    # an event with no raw row in its day, one before the first partition, one duplicate, one blank key
+    insert_interactions(path, [("u9", "a", "2024-01-06 09:00", 1.0), ("u1", "a", "1990-01-01 00:00", 1.0),
+                               ("u1", "a", "2024-01-05 10:00", 1.0), (" ", "a", "2024-01-05 11:00", 1.0)])
+    window = interactions_inside_partition_window(warehouse_db=resource)
+    assert not window.passed
+    assert window.metadata["without_raw_row_in_their_day"].value == 3  # u9, the 1990 row and the blank key
+    assert window.metadata["before_first_partition"].value == 1
+    keys = interactions_keys_and_duplicates(warehouse_db=resource)
+    assert not keys.passed
+    assert (keys.metadata["empty_keys"].value, keys.metadata["duplicate_events"].value) == (1, 1)
+    assert interactions_schema(warehouse_db=resource).passed
+
+    with warehouse.session(path) as con:  # schema drift: a text timestamp and a nullable key
+        con.execute("CREATE OR REPLACE TABLE interactions AS "
+                    "SELECT user_id, item_id, CAST(timestamp AS VARCHAR) AS timestamp, value FROM interactions")
+    drift = interactions_schema(warehouse_db=resource)
+    assert not drift.passed
+    assert drift.metadata["columns"].value[2] == ["timestamp", "VARCHAR", "YES"]
+
+
+@pytest.mark.parametrize(
+    ("vectors", "expected_width", "passed", "reason"),
+    [
+        (np.eye(3, 4, dtype=np.float32), None, True, "unit rows, declared width"),
+        (np.eye(3, 4, dtype=np.float32), 4, True, "unit rows, expected width"),
+        (np.eye(3, 4, dtype=np.float32), 8, False, "another width than the encoder's"),
+        (np.eye(3, 4, dtype=np.float32) * 2, None, False, "norm 2"),
+        (np.where(np.eye(3, 4) == 1, np.nan, 0).astype(np.float32), None, False, "NaN"),
+        (np.full((3, 4), np.inf, dtype=np.float32), None, False, "inf"),
+    ],
+)
+def test_embedding_check_factory(tmp_path, vectors, expected_width, passed, reason):
+    path = tmp_path / "w.duckdb"
+    with warehouse.session(path) as con:
+        warehouse.sync_embeddings(con, "image_embeddings", "m", ["a", "b", "c"], ["1", "2", "3"],
+                                  lambda p: vectors[p])
+    check = embedding_check("image_embeddings", "image_embeddings", expected_width=expected_width)
+    assert check.check_key.name == "image_embeddings_finite_unit_norm"
+    result = check(warehouse_db=WarehouseResource(path=str(path)))
+    assert result.passed is passed, reason
+    assert result.metadata["rows"].value == 3 and result.metadata["width"].value == 4
+
+
+def test_embedding_check_fails_without_rows(tmp_path):
+    warehouse.connect(tmp_path / "w.duckdb").close()  # a warehouse without the table
+    result = embedding_check("audio_embeddings", "audio_embeddings")(
+        warehouse_db=WarehouseResource(path=str(tmp_path / "w.duckdb")))
+    assert not result.passed and result.metadata["rows"].value == 0
+
+
+def metrics_frame(ours: float, popularity: float, cold_ours: float = 0.3) -> pd.DataFrame:
+    """``evaluation_metrics`` rows as ``model_evaluation`` writes them."""
+    rows = [("user_last_fraction", "ours", "ndcg_at_10", ours), ("user_last_fraction", "popularity", "ndcg_at_10",
+                                                                   popularity),
+            ("user_last_fraction", "ours", "recall_at_20", 0.5), ("item_cold_start", "ours", "ndcg_at_10", cold_ours),
+            ("item_cold_start", "popularity", "ndcg_at_10", 0.0)]
+    return pd.DataFrame(rows, columns=["protocol", "model", "metric", "value"]).assign(mlflow_run_id="r1")
+
+
+def test_ndcg_gate_compares_every_protocol():
+    assert ndcg_against_popularity(metrics_frame(0.10, 0.08))["passed"]
+    assert ndcg_against_popularity(metrics_frame(0.08, 0.08))["passed"]  # a tie is not worse
+    worse = ndcg_against_popularity(metrics_frame(0.05, 0.08))
+    assert not worse["passed"]
+    assert worse["reason"] == "user_last_fraction: ours NDCG@10 0.0500 < popularity 0.0800"
+    assert worse["protocols"]["item_cold_start"] == {"ours": 0.3, "popularity": 0.0}
+    assert not ndcg_against_popularity(metrics_frame(0.10, 0.08, cold_ours=float("nan")).query(
+        "protocol == 'item_cold_start' or model == 'ours'"))["passed"]  # no protocol with both: no evidence
+
+
+def test_blocking_gate_stops_recommendations_in_the_same_run(tmp_path):
+    paths = home_paths(tmp_path / "home").ensure()
+    resources = default_resources(paths)
+    with warehouse.session(paths.warehouse) as con:
+        warehouse.replace_table(con, "evaluation_metrics", metrics_frame(0.02, 0.09))
+    result = model_beats_popularity_run(resources)
+    gate = evaluations(result)["model_beats_popularity"]
+    assert not gate.passed and gate.blocking
+    assert gate.description == "user_last_fraction: ours NDCG@10 0.0200 < popularity 0.0900"
+    assert not result.success
+    assert result.get_asset_materialization_events() == []  # recommendations not materialized
+    assert not any(e.is_step_start and e.step_key == "recommendations" for e in result.all_events)
+    with warehouse.session(paths.warehouse, read_only=True) as con:
+        assert not warehouse.table_exists(con, "recommendations")
+
+    with warehouse.session(paths.warehouse) as con:
+        warehouse.replace_table(con, "evaluation_metrics", metrics_frame(0.11, 0.09))
+    passing = model_beats_popularity(warehouse_db=resources["warehouse_db"])
+    assert passing.passed
+    assert passing.metadata["ndcg_at_10"].value["user_last_fraction"] == {"ours": 0.11, "popularity": 0.09}
+
+
+def model_beats_popularity_run(resources) -> dg.ExecuteInProcessResult:
+    """One run holding the gate and ``recommendations``, as the nightly job's run does after model_evaluation."""
+    return dg.materialize(
+        [*ALL_ASSETS, *ALL_CHECKS], resources=resources, raise_on_error=False,
+        selection=dg.AssetSelection.assets(recommendations) | dg.AssetSelection.checks(model_beats_popularity),
+    )
+
+
+def test_demo_runs_include_the_gate_with_model_evaluation():
+    """``recsys demo`` materializes one asset per run: the run of model_evaluation must carry its blocking check."""
+    from recsys_pipeline.definitions import defs
+
+    job = defs.resolve_job_def("recsys_pipeline_job")
+    subset = job.get_subset(asset_selection={dg.AssetKey("model_evaluation")})
+    assert model_beats_popularity.check_key in subset.asset_layer.asset_graph.asset_check_keys
+    graph = defs.resolve_asset_graph()
+    assert dg.AssetKey("model_evaluation") in graph.get(dg.AssetKey("recommendations")).parent_keys
