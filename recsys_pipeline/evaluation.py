@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -178,7 +178,11 @@ def _prefixed(d: dict, prefix: str) -> dict:
 
 
 def evaluate_split(
-    model, split: Split, catalog_item_ids: Sequence[str] | None = None, k: int = 20
+    model,
+    split: Split,
+    catalog_item_ids: Sequence[str] | None = None,
+    k: int = 20,
+    item_groups: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``split``.
 
@@ -186,7 +190,9 @@ def evaluate_split(
     catalog minus train items; the same with prefix ``warm_`` (truth restricted to items seen in train) and
     ``cold_`` (items not in train, same ranking). If the split has ``cold_items``, also ``cold_candidates_*``
     (ranking among cold items only) and ``cold_candidates_random_recall_at_{k}`` (= k / n_cold_candidates, the
-    expected recall of a random ranker).
+    expected recall of a random ranker). For each ``name -> item ids`` of ``item_groups`` (e.g. ``with_image`` /
+    ``without_image``), the same metrics with prefix ``{name}_`` over the test items of that group (same ranking),
+    and with ``cold_candidates_{name}_`` for the cold-candidates ranking.
     """
     ks = (10, k) if k != 10 else (10,)
     catalog = (
@@ -207,4 +213,10 @@ def evaluate_split(
         truth_c = test[test["item_id"].isin(cold)]
         out.update(_prefixed(ranking_metrics(ranked_c, truth_c, max(len(cold), 1), ks), "cold_candidates_"))
         out[f"cold_candidates_random_recall_at_{k}"] = min(k, len(cold)) / max(len(cold), 1)
+    for name, items in (item_groups or {}).items():
+        in_group = test["item_id"].isin({str(i) for i in items})
+        out.update(_prefixed(ranking_metrics(ranked, test[in_group], n_catalog, ks), f"{name}_"))
+        if split.cold_items is not None:
+            truth_g = truth_c[truth_c["item_id"].isin({str(i) for i in items})]
+            out.update(_prefixed(ranking_metrics(ranked_c, truth_g, max(len(cold), 1), ks), f"cold_candidates_{name}_"))
     return out

@@ -13,8 +13,10 @@ import numpy as np
 from recsys_pipeline import warehouse
 from recsys_pipeline.model.content import ItemContent
 
-# modality name -> embeddings table (item_id, model_id, content_hash, embedding FLOAT[d], encoded_at)
-MODALITY_TABLES: dict[str, str] = {"text": "text_embeddings"}
+# modality name -> embeddings table (item_id, model_id, content_hash, embedding FLOAT[d], encoded_at). An item
+# without a row (no file, or a failure listed in ``media_failures``) gets a NULL vector and ``{m}_present = FALSE``;
+# ``load_item_content`` turns that into a zero row masked by the model, never a vector passed off as real.
+MODALITY_TABLES: dict[str, str] = {"text": "text_embeddings", "image": "image_embeddings", "audio": "audio_embeddings"}
 
 
 def build_item_features(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Dagster assets, grouped by area: ingestion, content, model."""
 
-from recsys_pipeline.assets.content import item_features, text_embeddings
+from recsys_pipeline.assets.content import audio_embeddings, image_embeddings, item_features, text_embeddings
 from recsys_pipeline.assets.ingestion import interactions, item_catalog, raw_events
 from recsys_pipeline.assets.model import model_evaluation, recommendations, recommender_model
 
@@ -9,6 +9,8 @@ ALL_ASSETS = [
     interactions,
     item_catalog,
     text_embeddings,
+    image_embeddings,
+    audio_embeddings,
     item_features,
     recommender_model,
     model_evaluation,

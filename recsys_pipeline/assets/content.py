@@ -1,4 +1,4 @@
-"""Content assets: text_embeddings → item_features."""
+"""Content assets: text / image / audio embeddings → item_features."""
 
 
 import time
@@ -8,15 +8,21 @@ import dagster as dg
 from recsys_pipeline import warehouse
 from recsys_pipeline.assets.ingestion import item_catalog
 from recsys_pipeline.features import build_item_features
-from recsys_pipeline.resources import TextEncoderResource, WarehouseResource
+from recsys_pipeline.resources import (
+    AudioEncoderResource,
+    ImageEncoderResource,
+    TextEncoderResource,
+    WarehouseResource,
+)
 
 
-@dg.asset(group_name="content", kinds={"duckdb", "pytorch"}, deps=[item_catalog])
+@dg.asset(pool="duckdb", group_name="content", kinds={"duckdb", "pytorch"}, deps=[item_catalog])
 def text_embeddings(context: dg.AssetExecutionContext, text_encoder: TextEncoderResource, warehouse_db: WarehouseResource):
     """Mean-pooled, L2-normalised BERT-family embeddings of each item's text; only new or changed items are
     re-encoded (keyed by model id and a SHA-256 of the text)."""
     from recsys_pipeline.encoders import content_hash
 
+    asset_started = time.perf_counter()
     encoder = text_encoder.build()
     with warehouse_db.session() as con:
         catalog = con.execute("SELECT item_id, text FROM item_catalog ORDER BY item_id").df()
@@ -29,7 +35,7 @@ def text_embeddings(context: dg.AssetExecutionContext, text_encoder: TextEncoder
             encoder.model_id,
             catalog["item_id"].tolist(),
             hashes,
-            lambda positions: encoder.encode([texts[i] for i in positions]),
+            lambda positions: _encode_with_progress(encoder, [texts[i] for i in positions]),
         )
         seconds = time.perf_counter() - started
     context.log.info(f"text_embeddings: {counts}")
@@ -37,6 +43,7 @@ def text_embeddings(context: dg.AssetExecutionContext, text_encoder: TextEncoder
         metadata={
             **counts,
             "rows": counts["total"],
+            "seconds": round(time.perf_counter() - asset_started, 2),
             "model_id": encoder.model_id,
             "dim": encoder.dim,
             "encode_seconds": round(seconds, 2),
@@ -45,9 +52,76 @@ def text_embeddings(context: dg.AssetExecutionContext, text_encoder: TextEncoder
     )
 
 
-@dg.asset(group_name="content", kinds={"duckdb"}, deps=[item_catalog, text_embeddings])
+def _encode_with_progress(encoder, texts: list[str]):
+    """``encoder.encode(texts)`` with a progress bar on a terminal (none when stderr is a file or pipe)."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(texts), desc="text_embeddings", unit="item", disable=None, leave=False) as bar:
+        return encoder.encode(texts, progress=lambda done, total: bar.update(done - bar.n))
+
+
+def _media_embeddings(context, modality: str, resource, warehouse_db: WarehouseResource) -> dg.MaterializeResult:
+    """Shared body of image_embeddings / audio_embeddings: sync, then report counts and the failure table."""
+    started = time.perf_counter()
+    from recsys_pipeline.media import FAILURES_TABLE, sync_media_embeddings
+
+    locator = resource.locator()
+    built = []
+
+    def encoder():  # built only when some item has a file
+        built.append(resource.build())
+        return built[-1]
+
+    with warehouse_db.session() as con:
+        catalog = con.execute(f"SELECT item_id, {modality}_uri AS uri FROM item_catalog ORDER BY item_id").df()
+        report = sync_media_embeddings(
+            con, modality, f"{modality}_embeddings", encoder, catalog["item_id"].tolist(), catalog["uri"].tolist(),
+            locator,
+        )
+        sample = con.execute(
+            f"SELECT item_id, uri, reason, detail FROM {FAILURES_TABLE} WHERE modality = ? AND reason <> 'missing' "
+            "AND reason <> 'no_source' ORDER BY item_id LIMIT 20",
+            [modality],
+        ).df()
+    context.log.info(f"{modality}_embeddings: {report.metadata()}")
+    by_reason = "\n".join(f"| {r} | {n} |" for r, n in report.missing_by_reason.items())
+    return dg.MaterializeResult(
+        metadata={
+            "seconds": round(time.perf_counter() - started, 2),
+            **report.metadata(),
+            "dim": built[0].dim if built else 0,
+            "roots": str([str(r) for r in locator.roots]),
+            "pattern": locator.pattern or "",
+            "items_per_second": round(report.encoded / report.encode_seconds, 1) if report.encoded else 0.0,
+            "missing_by_reason": dg.MetadataValue.md("| reason | items |\n| --- | --- |\n" + by_reason),
+            "failures_sample": dg.MetadataValue.md(sample.to_markdown(index=False) if len(sample) else "(none)"),
+        }
+    )
+
+
+@dg.asset(pool="duckdb", group_name="content", kinds={"duckdb", "pytorch"}, deps=[item_catalog])
+def image_embeddings(context: dg.AssetExecutionContext, image_encoder: ImageEncoderResource,
+                     warehouse_db: WarehouseResource):
+    """Pooled, L2-normalised ImageNet-CNN features (timm) of each item's image (catalog ``image_uri`` or the
+    configured pattern under the configured roots), keyed by model id and the SHA-256 of the image bytes: only new
+    or changed images are encoded. Items without a usable image are listed in ``media_failures`` with a reason."""
+    return _media_embeddings(context, "image", image_encoder, warehouse_db)
+
+
+@dg.asset(pool="duckdb", group_name="content", kinds={"duckdb"}, deps=[item_catalog])
+def audio_embeddings(context: dg.AssetExecutionContext, audio_encoder: AudioEncoderResource,
+                     warehouse_db: WarehouseResource):
+    """Fixed-size librosa feature summaries (or torchcrepe embeddings) of each item's audio clip, keyed by model id
+    and the SHA-256 of the audio bytes. Items without a usable clip are listed in ``media_failures``."""
+    return _media_embeddings(context, "audio", audio_encoder, warehouse_db)
+
+
+@dg.asset(pool="duckdb", group_name="content", kinds={"duckdb"}, deps=[item_catalog, text_embeddings, image_embeddings, audio_embeddings])
 def item_features(warehouse_db: WarehouseResource):
     """Per item: one vector per modality with a presence flag, plus genres and year (the model's content input)."""
+    started = time.perf_counter()
     with warehouse_db.session() as con:
         counts = build_item_features(con)
-    return dg.MaterializeResult(metadata={"rows": counts["items"], **counts})
+    return dg.MaterializeResult(
+        metadata={"seconds": round(time.perf_counter() - started, 2), "rows": counts["items"], **counts}
+    )

@@ -25,6 +25,7 @@ __all__ = [
     "UserTower",
     "TwoTowerModel",
     "year_bucket",
+    "drop_modalities",
     "N_YEAR_BUCKETS",
 ]
 
@@ -37,6 +38,30 @@ def year_bucket(year: Tensor) -> Tensor:
     """``(B,)`` int years (0 = unknown) -> ``(B,)`` bucket ids in ``[0, N_YEAR_BUCKETS)``."""
     b = torch.clamp((year - _YEAR_MIN) // _YEAR_STEP, min=-1, max=_N_SPANS - 1) + 2
     return torch.where(year > 0, b, torch.zeros_like(b))
+
+
+def drop_modalities(present: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Modality dropout: hide each present modality with probability ``p``, but never all of an item's.
+
+    An item whose every present modality was drawn gets one of them back (chosen uniformly), so training sees
+    items with fewer modalities -- as a new item may have -- without ever turning an item with content into one
+    without. Items with nothing present stay as they are.
+
+    Args:
+        present: ``(B, M)`` bool. p: drop probability per (item, modality).
+
+    Returns:
+        ``(B, M)`` bool, a subset of ``present`` with ``any(dim=1)`` unchanged.
+    """
+    present = present.bool()
+    drop = torch.rand(present.shape, device=present.device, generator=generator) < p
+    kept = present & ~drop
+    emptied = present.any(dim=1) & ~kept.any(dim=1)
+    if emptied.any():
+        score = torch.rand(present.shape, device=present.device, generator=generator).masked_fill(~present, -1.0)
+        pick = torch.nn.functional.one_hot(score.argmax(dim=1), present.shape[1]).bool()
+        kept = kept | (pick & emptied[:, None])
+    return kept
 
 
 class ModalityAttentionFusion(nn.Module):
@@ -157,8 +182,8 @@ class ItemTower(nn.Module):
     concatenated, passed through :class:`CrossNetworkV2` and an MLP (plus, if ``skip``, a linear shortcut around
     the MLP) to ``D + 1`` outputs: an item vector ``(D,)`` and
     a bias. Id index ``0`` is the unknown/cold item. In training, ``id_dropout`` replaces the id with ``0`` and
-    ``modality_dropout`` hides present modalities, never both for the same item when that would leave it with no
-    signal at all, so the tower learns to score brand-new items from content alone.
+    ``modality_dropout`` hides present modalities (:func:`drop_modalities`: never all of an item's), so the tower
+    learns to score brand-new items from content alone, and from whichever modalities a new item has.
 
     Args:
         n_items: number of known items (embedding has ``n_items + 1`` rows).
@@ -216,8 +241,7 @@ class ItemTower(nn.Module):
         present = present.bool()
         if self.training and (self.id_dropout > 0 or self.modality_dropout > 0):
             if self.modality_dropout > 0:
-                drop = torch.rand(present.shape, device=present.device) < self.modality_dropout
-                present = present & ~drop
+                present = drop_modalities(present, self.modality_dropout)
             if self.id_dropout > 0:
                 drop_id = torch.rand(item_idx.shape, device=item_idx.device) < self.id_dropout
                 drop_id &= present.any(dim=1)  # keep the id when no content is left

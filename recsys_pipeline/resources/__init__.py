@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -70,13 +71,121 @@ class TextEncoderResource(dg.ConfigurableResource):
         )
 
 
+
+def _roots(text: str) -> list[str]:
+    return [r for r in text.split(os.pathsep) if r.strip()]
+
+
+class ImageEncoderResource(dg.ConfigurableResource):
+    """Item images and the CNN that embeds them.
+
+    ``roots``: folders images may be read from, joined with ``os.pathsep`` (relative catalog ``image_uri`` values and
+    ``pattern`` are resolved under them; nothing outside is read). ``pattern``: file name for items without an
+    ``image_uri`` (``{item_id}`` is replaced), empty = catalog URIs only. ``model``: a timm name (empty = packaged
+    EfficientNet-Lite0); ``weights_file``: a local state dict for it (e.g. ResNet-18/50 weights); ``max_pixels``:
+    larger images are marked missing (``too_many_pixels``) without decoding.
+    """
+
+    roots: str = ""
+    pattern: str = "{item_id}.jpg"
+    model: Optional[str] = None
+    weights_file: Optional[str] = None
+    cache_dir: Optional[str] = None
+    batch_size: int = 32
+    num_workers: int = 0
+    max_pixels: int = 40_000_000
+    max_bytes: int = 50_000_000
+    local_files_only: bool = True
+
+    def locator(self):
+        from recsys_pipeline.media import MediaLocator
+
+        return MediaLocator(_roots(self.roots), self.pattern or None, self.max_bytes)
+
+    def build(self):
+        from recsys_pipeline.encoders.image import ImageEncoder
+
+        return ImageEncoder(
+            self.model or None, weights_file=self.weights_file or None, cache_dir=self.cache_dir or None,
+            batch_size=self.batch_size, num_workers=self.num_workers, max_pixels=self.max_pixels,
+            local_files_only=self.local_files_only,
+        )
+
+
+class AudioEncoderResource(dg.ConfigurableResource):
+    """Item audio clips and how they are embedded.
+
+    ``roots`` / ``pattern`` as for images (default pattern empty: catalog ``audio_uri`` only). ``kind``: ``librosa``
+    (180-d feature summary) or ``crepe`` (torchcrepe embedding, ``crepe_model`` ``tiny``/``full``).
+    """
+
+    roots: str = ""
+    pattern: str = ""
+    kind: str = "librosa"
+    sample_rate: int = 16000
+    window_seconds: float = 3.0
+    min_seconds: float = 0.1
+    crepe_model: str = "tiny"
+    max_bytes: int = 200_000_000
+
+    def locator(self):
+        from recsys_pipeline.media import MediaLocator
+
+        return MediaLocator(_roots(self.roots), self.pattern or None, self.max_bytes)
+
+    def build(self):
+        from recsys_pipeline.encoders.audio import AudioEncoder
+
+        return AudioEncoder(
+            self.kind, sample_rate=self.sample_rate, window_seconds=self.window_seconds,
+            min_seconds=self.min_seconds, crepe_model=self.crepe_model,
+        )
+
+
+def image_encoder_from_env(paths: HomePaths | None = None) -> ImageEncoderResource:
+    """``ImageEncoderResource`` from ``RECSYS_IMAGE_ROOT`` (``os.pathsep``-separated folders; unset = no images),
+    ``RECSYS_IMAGE_PATTERN`` (default ``{item_id}.jpg``), ``RECSYS_IMAGE_MODEL``, ``RECSYS_IMAGE_WEIGHTS``; converted
+    weights are cached under ``<home>/models``."""
+    env = os.environ
+    return ImageEncoderResource(
+        roots=os.pathsep.join(str(Path(r).expanduser().resolve()) for r in _roots(env.get("RECSYS_IMAGE_ROOT", ""))),
+        pattern=env.get("RECSYS_IMAGE_PATTERN", "{item_id}.jpg"),
+        model=env.get("RECSYS_IMAGE_MODEL") or None,
+        weights_file=env.get("RECSYS_IMAGE_WEIGHTS") or None,
+        cache_dir=str(paths.root / "models") if paths is not None else None,
+    )
+
+
+def audio_encoder_from_env() -> AudioEncoderResource:
+    """``AudioEncoderResource`` from ``RECSYS_AUDIO_ROOT``, ``RECSYS_AUDIO_PATTERN`` (default empty) and
+    ``RECSYS_AUDIO_ENCODER`` (``librosa`` | ``crepe``)."""
+    env = os.environ
+    return AudioEncoderResource(
+        roots=os.pathsep.join(str(Path(r).expanduser().resolve()) for r in _roots(env.get("RECSYS_AUDIO_ROOT", ""))),
+        pattern=env.get("RECSYS_AUDIO_PATTERN", ""),
+        kind=env.get("RECSYS_AUDIO_ENCODER", "librosa"),
+    )
+
+
 class MLflowResource(dg.ConfigurableResource):
-    """MLflow tracking store, experiment and registry name."""
+    """MLflow tracking store, experiment and registry name, and the champion / challenger policy.
+
+    ``champion_metric`` (``{protocol}.{model}.{metric}`` of ``model_evaluation``, higher = better) and
+    ``champion_min_margin`` decide when a new model version takes the ``champion`` alias
+    (``publish.ChampionPolicy``).
+    """
 
     tracking_uri: str
     artifact_location: str
     experiment_name: str = "recsys_pipeline"
     registered_model_name: str = "recsys_ranker"
+    champion_metric: str = "user_last_fraction.ours.ndcg_at_10"
+    champion_min_margin: float = 0.0
+
+    def champion_policy(self):
+        from recsys_pipeline.publish import ChampionPolicy
+
+        return ChampionPolicy(self.champion_metric, self.champion_min_margin)
 
     def experiment_id(self) -> str:
         from recsys_pipeline import tracking
@@ -167,6 +276,8 @@ def default_resources(paths: HomePaths) -> dict[str, dg.ConfigurableResource]:
         "warehouse_db": WarehouseResource(path=str(paths.warehouse)),
         "source": source_from_env(),
         "text_encoder": TextEncoderResource(),
+        "image_encoder": image_encoder_from_env(paths),
+        "audio_encoder": audio_encoder_from_env(),
         "mlflow": MLflowResource(tracking_uri=paths.mlflow_tracking_uri, artifact_location=str(paths.mlflow_artifacts)),
         "training": training_from_env(),
     }
