@@ -80,9 +80,9 @@ def test_definitions_list_every_asset_and_the_schedule():
     from recsys_pipeline.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"raw_events", "interactions", "item_catalog", "text_embeddings", "item_features",
-                    "recommender_model", "model_evaluation", "recommendations"}
-    assert len(ALL_ASSETS) == 8
+    assert keys == {"raw_events", "interactions", "item_catalog", "text_embeddings", "image_embeddings",
+                    "audio_embeddings", "item_features", "recommender_model", "model_evaluation", "recommendations"}
+    assert len(ALL_ASSETS) == 10
     schedule = defs.resolve_schedule_def("nightly_retrain")
     assert schedule.cron_schedule == "0 2 * * *"
     assert raw_events.partitions_def.get_first_partition_key() == "1996-03-29"

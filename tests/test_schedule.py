@@ -13,3 +13,29 @@ def test_nightly_tick_requests_yesterdays_partition():
     result = schedule.evaluate_tick(context)
     assert [r.partition_key for r in result.run_requests] == ["2024-05-02"]
     assert schedule.job_name == "recsys_pipeline_job"
+
+
+def test_nightly_schedule_runs_the_whole_graph_at_two_utc():
+    from recsys_pipeline.assets import ALL_ASSETS
+    from recsys_pipeline.definitions import defs
+
+    schedule = defs.resolve_schedule_def("nightly_retrain")
+    assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone in (None, "UTC")
+    job = defs.resolve_job_def(schedule.job_name)
+    every_asset = {key for asset in ALL_ASSETS for key in asset.keys}
+    assert set(job.asset_layer.executable_asset_keys) == every_asset
+    # the unpartitioned assets run in the same partitioned run (Dagster runs them as plain steps)
+    assert {"item_catalog", "recommender_model", "recommendations"} <= {k.to_user_string() for k in every_asset}
+
+
+def test_nightly_hour_is_validated(monkeypatch):
+    import pytest
+
+    from recsys_pipeline.automation import nightly_hour_utc
+
+    monkeypatch.setenv("RECSYS_NIGHTLY_HOUR_UTC", "23")
+    assert nightly_hour_utc() == 23
+    for bad in ("24", "-1", "2am", ""):
+        monkeypatch.setenv("RECSYS_NIGHTLY_HOUR_UTC", bad)
+        with pytest.raises(ValueError, match="RECSYS_NIGHTLY_HOUR_UTC"):
+            nightly_hour_utc()
