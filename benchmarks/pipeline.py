@@ -1,7 +1,17 @@
-"""Benchmark the full demo: wall time per asset, text-encoding items/s, training samples/s, peak memory.
+"""Benchmark the pipeline: the full demo, and the hot paths one by one. Prints its figures; asserts nothing.
 
-Usage: ``.venv/bin/python benchmarks/pipeline.py [--home DIR] [--start YYYY-MM-DD --end YYYY-MM-DD]``
-(default: a fresh temporary home, every partition of the bundled data). Prints its figures; asserts nothing.
+Usage: ``.venv/bin/python benchmarks/pipeline.py [--section demo|text|scoring|training|all] [--threads N]
+[--n-texts N] [--home DIR] [--start YYYY-MM-DD --end YYYY-MM-DD]``
+
+* ``demo``: the full demo (fresh temporary home by default): wall time per asset, text items/s, training samples/s,
+  peak memory.
+* ``text``: items/s of the project's ``TextEncoder`` (length-sorted batches, dynamic padding, ``--threads``) vs
+  ``sentence-transformers``' ``encode`` on the same catalog texts and model, same thread count, in the same run,
+  plus the min cosine between the two embeddings of each text.
+* ``scoring``: users/s of ``TrainedRecommender.recommend`` (top-20, seen items masked) for every user x every
+  catalog item of ml-latest-small (weights untrained: speed does not depend on their values).
+* ``training``: ``train_recommender`` with the default ``ModelConfig`` on the warm train split of
+  ml-latest-small: samples/s, epochs trained and the early-stopping (best) epoch.
 """
 
 from __future__ import annotations
@@ -19,7 +29,19 @@ def main() -> int:
     parser.add_argument("--home")
     parser.add_argument("--start")
     parser.add_argument("--end")
+    parser.add_argument("--section", default="demo", choices=["demo", "text", "scoring", "training", "all"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for text/scoring/training sections")
+    parser.add_argument("--n-texts", type=int, default=None, help="encode only the first N catalog texts")
     args = parser.parse_args()
+    print(f"cores: {os.cpu_count()}   load average: {os.getloadavg()}   threads: {args.threads}", flush=True)
+    if args.section in ("text", "all"):
+        bench_text(args.threads, args.n_texts)
+    if args.section in ("scoring", "all"):
+        bench_scoring(args.threads)
+    if args.section in ("training", "all"):
+        bench_training(args.threads)
+    if args.section not in ("demo", "all"):
+        return 0
     home = args.home or tempfile.mkdtemp(prefix="recsys-bench-")
     from recsys_pipeline.cli import run_demo
 
@@ -48,6 +70,86 @@ def main() -> int:
           f"   train_seconds = {model.get('train_seconds')}")
     print(f"peak_rss_mib = {peak_mib:.0f}")
     return 0
+
+
+def _quality():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import quality
+
+    return quality
+
+
+def bench_text(threads: int, n_texts: int | None) -> None:
+    import numpy as np
+    import torch
+
+    from recsys_pipeline.encoders.text import TextEncoder, default_text_model_path
+
+    texts = _quality().load_catalog()["text"].tolist()[:n_texts]
+    torch.set_num_threads(threads)
+    enc = TextEncoder(num_threads=threads, device="cpu")
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(default_text_model_path(), device="cpu")
+    enc.encode(texts[:64]), st.encode(texts[:64])  # warm-up
+    t0, c0 = time.perf_counter(), time.process_time()
+    ours = enc.encode(texts)
+    t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    ref = st.encode(texts, batch_size=enc.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    t_st, c_st = time.perf_counter() - t0, time.process_time() - c0
+    cos = (ours * ref).sum(axis=1)
+    print(f"text: {len(texts)} texts, batch {enc.batch_size}, max_length {enc.max_length}, load {os.getloadavg()[0]:.1f}")
+    print(f"text_items_per_second[TextEncoder] = {len(texts) / t_ours:.1f}   ({t_ours:.1f}s)")
+    print(f"text_items_per_second[sentence-transformers encode] = {len(texts) / t_st:.1f}   ({t_st:.1f}s)")
+    print(f"text_items_per_cpu_second: TextEncoder {len(texts) / c_ours:.1f}   sentence-transformers {len(texts) / c_st:.1f}")
+    print(f"text_cosine_vs_sentence_transformers: min {float(np.min(cos)):.6f} mean {float(np.mean(cos)):.6f}")
+
+
+def bench_scoring(threads: int, repeats: int = 5) -> None:
+    import torch
+
+    from recsys_pipeline.model.lightning_module import RecommenderModule
+    from recsys_pipeline.model.recommender import ModelConfig, TrainedRecommender
+
+    q = _quality()
+    torch.set_num_threads(threads)
+    inter = q.load_interactions()
+    catalog = q.load_catalog()
+    content = q.build_content(catalog, q.text_vectors(catalog["text"].tolist()))
+    users = sorted(inter["user_id"].unique())
+    items = sorted(inter["item_id"].unique())
+    cfg = ModelConfig()
+    module = RecommenderModule(len(users), len(items), content.modality_dims, len(content.genre_names), cfg)
+    model = TrainedRecommender(module.model, cfg, users, items, content, content.modality_dims, content.genre_names)
+    if hasattr(model, "set_history"):
+        model.set_history(inter)
+    model.recommend(users[:8], k=20, exclude=inter)  # warm-up (item vectors cached after this)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(repeats):
+        out = model.recommend(users, k=20, exclude=inter)
+    dt = (time.perf_counter() - t0) / repeats
+    cpu = (time.process_time() - c0) / repeats
+    print(f"scoring: {len(users)} users x {len(content)} items, top-20, {len(inter)} seen pairs masked,"
+          f" load {os.getloadavg()[0]:.1f}")
+    print(f"scoring_users_per_second = {len(users) / dt:.0f}   ({dt * 1000:.0f} ms per pass, {len(out)} rows)")
+    print(f"scoring_users_per_cpu_second = {len(users) / cpu:.0f}   (CPU time: comparable under contention)")
+
+
+def bench_training(threads: int) -> None:
+    from recsys_pipeline.evaluation import split_user_last_fraction
+    from recsys_pipeline.model.recommender import ModelConfig, TrainerConfig, train_recommender
+
+    q = _quality()
+    inter = q.load_interactions()
+    catalog = q.load_catalog()
+    content = q.build_content(catalog, q.text_vectors(catalog["text"].tolist()))
+    train = split_user_last_fraction(inter, 0.2, 5).train
+    _, s = train_recommender(train, content, ModelConfig(), TrainerConfig(num_threads=threads))
+    print(f"training: {s['n_train_interactions']} interactions, load {os.getloadavg()[0]:.1f}, config {ModelConfig()}")
+    print(f"train_samples_per_second = {s['samples_per_second']:.0f}   epochs_trained = {s['epochs_trained']}"
+          f"   best_epoch(early stopping) = {s['best_epoch']}   train_seconds = {s['train_seconds']:.1f}"
+          f"   best_val_ndcg_at_10 = {s['best_val_ndcg_at_10']:.4f}")
 
 
 if __name__ == "__main__":

@@ -271,3 +271,47 @@ def test_train_cli(tmp_path, content):
     assert stats["epochs_trained"] == 1
     back = TrainedRecommender.load(tmp_path / "m", content)
     assert back.score(["u1"], ["i1"]).shape == (1, 1)
+
+
+def test_full_softmax_with_user_history_folds_into_plain_two_tower(content):
+    """Pooled-history user vectors give the same scores before and after folding them into the user embedding."""
+    from recsys_pipeline.model import InteractionDataModule, RecommenderModule, item_table
+
+    inter = make_interactions()
+    cfg = ModelConfig(**dict(FAST, loss="softmax", user_history=True))
+    dm = InteractionDataModule(inter, content, 0.0, 64, 0)
+    table = item_table(content, dm.item_index, content.genre_names, content.modality_dims)
+    module = RecommenderModule(dm.n_users, dm.n_items, content.modality_dims, N_GENRES, cfg, table, dm.train_history)
+    users = torch.arange(dm.n_users + 1)
+    # one optimisation step so the item tower is not at its initial values; the loss is finite and differentiable
+    loss = module.training_step(next(iter(dm.train_dataloader())), 0)
+    loss.backward()
+    assert torch.isfinite(loss) and module.model.user_tower.emb.weight.grad is not None
+    module.eval()
+    v = module.all_item_vectors()
+    hist = module.history_vectors(v)
+    # user 1's history sum is the sum of its train items' vectors (hand check against the CSR)
+    indptr, rows = dm.train_history
+    assert torch.allclose(hist[1], v[torch.as_tensor(rows[indptr[1] : indptr[2]])].sum(0), atol=1e-5)
+    before = module.user_vectors(users, hist) @ v.T
+    module.fold_history()
+    after = module.model.user_vectors(users) @ v.T
+    assert not module.use_history
+    assert torch.allclose(before, after, atol=1e-5)
+    assert torch.equal(after[0], v[:, -1])  # unknown user: item bias only
+
+
+def test_softmax_negatives_exclude_cold_items(content):
+    """Items nobody interacted with in training are not negatives (the softmax runs over known items only)."""
+    from recsys_pipeline.model import InteractionDataModule, RecommenderModule, item_table
+
+    inter = make_interactions()
+    cold = {f"i{i}" for i in range(10)}
+    inter = inter[~inter["item_id"].isin(cold)]
+    dm = InteractionDataModule(inter, content, 0.0, 64, 0)
+    table = item_table(content, dm.item_index, content.genre_names, content.modality_dims)
+    module = RecommenderModule(dm.n_users, dm.n_items, content.modality_dims, N_GENRES, ModelConfig(**FAST), table)
+    warm_rows = module.t_warm_rows.tolist()
+    assert warm_rows == sorted(content.index[i] for i in dm.item_ids)
+    assert not {content.item_ids[r] for r in warm_rows} & cold
+    assert module.t_warm_col[warm_rows].tolist() == list(range(len(warm_rows)))

@@ -141,6 +141,11 @@ class InteractionDataModule(L.LightningDataModule):
         return len(self.item_ids)
 
     @property
+    def train_history(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training-split histories as CSR ``(indptr (n_users + 2,) int64, item_rows int64)`` over user index."""
+        return self._seen_csr
+
+    @property
     def has_validation(self) -> bool:
         return len(self.val_users) > 0
 

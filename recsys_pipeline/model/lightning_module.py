@@ -23,6 +23,7 @@ __all__ = [
     "RecommenderModule",
     "BestStateCallback",
     "sampled_softmax_loss",
+    "full_softmax_loss",
     "bpr_loss",
     "topk_metrics",
     "compute_item_vectors",
@@ -65,6 +66,18 @@ def sampled_softmax_loss(pos: Tensor, neg: Tensor, hit_mask: Tensor) -> Tensor:
     return (torch.logsumexp(logits, dim=1) - pos).mean()
 
 
+def full_softmax_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Softmax cross-entropy over the whole candidate set (no sampling, so no sampling bias to correct).
+
+    Args:
+        logits: ``(B, N)`` scores of every candidate item. target: ``(B,)`` int64 column of the positive.
+    """
+    return F.cross_entropy(logits, target)
+
+
+LOSSES = ("softmax", "sampled_softmax", "bpr")
+
+
 def bpr_loss(pos: Tensor, neg: Tensor, hit_mask: Tensor) -> Tensor:
     """BPR (Rendle et al. 2009): ``-mean log sigmoid(s_pos - s_neg)`` over non-hit (positive, negative) pairs."""
     keep = (~hit_mask).to(pos.dtype)
@@ -105,16 +118,25 @@ class RecommenderModule(L.LightningModule):
         table: item table from :func:`recsys_pipeline.model.content.item_table` (the catalog; negatives are
             sampled from it and validation ranks over all of it). May be ``None`` for inference-only use.
         config: a ``ModelConfig``-like object (``embedding_dim, fusion, n_heads, cross_layers, mlp_hidden,
-            dropout, id_dropout, modality_dropout, loss, num_negatives, lr, weight_decay``).
+            dropout, id_dropout, modality_dropout, loss, num_negatives, lr, weight_decay[, user_history]``).
+        history: optional user histories as CSR ``(indptr (n_users + 2,), item_rows)`` over user index (0 =
+            unknown) and table rows. With ``config.user_history`` the user vector is
+            ``user_emb(u) + mean_{j in history(u)} item_vec(j)`` (the YouTube-DNN / SVD++ idea: a user is also the
+            items they chose), leaving the positive itself out of its own history in training. After training,
+            :meth:`fold_history` adds the pooled history into the user embedding table, so the saved model is a
+            plain two-tower model.
 
     Batches: training ``(user_idx (B,), item_row (B,))``; validation ``(users (b,), seen (2, n), truth (2, m))``.
     """
 
-    def __init__(self, n_users: int, n_items: int, modality_dims: Mapping[str, int], n_genres: int, config, table=None):
+    def __init__(
+        self, n_users: int, n_items: int, modality_dims: Mapping[str, int], n_genres: int, config, table=None,
+        history=None,
+    ):
         super().__init__()
         self.config = config
-        if config.loss not in ("sampled_softmax", "bpr"):
-            raise ValueError(f"loss must be 'sampled_softmax' or 'bpr', got {config.loss!r}")
+        if config.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}")
         self.model = TwoTowerModel(
             n_users,
             n_items,
@@ -134,9 +156,13 @@ class RecommenderModule(L.LightningModule):
         self.n_table = 0
         if table is not None:
             self.set_table(table)
+        self.use_history = bool(getattr(config, "user_history", False)) and history is not None
+        if self.use_history:
+            self.set_history(*history)
         self.val_ndcg = MeanMetric()
         self.val_recall = MeanMetric()
         self._val_item_vecs: Tensor | None = None
+        self._val_hist: Tensor | None = None
 
     # ------------------------------------------------------------------ item table
     def set_table(self, table) -> None:
@@ -147,6 +173,60 @@ class RecommenderModule(L.LightningModule):
         self.register_buffer("t_genres", table["genres"], persistent=False)
         self.register_buffer("t_year", table["year"], persistent=False)
         self.n_table = int(table["id_idx"].shape[0])
+        # negatives come only from items with training interactions: catalog items nobody has interacted with yet
+        # (cold items) are unknown, not disliked; as negatives they would teach the content path to bury them
+        warm = torch.nonzero(table["id_idx"] > 0).flatten()
+        self.register_buffer("t_warm_rows", warm if len(warm) else torch.arange(self.n_table), persistent=False)
+        col = torch.full((self.n_table,), -1, dtype=torch.long)
+        col[self.t_warm_rows] = torch.arange(len(self.t_warm_rows))
+        self.register_buffer("t_warm_col", col, persistent=False)
+
+    def set_history(self, indptr, item_rows) -> None:
+        """User histories (CSR over user index, see class doc) as flat ``(user, table_row)`` index buffers."""
+        indptr = torch.as_tensor(indptr, dtype=torch.long)
+        counts = indptr[1:] - indptr[:-1]
+        users = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        self.register_buffer("h_user", users, persistent=False)
+        self.register_buffer("h_row", torch.as_tensor(item_rows, dtype=torch.long), persistent=False)
+        self.register_buffer("h_count", counts.float(), persistent=False)
+
+    def history_vectors(self, item_vecs: Tensor, rows: Tensor | None = None) -> Tensor:
+        """``(n_users + 1, D + 1)`` history sums ``sum_{j in history(u)} item_vecs[col(j)]``.
+
+        ``item_vecs`` are the vectors of table ``rows`` (all table rows when ``None``).
+        """
+        if rows is None:
+            cols = self.h_row
+        else:
+            col = torch.full((self.n_table,), -1, dtype=torch.long, device=rows.device)
+            col[rows] = torch.arange(len(rows), device=rows.device)
+            cols = col[self.h_row]
+        out = torch.zeros(len(self.h_count), item_vecs.shape[1], dtype=item_vecs.dtype, device=item_vecs.device)
+        return out.index_add(0, self.h_user, item_vecs[cols])
+
+    def user_vectors(self, users: Tensor, hist_sum: Tensor | None = None, leave_out: Tensor | None = None) -> Tensor:
+        """``(B, D + 1)`` user vectors; with history, ``+ mean`` of the history item vectors (bias column kept 1).
+
+        ``leave_out``: ``(B, D + 1)`` item vectors removed from each user's history (the training positive).
+        """
+        u = self.model.user_vectors(users)
+        if not self.use_history or hist_sum is None:
+            return u
+        h, n = hist_sum[users], self.h_count[users]
+        if leave_out is not None:
+            h, n = h - leave_out, n - 1
+        h = h / n.clamp(min=1)[:, None]
+        return u + torch.cat([h[:, :-1], torch.zeros_like(h[:, -1:])], dim=1)
+
+    @torch.no_grad()
+    def fold_history(self) -> None:
+        """Add each user's (eval-mode) mean history vector into its embedding row; history is then off."""
+        if not self.use_history:
+            return
+        h = self.history_vectors(self.all_item_vectors())
+        h = h / self.h_count.clamp(min=1)[:, None]
+        self.model.user_tower.emb.weight += h[:, :-1]
+        self.use_history = False
 
     def table_item_vectors(self, rows: Tensor | None = None) -> Tensor:
         """Item vectors ``(n, D + 1)`` for table ``rows`` (all rows when ``None``)."""
@@ -173,13 +253,27 @@ class RecommenderModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
         users, rows = batch
-        n_neg = min(self.config.num_negatives, self.n_table)
-        neg = torch.randint(0, self.n_table, (n_neg,), device=rows.device)
+        if self.config.loss == "softmax":
+            v = self.table_item_vectors(self.t_warm_rows)  # (n_warm, D + 1): every known item
+            cols = self.t_warm_col[rows]
+            if self.use_history:
+                u = self.user_vectors(users, self.history_vectors(v, self.t_warm_rows), v[cols])
+            else:
+                u = self.model.user_vectors(users)
+            logits = u @ v.T
+            loss = full_softmax_loss(logits, cols)
+            self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(rows), sync_dist=True)
+            return loss
+        if self.use_history:
+            raise ValueError("user_history needs loss='softmax' (it pools every item vector each step)")
+        u = self.model.user_vectors(users)
+        n_warm = len(self.t_warm_rows)
+        n_neg = min(self.config.num_negatives, n_warm)
+        neg = self.t_warm_rows[torch.randint(0, n_warm, (n_neg,), device=rows.device)]
         # run the item tower once per distinct item of the batch (positives repeat: popular items)
         uniq, inv = torch.unique(torch.cat([rows, neg]), return_inverse=True)
         vecs = self.table_item_vectors(uniq)[inv]
         pos_v, neg_v = vecs[: len(rows)], vecs[len(rows) :]
-        u = self.model.user_vectors(users)
         pos = (u * pos_v).sum(dim=1)
         negs = u @ neg_v.T
         hit = rows[:, None] == neg[None, :]
@@ -194,12 +288,13 @@ class RecommenderModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self._val_item_vecs = self.all_item_vectors()
+        self._val_hist = self.history_vectors(self._val_item_vecs) if self.use_history else None
 
     def validation_step(self, batch, batch_idx):
         users, seen, truth = batch
         if self._val_item_vecs is None:
-            self._val_item_vecs = self.all_item_vectors()
-        scores = self.model.user_vectors(users) @ self._val_item_vecs.T
+            self.on_validation_epoch_start()
+        scores = self.user_vectors(users, self._val_hist) @ self._val_item_vecs.T
         scores[seen[0], seen[1]] = float("-inf")
         ndcg, recall = topk_metrics(scores, truth, 10, 20)
         self.val_ndcg.update(ndcg)
@@ -209,7 +304,7 @@ class RecommenderModule(L.LightningModule):
         self.log("val_recall_at_20", self.val_recall, on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
-        self._val_item_vecs = None
+        self._val_item_vecs = self._val_hist = None
 
 
 class BestStateCallback(Callback):
