@@ -76,13 +76,14 @@ def _run(job, instance, selection, label: str, tags: dict | None = None, run_con
 
 
 def _day(text: str | None, flag: str):
-    """Parse a YYYY-MM-DD option; None stays None. Raises ValueError naming the flag."""
-    from datetime import date
+    """Parse a YYYY-MM-DD option (strictly: not ISO week or basic forms); None stays None. Raises ValueError naming
+    the flag."""
+    from datetime import datetime
 
-    if not text:
+    if text is None:
         return None
     try:
-        return date.fromisoformat(text)
+        return datetime.strptime(text, "%Y-%m-%d").date()
     except ValueError:
         raise ValueError(f"{flag} {text!r} is not a YYYY-MM-DD date") from None
 
@@ -141,17 +142,19 @@ def _run_range(job, instance, first: str, last: str, selection=None) -> float:
     ingestion = [dg.AssetKey("raw_events"), dg.AssetKey("interactions")]
     extra = [k for k in (selection or []) if k not in ingestion]
     label = f"raw_events + interactions: daily partitions {first} .. {last} (one single-run backfill)"
-    return _run(job, instance, ingestion + extra, label + (" and everything downstream" if extra else ""),
+    if extra:
+        label += " with " + ", ".join(k.to_user_string() for k in extra)
+    return _run(job, instance, ingestion + extra, label,
                 tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})
 
 
 def backfill(args: argparse.Namespace) -> int:
     """Re-ingest ``--start..--end`` (inclusive UTC days) and the catalog as one run, optionally with everything
     downstream. Raises ValueError for a bad date, a reversed range or a day outside the partitions."""
-    paths = _prepare_home(args.home)
     first, last = _day(args.start, "--start"), _day(args.end, "--end")
     if first > last:
         raise ValueError(f"--start {first} is after --end {last}")
+    paths = _prepare_home(args.home)
     import dagster as dg
 
     from recsys_pipeline.assets.partitions import daily_partitions
@@ -305,9 +308,19 @@ def ui(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535, got {value}")
     return value
 
 
@@ -335,10 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=export)
     p = sub.add_parser("serve", help="HTTP endpoint GET /recommendations/{user_id}?k=10 over the published table")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.set_defaults(func=serve)
     p = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
-    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--port", type=_port, default=3000)
     p.set_defaults(func=ui)
     args = parser.parse_args(argv)
     from recsys_pipeline.sources import SourceError

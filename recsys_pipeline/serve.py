@@ -22,6 +22,7 @@ publish.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -71,13 +72,20 @@ class PublishedSnapshots:
         return snapshot_path(self.paths, RECOMMENDATIONS), snapshot_path(self.paths, ITEMS)
 
     def current(self) -> _Loaded | None:
-        """The loaded snapshots, reloaded first if a file changed; ``None`` when nothing is published."""
+        """The loaded snapshots, reloaded first if a file changed; ``None`` when nothing (readable) is published.
+        A file that cannot be read keeps the previous snapshot in service (logged as a warning)."""
         ids = tuple(_file_id(p) for p in self.files())
         if ids[0] is None:
             return None
         with self._lock:
             if self._loaded is None or self._loaded.file_ids != ids:
-                self._loaded = self._load(ids)
+                try:
+                    self._loaded = self._load(ids)
+                except (OSError, ValueError) as exc:  # unreadable file (pyarrow raises both): keep the last good one
+                    logging.getLogger(__name__).warning("published snapshot unreadable, serving the previous one "
+                                                        "(%s): %s", "none loaded" if self._loaded is None else
+                                                        "still loaded", exc)
+                    return self._loaded
                 self.reloads += 1
             return self._loaded
 
@@ -154,7 +162,9 @@ def create_app(paths: HomePaths):
             rows = loaded.recs.iloc[span[0]:min(span[1], span[0] + k)]
             items = [{"rank": int(r.rank), "item_id": r.item_id, "title": loaded.titles.get(r.item_id),
                       "score": round(float(r.score), 6)} for r in rows.itertuples()]
-            return {"user_id": user_id, "strategy": str(rows["strategy"].iloc[0]), "k": k, **meta,
+            # "k": what is returned (the published list may be shorter than requested_k)
+            return {"user_id": user_id, "strategy": str(rows["strategy"].iloc[0]), "k": len(items), "requested_k": k,
+                    **meta,
                     "model_run_id": _first(rows, "model_run_id"), "items": items}
         if not fallback:
             return JSONResponse(status_code=404, content={
@@ -164,7 +174,7 @@ def create_app(paths: HomePaths):
         rows = loaded.popular.head(k)
         items = [{"rank": int(r.rank), "item_id": r.item_id, "title": r.title, "score": float(r.users)}
                  for r in rows.itertuples()]
-        return {"user_id": user_id, "strategy": POPULARITY_FALLBACK, "k": k, **meta,
+        return {"user_id": user_id, "strategy": POPULARITY_FALLBACK, "k": len(items), "requested_k": k, **meta,
                 "score_unit": "distinct users who interacted with the item", "items": items}
 
     return app

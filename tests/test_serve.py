@@ -128,3 +128,18 @@ def test_recsys_serve_answers_on_a_real_socket(published):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_an_unreadable_snapshot_keeps_the_last_good_one_or_answers_503(published, tmp_path):
+    client = TestClient(create_app(published))
+    assert client.get("/recommendations/2", params={"k": 2}).status_code == 200
+    target = published.published / "recommendations.parquet"
+    good = target.read_bytes()
+    target.write_bytes(good[:1000])  # truncated: not what publish_snapshot writes, but a disk can do it
+    body = client.get("/recommendations/2", params={"k": 2}).json()
+    assert [i["item_id"] for i in body["items"]] == ["i2", "i3"]  # the previous, complete snapshot
+    fresh = TestClient(create_app(published))  # nothing good loaded yet: 503, not a 500
+    assert fresh.get("/health").status_code == 503
+    assert fresh.get("/recommendations/2").status_code == 503
+    publish_snapshot(published, recs_frame(["2"], offset=5))
+    assert client.get("/recommendations/2", params={"k": 1}).json()["items"][0]["item_id"] == "i6"
