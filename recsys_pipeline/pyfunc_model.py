@@ -25,6 +25,9 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         if "user_id" not in model_input.columns:
             raise ValueError("input needs a 'user_id' column")
         k = int((params or {}).get("k", 10))
+        n_items = len(self.model.content.item_ids)
+        if not 1 <= k <= n_items:
+            raise ValueError(f"param k must be in 1..{n_items} (the catalog size), got {k}")
         users = model_input["user_id"].astype(str).tolist()
         return self.model.recommend(users, k=k, exclude=self.seen[self.seen["user_id"].isin(users)])
 
