@@ -122,8 +122,6 @@ def bench_scoring(threads: int, repeats: int = 5) -> None:
     cfg = ModelConfig()
     module = RecommenderModule(len(users), len(items), content.modality_dims, len(content.genre_names), cfg)
     model = TrainedRecommender(module.model, cfg, users, items, content, content.modality_dims, content.genre_names)
-    if hasattr(model, "set_history"):
-        model.set_history(inter)
     model.recommend(users[:8], k=20, exclude=inter)  # warm-up (item vectors cached after this)
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(repeats):

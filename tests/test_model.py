@@ -273,32 +273,95 @@ def test_train_cli(tmp_path, content):
     assert back.score(["u1"], ["i1"]).shape == (1, 1)
 
 
-def test_full_softmax_with_user_history_folds_into_plain_two_tower(content):
-    """Pooled-history user vectors give the same scores before and after folding them into the user embedding."""
+def _history_module(content, inter, **cfg):
     from recsys_pipeline.model import InteractionDataModule, RecommenderModule, item_table
 
-    inter = make_interactions()
-    cfg = ModelConfig(**dict(FAST, loss="softmax", user_history=True))
     dm = InteractionDataModule(inter, content, 0.0, 64, 0)
     table = item_table(content, dm.item_index, content.genre_names, content.modality_dims)
-    module = RecommenderModule(dm.n_users, dm.n_items, content.modality_dims, N_GENRES, cfg, table, dm.train_history)
-    users = torch.arange(dm.n_users + 1)
-    # one optimisation step so the item tower is not at its initial values; the loss is finite and differentiable
-    loss = module.training_step(next(iter(dm.train_dataloader())), 0)
-    loss.backward()
-    assert torch.isfinite(loss) and module.model.user_tower.emb.weight.grad is not None
+    config = ModelConfig(**dict(FAST, **cfg))
+    module = RecommenderModule(dm.n_users, dm.n_items, content.modality_dims, N_GENRES, config, table, dm.train_history)
+    return dm, module
+
+
+def test_history_is_causal_newest_first_and_truncated(content):
+    """A training pair's history holds exactly the user's items *before* it, newest first, at most L of them."""
+    inter = make_interactions()  # every user has 15 items at hours 0..14, in that order
+    dm, module = _history_module(content, inter, history_length=4)
+    u = dm.user_index["u7"]
+    own = inter[inter["user_id"] == "u7"].sort_values("timestamp")["item_id"].tolist()
+    ids = [dm.item_index[i] for i in own]  # id index of the user's items, oldest first
+    pairs = np.nonzero(dm.train_pairs[0] == u)[0]
+    rows = dm.train_pairs[1][pairs]
+    order = {content.index[i]: t for t, i in enumerate(own)}
+    by_time = pairs[np.argsort([order[r] for r in rows])]  # the user's pairs, oldest first
+    pos = torch.as_tensor(dm.train_positions[by_time])
+    hist = module.history_index(torch.full((len(pos),), u), pos)
+    assert hist[0].tolist() == [0, 0, 0, 0]  # first item: nothing before it
+    assert hist[2].tolist() == [ids[1], ids[0], 0, 0]
+    assert hist[9].tolist() == [ids[8], ids[7], ids[6], ids[5]]
+    # serving: the last 4 of the whole history
+    assert module.history_index(torch.tensor([u])).tolist() == [[ids[14], ids[13], ids[12], ids[11]]]
+    assert module.history_index(torch.tensor([0])).tolist() == [[0, 0, 0, 0]]  # unknown user: no history
+
+
+def test_history_pooling_masks_padding_and_learns_recency_weights():
+    from recsys_pipeline.model.modules import HistoryPooling
+
+    pool = HistoryPooling(n_items=5, dim=3, length=3, decay=1.0)
+    with torch.no_grad():
+        pool.emb.weight[1:] = torch.arange(15, dtype=torch.float32).reshape(5, 3)
+    out = pool(torch.tensor([[2, 1, 0], [0, 0, 0], [3, 3, 3]]))
+    w = torch.softmax(torch.tensor([0.0, -1.0]), 0)  # slots 0 and 1 valid, decay 1
+    assert torch.allclose(out[0], w[0] * pool.emb.weight[2] + w[1] * pool.emb.weight[1])
+    assert torch.equal(out[1], torch.zeros(3))  # no history: zeros, not NaN
+    assert torch.allclose(out[2], pool.emb.weight[3])  # weights sum to 1
+    out.sum().backward()
+    assert pool.pos_logits.grad is not None and torch.isfinite(pool.pos_logits.grad).all()
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "softmax"])
+def test_history_folds_into_plain_two_tower(content, loss):
+    """After training with history, folding it into the user embedding gives identical scores, and the saved
+    model (plain two-tower, no history input) reproduces them."""
+    inter = make_interactions()
+    dm, module = _history_module(content, inter, history_length=5, history_dropout=0.5, loss=loss)
+    loss_value = module.training_step(next(iter(dm.train_dataloader())), 0)
+    loss_value.backward()
+    assert torch.isfinite(loss_value)
+    assert module.model.user_tower.history.emb.weight.grad.abs().sum() > 0
     module.eval()
+    users = torch.arange(dm.n_users + 1)
     v = module.all_item_vectors()
-    hist = module.history_vectors(v)
-    # user 1's history sum is the sum of its train items' vectors (hand check against the CSR)
-    indptr, rows = dm.train_history
-    assert torch.allclose(hist[1], v[torch.as_tensor(rows[indptr[1] : indptr[2]])].sum(0), atol=1e-5)
-    before = module.user_vectors(users, hist) @ v.T
+    before = module.user_vectors(users) @ v.T
+    no_history = module.model.user_vectors(users) @ v.T
+    assert not torch.allclose(before, no_history)  # the history changes the scores
     module.fold_history()
     after = module.model.user_vectors(users) @ v.T
     assert not module.use_history
     assert torch.allclose(before, after, atol=1e-5)
     assert torch.equal(after[0], v[:, -1])  # unknown user: item bias only
+
+
+def test_history_model_beats_id_only_on_sequential_structure():
+    """Planted order: each user walks a ring of items, so the next item follows from the last one seen; the
+    user id alone cannot say where the user stopped. History must win clearly on the held-out next items."""
+    n_items, n_users, steps = 60, 80, 12
+    rng = np.random.default_rng(3)
+    rows = []
+    for u in range(n_users):
+        start = int(rng.integers(n_items))
+        for t in range(steps):
+            rows.append((f"u{u}", f"i{(start + 2 * t) % n_items}", pd.Timestamp("2021-01-01") + pd.Timedelta(minutes=t)))
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    content = make_content(n_items=n_items)
+    split = split_user_last_fraction(inter, 0.2, 5)
+    figures = {}
+    for length in (0, 3):
+        cfg = ModelConfig(**dict(FAST, history_length=length, history_dropout=0.0, max_epochs=30, patience=30,
+                                 id_dropout=0.0, num_negatives=32, refit=False))
+        model, _ = train_recommender(split.train, content, cfg, TrainerConfig(accelerator="cpu", devices=1))
+        figures[length] = evaluate_split(model, split, k=2)["recall_at_2"]
+    assert figures[3] > figures[0] + 0.2, figures
 
 
 def test_softmax_negatives_exclude_cold_items(content):

@@ -22,35 +22,42 @@ __all__ = ["InteractionDataModule", "PairDataset", "UserEvalDataset", "split_las
 
 
 class PairDataset(Dataset):
-    """``(user_idx, item_row)`` training pairs; fetched a whole batch at a time via ``__getitems__``."""
+    """``(user_idx, item_row, position)`` training pairs; fetched a whole batch at a time via ``__getitems__``.
 
-    def __init__(self, users: np.ndarray, items: np.ndarray):
+    ``position`` is the pair's index in the time-ordered history CSR (its items before it are its history).
+    """
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, positions: np.ndarray):
         self.users = torch.tensor(np.asarray(users), dtype=torch.long)
         self.items = torch.tensor(np.asarray(items), dtype=torch.long)
+        self.positions = torch.tensor(np.asarray(positions), dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.users)
 
     def __getitem__(self, i):
-        return self.users[i], self.items[i]
+        return self.users[i], self.items[i], self.positions[i]
 
     def __getitems__(self, idx: list[int]):
         t = torch.as_tensor(idx, dtype=torch.long)
-        return self.users[t], self.items[t]
+        return self.users[t], self.items[t], self.positions[t]
 
 
 def _collate_pairs(batch):
     if isinstance(batch, tuple):  # from __getitems__
         return batch
-    users, items = zip(*batch)
-    return torch.stack(users), torch.stack(items)
+    return tuple(torch.stack(col) for col in zip(*batch))
+
+
+def _csr_order(user_idx: np.ndarray) -> np.ndarray:
+    """Stable order by user: pairs keep their (time) order within each user."""
+    return np.argsort(user_idx, kind="stable")
 
 
 def _csr(user_idx: np.ndarray, item_row: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(user_idx, kind="stable")
     indptr = np.zeros(n_users + 2, dtype=np.int64)
     np.add.at(indptr, user_idx + 1, 1)
-    return np.cumsum(indptr), item_row[order]
+    return np.cumsum(indptr), item_row[_csr_order(user_idx)]
 
 
 class UserEvalDataset(Dataset):
@@ -94,7 +101,9 @@ class InteractionDataModule(L.LightningDataModule):
     Attributes (after construction):
         user_ids: index ``i`` -> user ``user_ids[i-1]``; ``user_index`` the inverse (1-based).
         item_ids: items with an id embedding (seen in the training split); ``item_index`` the inverse (1-based).
-        train_pairs / val_pairs: ``(user_idx, item_row)`` arrays, ``item_row`` = row in ``content``.
+        train_pairs / val_pairs: ``(user_idx, item_row)`` arrays, ``item_row`` = row in ``content``; train pairs
+            are in time order.
+        train_positions: ``(n_train,) int64`` index of each train pair in the history CSR (``train_history``).
     """
 
     def __init__(
@@ -115,6 +124,8 @@ class InteractionDataModule(L.LightningDataModule):
         df["item_id"] = df["item_id"].astype(str)
         df = df.sort_values("timestamp", kind="stable").drop_duplicates(["user_id", "item_id"], keep="first")
         train, val = split_last_fraction_per_user(df, val_fraction, min_val_interactions)
+        # time order within each user is what the history CSR (and a causal user history) relies on
+        train = train.sort_values("timestamp", kind="stable")
         self.user_ids: list[str] = sorted(df["user_id"].unique())
         self.user_index = {u: i + 1 for i, u in enumerate(self.user_ids)}
         self.item_ids: list[str] = sorted(train["item_id"].unique())
@@ -124,6 +135,8 @@ class InteractionDataModule(L.LightningDataModule):
         self.val_pairs = self._pairs(val, rows)
         n_users = len(self.user_ids)
         self._seen_csr = _csr(*self.train_pairs, n_users)
+        self.train_positions = np.empty(len(self.train_pairs[0]), dtype=np.int64)
+        self.train_positions[_csr_order(self.train_pairs[0])] = np.arange(len(self.train_positions))
         self._val_csr = _csr(*self.val_pairs, n_users)
         self.val_users = np.unique(self.val_pairs[0])
 
@@ -142,7 +155,8 @@ class InteractionDataModule(L.LightningDataModule):
 
     @property
     def train_history(self) -> tuple[np.ndarray, np.ndarray]:
-        """Training-split histories as CSR ``(indptr (n_users + 2,) int64, item_rows int64)`` over user index."""
+        """Training-split histories as CSR ``(indptr (n_users + 2,) int64, item_rows int64)`` over user index,
+        oldest first within each user; ``train_positions[j]`` is training pair ``j``'s index in ``item_rows``."""
         return self._seen_csr
 
     @property
@@ -152,7 +166,7 @@ class InteractionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            PairDataset(*self.train_pairs),
+            PairDataset(*self.train_pairs, self.train_positions),
             batch_size=self.batch_size,
             shuffle=True,
             generator=g,

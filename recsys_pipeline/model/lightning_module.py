@@ -118,15 +118,16 @@ class RecommenderModule(L.LightningModule):
         table: item table from :func:`recsys_pipeline.model.content.item_table` (the catalog; negatives are
             sampled from it and validation ranks over all of it). May be ``None`` for inference-only use.
         config: a ``ModelConfig``-like object (``embedding_dim, fusion, n_heads, cross_layers, mlp_hidden,
-            dropout, id_dropout, modality_dropout, loss, num_negatives, lr, weight_decay[, user_history]``).
-        history: optional user histories as CSR ``(indptr (n_users + 2,), item_rows)`` over user index (0 =
-            unknown) and table rows. With ``config.user_history`` the user vector is
-            ``user_emb(u) + mean_{j in history(u)} item_vec(j)`` (the YouTube-DNN / SVD++ idea: a user is also the
-            items they chose), leaving the positive itself out of its own history in training. After training,
-            :meth:`fold_history` adds the pooled history into the user embedding table, so the saved model is a
-            plain two-tower model.
+            dropout, id_dropout, modality_dropout, loss, num_negatives, lr, weight_decay[, history_length]``).
+        history: user histories as CSR ``(indptr (n_users + 2,), item_rows)`` over user index (0 = unknown) and
+            table rows, time-ordered within each user. Used when ``config.history_length > 0``: the user vector is
+            ``user_emb(u) + HistoryPooling(last L items)``, where in training "last" means *before the positive*
+            (causal, like next-item models: the pooled items never include the target or anything after it) and
+            for validation and serving it means the user's last ``L`` training items. After training,
+            :meth:`fold_history` adds that pooled vector into the user embedding table, so the saved model
+            is a plain two-tower model.
 
-    Batches: training ``(user_idx (B,), item_row (B,))``; validation ``(users (b,), seen (2, n), truth (2, m))``.
+    Batches: training ``(user_idx (B,), item_row (B,), position (B,))`` (position of the pair in the history CSR); validation ``(users (b,), seen (2, n), truth (2, m))``.
     """
 
     def __init__(
@@ -151,18 +152,19 @@ class RecommenderModule(L.LightningModule):
             id_dropout=config.id_dropout,
             modality_dropout=config.modality_dropout,
             skip=getattr(config, "skip", True),
+            history_length=int(getattr(config, "history_length", 0)),
         )
         self.modality_names = list(modality_dims)
         self.n_table = 0
         if table is not None:
             self.set_table(table)
-        self.use_history = bool(getattr(config, "user_history", False)) and history is not None
+        self.history_length = int(getattr(config, "history_length", 0))
+        self.use_history = self.history_length > 0 and history is not None
         if self.use_history:
             self.set_history(*history)
         self.val_ndcg = MeanMetric()
         self.val_recall = MeanMetric()
         self._val_item_vecs: Tensor | None = None
-        self._val_hist: Tensor | None = None
 
     # ------------------------------------------------------------------ item table
     def set_table(self, table) -> None:
@@ -182,50 +184,43 @@ class RecommenderModule(L.LightningModule):
         self.register_buffer("t_warm_col", col, persistent=False)
 
     def set_history(self, indptr, item_rows) -> None:
-        """User histories (CSR over user index, see class doc) as flat ``(user, table_row)`` index buffers."""
-        indptr = torch.as_tensor(indptr, dtype=torch.long)
-        counts = indptr[1:] - indptr[:-1]
-        users = torch.repeat_interleave(torch.arange(len(counts)), counts)
-        self.register_buffer("h_user", users, persistent=False)
-        self.register_buffer("h_row", torch.as_tensor(item_rows, dtype=torch.long), persistent=False)
-        self.register_buffer("h_count", counts.float(), persistent=False)
+        """User histories (CSR over user index, time-ordered, see class doc) as buffers of item id indices."""
+        if self.n_table == 0:
+            raise ValueError("set_history needs the item table (table=...) to map table rows to item ids")
+        self.register_buffer("h_indptr", torch.as_tensor(indptr, dtype=torch.long), persistent=False)
+        rows = torch.as_tensor(item_rows, dtype=torch.long)
+        self.register_buffer("h_item", self.t_id_idx[rows], persistent=False)  # id index per history entry
 
-    def history_vectors(self, item_vecs: Tensor, rows: Tensor | None = None) -> Tensor:
-        """``(n_users + 1, D + 1)`` history sums ``sum_{j in history(u)} item_vecs[col(j)]``.
+    def history_index(self, users: Tensor, end: Tensor | None = None) -> Tensor:
+        """``(B, L)`` id indices of each user's last ``L`` items before CSR position ``end``, newest first, 0 pad.
 
-        ``item_vecs`` are the vectors of table ``rows`` (all table rows when ``None``).
+        ``end`` ``(B,)``: exclusive end (a training pair's own position); ``None`` = the user's whole history.
         """
-        if rows is None:
-            cols = self.h_row
-        else:
-            col = torch.full((self.n_table,), -1, dtype=torch.long, device=rows.device)
-            col[rows] = torch.arange(len(rows), device=rows.device)
-            cols = col[self.h_row]
-        out = torch.zeros(len(self.h_count), item_vecs.shape[1], dtype=item_vecs.dtype, device=item_vecs.device)
-        return out.index_add(0, self.h_user, item_vecs[cols])
+        start = self.h_indptr[users]
+        if end is None:
+            end = self.h_indptr[users + 1]
+        idx = end[:, None] - 1 - torch.arange(self.history_length, device=users.device)  # (B, L)
+        return torch.where(idx >= start[:, None], self.h_item[idx.clamp(min=0)], torch.zeros_like(idx))
 
-    def user_vectors(self, users: Tensor, hist_sum: Tensor | None = None, leave_out: Tensor | None = None) -> Tensor:
-        """``(B, D + 1)`` user vectors; with history, ``+ mean`` of the history item vectors (bias column kept 1).
-
-        ``leave_out``: ``(B, D + 1)`` item vectors removed from each user's history (the training positive).
-        """
-        u = self.model.user_vectors(users)
-        if not self.use_history or hist_sum is None:
-            return u
-        h, n = hist_sum[users], self.h_count[users]
-        if leave_out is not None:
-            h, n = h - leave_out, n - 1
-        h = h / n.clamp(min=1)[:, None]
-        return u + torch.cat([h[:, :-1], torch.zeros_like(h[:, -1:])], dim=1)
+    def user_vectors(self, users: Tensor, end: Tensor | None = None) -> Tensor:
+        """``(B, D + 1)`` user vectors; with history, the pooled last ``L`` items before ``end`` are added."""
+        if not self.use_history:
+            return self.model.user_vectors(users)
+        return self.model.user_vectors(users, self.history_index(users, end))
 
     @torch.no_grad()
     def fold_history(self) -> None:
-        """Add each user's (eval-mode) mean history vector into its embedding row; history is then off."""
+        """Add each user's pooled (eval-mode) last-``L`` history into its embedding row; history is then off."""
         if not self.use_history:
             return
-        h = self.history_vectors(self.all_item_vectors())
-        h = h / self.h_count.clamp(min=1)[:, None]
-        self.model.user_tower.emb.weight += h[:, :-1]
+        tower = self.model.user_tower
+        was = tower.training
+        tower.eval()
+        users = torch.arange(len(self.h_indptr) - 1, device=self.h_indptr.device)
+        pooled = tower.history(self.history_index(users))
+        tower.train(was)
+        pooled[0] = 0.0  # the unknown user stays at zero
+        tower.emb.weight += pooled
         self.use_history = False
 
     def table_item_vectors(self, rows: Tensor | None = None) -> Tensor:
@@ -252,21 +247,20 @@ class RecommenderModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
-        users, rows = batch
+        users, rows, positions = batch
+        if self.use_history:
+            hist = self.history_index(users, positions)
+            p = float(getattr(self.config, "history_dropout", 0.0))
+            if p > 0:  # whole-history dropout: the id embedding must also predict on its own
+                hist = hist * (torch.rand(len(users), 1, device=hist.device) >= p)
+            u = self.model.user_vectors(users, hist)
+        else:
+            u = self.model.user_vectors(users)
         if self.config.loss == "softmax":
             v = self.table_item_vectors(self.t_warm_rows)  # (n_warm, D + 1): every known item
-            cols = self.t_warm_col[rows]
-            if self.use_history:
-                u = self.user_vectors(users, self.history_vectors(v, self.t_warm_rows), v[cols])
-            else:
-                u = self.model.user_vectors(users)
-            logits = u @ v.T
-            loss = full_softmax_loss(logits, cols)
+            loss = full_softmax_loss(u @ v.T, self.t_warm_col[rows])
             self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(rows), sync_dist=True)
             return loss
-        if self.use_history:
-            raise ValueError("user_history needs loss='softmax' (it pools every item vector each step)")
-        u = self.model.user_vectors(users)
         n_warm = len(self.t_warm_rows)
         n_neg = min(self.config.num_negatives, n_warm)
         neg = self.t_warm_rows[torch.randint(0, n_warm, (n_neg,), device=rows.device)]
@@ -288,13 +282,12 @@ class RecommenderModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self._val_item_vecs = self.all_item_vectors()
-        self._val_hist = self.history_vectors(self._val_item_vecs) if self.use_history else None
 
     def validation_step(self, batch, batch_idx):
         users, seen, truth = batch
         if self._val_item_vecs is None:
             self.on_validation_epoch_start()
-        scores = self.user_vectors(users, self._val_hist) @ self._val_item_vecs.T
+        scores = self.user_vectors(users) @ self._val_item_vecs.T
         scores[seen[0], seen[1]] = float("-inf")
         ndcg, recall = topk_metrics(scores, truth, 10, 20)
         self.val_ndcg.update(ndcg)
@@ -304,7 +297,7 @@ class RecommenderModule(L.LightningModule):
         self.log("val_recall_at_20", self.val_recall, on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
-        self._val_item_vecs = self._val_hist = None
+        self._val_item_vecs = None
 
 
 class BestStateCallback(Callback):

@@ -5,7 +5,8 @@ Shapes follow TorchRec conventions: ``B`` batch, ``M`` modalities, ``W`` fusion 
 * :class:`ModalityAttentionFusion` / :class:`ConcatFusion`: fuse per-modality item vectors, masking absent ones.
 * :class:`CrossNetworkV2`: DCN-V2 cross layers (Wang et al. 2021).
 * :class:`ItemTower`: id embedding + fused content + genres + year bucket -> cross net -> MLP -> item vector.
-* :class:`UserTower`: user id embedding.
+* :class:`HistoryPooling`: recency-weighted pooling of the user's last ``L`` items (learned position weights).
+* :class:`UserTower`: user id embedding (+ optional :class:`HistoryPooling` of the user's recent items).
 * :class:`TwoTowerModel`: both towers; score = ``<user_vec, item_vec>`` where the last item coordinate is a
   content-predicted item bias and the matching user coordinate is the constant 1.
 """
@@ -22,6 +23,7 @@ __all__ = [
     "ConcatFusion",
     "CrossNetworkV2",
     "ItemTower",
+    "HistoryPooling",
     "UserTower",
     "TwoTowerModel",
     "year_bucket",
@@ -264,39 +266,90 @@ class ItemTower(nn.Module):
         return out + self.skip(h) if self.skip is not None else out
 
 
-class UserTower(nn.Module):
-    """User vector ``(B, D + 1)``: id embedding with a constant 1 appended (multiplies the item bias).
+class HistoryPooling(nn.Module):
+    """Recency-weighted mean of a user's last ``L`` items: ``h = sum_l softmax(a)_l * E[item_l]``.
 
-    Index ``0`` is the unknown user: its embedding is fixed at zero so an unknown user is scored by the item bias
-    alone (a learned, content-aware popularity).
+    ``item_l`` is the ``l``-th most recent item (``l = 0`` newest). The item input embeddings ``E`` are separate
+    from the item tower (as in SASRec, Kang & McAuley 2018, whose inputs are the previous items of the sequence),
+    so a training step needs no item-tower pass over the history. The position logits ``a`` ``(L,)`` are learned,
+    initialised to an exponential decay ``a_l = -l / decay``; padding slots are masked out of the softmax.
+
+    Args:
+        n_items: known items (``E`` has ``n_items + 1`` rows; row 0 = padding, fixed at zero).
+        dim: output width ``D``. length: ``L``. decay: initial decay in positions.
+
+    Call: ``pool(history (B, L) int64 id indices, 0 = none)`` -> ``(B, D)``; rows with no history are zeros.
     """
 
-    def __init__(self, n_users: int, dim: int = 64):
+    def __init__(self, n_items: int, dim: int, length: int = 50, decay: float = 10.0):
+        super().__init__()
+        if length < 1:
+            raise ValueError(f"history length must be >= 1, got {length}")
+        self.length = length
+        self.emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        nn.init.normal_(self.emb.weight, std=0.05)
+        with torch.no_grad():
+            self.emb.weight[0].zero_()
+        self.pos_logits = nn.Parameter(-torch.arange(length, dtype=torch.float32) / decay)
+
+    def forward(self, history: Tensor) -> Tensor:
+        valid = history > 0  # (B, L)
+        logits = self.pos_logits[: history.shape[1]].expand_as(valid).masked_fill(~valid, float("-inf"))
+        # rows with no history: softmax over all -inf is NaN; give them zeros instead
+        w = torch.softmax(logits.masked_fill(~valid.any(dim=1, keepdim=True), 0.0), dim=1) * valid
+        return (w[..., None] * self.emb(history)).sum(dim=1)
+
+
+class UserTower(nn.Module):
+    """User vector ``(B, D + 1)``: id embedding (+ pooled recent items) with a constant 1 appended.
+
+    The constant multiplies the item bias. Index ``0`` is the unknown user: its embedding is fixed at zero so an
+    unknown user is scored by the item bias alone (a learned, content-aware popularity).
+
+    Args:
+        n_users: known users. dim: ``D``.
+        n_items, history_length: when ``history_length > 0`` a :class:`HistoryPooling` over the user's last
+            ``history_length`` items is added to the id embedding (``forward(user_idx, history)``).
+    """
+
+    def __init__(self, n_users: int, dim: int = 64, n_items: int = 0, history_length: int = 0):
         super().__init__()
         self.emb = nn.Embedding(n_users + 1, dim, padding_idx=0)
         nn.init.normal_(self.emb.weight, std=0.05)
         with torch.no_grad():
             self.emb.weight[0].zero_()
+        self.history = HistoryPooling(n_items, dim, history_length) if history_length > 0 else None
 
-    def forward(self, user_idx: Tensor) -> Tensor:
+    def forward(self, user_idx: Tensor, history: Tensor | None = None) -> Tensor:
+        """``user_idx (B,)``, ``history (B, L)`` id indices newest first (``None``: id embedding only)."""
         u = self.emb(user_idx)
+        if history is not None:
+            if self.history is None:
+                raise ValueError("history given but this UserTower was built with history_length=0")
+            u = u + self.history(history)
         return torch.cat([u, torch.ones_like(u[:, :1])], dim=1)
 
 
 class TwoTowerModel(nn.Module):
-    """User tower + item tower; ``score(u, i) = <user_tower(u), item_tower(i)>``.
+    """User tower + item tower; ``score(u, i) = <user_tower(u[, history]), item_tower(i)>``.
+
+    ``history_length > 0`` adds :class:`HistoryPooling` to the user tower (see ``RecommenderModule``, which
+    folds it into the user embedding after training, so serving needs only ``user_vectors(user_idx)``).
 
     Score all users x all items as ``user_vecs @ item_vecs.T`` after precomputing item vectors once.
     """
 
-    def __init__(self, n_users: int, n_items: int, modality_dims: Mapping[str, int], n_genres: int, **item_kwargs):
+    def __init__(
+        self, n_users: int, n_items: int, modality_dims: Mapping[str, int], n_genres: int,
+        history_length: int = 0, **item_kwargs,
+    ):
         super().__init__()
         dim = item_kwargs.get("dim", 64)
-        self.user_tower = UserTower(n_users, dim)
+        self.user_tower = UserTower(n_users, dim, n_items, history_length)
         self.item_tower = ItemTower(n_items, modality_dims, n_genres, **item_kwargs)
 
-    def user_vectors(self, user_idx: Tensor) -> Tensor:
-        return self.user_tower(user_idx)
+    def user_vectors(self, user_idx: Tensor, history: Tensor | None = None) -> Tensor:
+        return self.user_tower(user_idx, history)
 
     def item_vectors(self, item_idx: Tensor, features, present: Tensor, genres: Tensor, year: Tensor) -> Tensor:
         return self.item_tower(item_idx, features, present, genres, year)

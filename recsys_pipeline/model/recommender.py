@@ -48,8 +48,9 @@ class ModelConfig:
     Negatives (every loss) are drawn only from items with training interactions: an item nobody has interacted
     with yet is unknown, not disliked. ``loss="softmax"`` is the full softmax over all those items (no sampling
     bias; ~8x the CPU time per step of 512 sampled negatives on ml-latest-small: 0.50 vs 0.065 CPU-s per batch of
-    1024). ``user_history=True`` (softmax only) adds the mean of the user's train item vectors to the user vector
-    in training and folds it into the user embedding afterwards (the saved model is unchanged in form).
+    1024). ``history_length=L > 0`` adds a learned recency-weighted pooling of the user's last ``L`` items to the
+    user vector (causal in training: only items before the positive), folded into the user embedding after
+    training, so the saved model is unchanged in form.
     Benchmark: ``benchmarks/quality.py`` (results in ``benchmarks/results/quality.md``).
     """
 
@@ -63,7 +64,8 @@ class ModelConfig:
     id_dropout: float = 0.3
     modality_dropout: float = 0.2
     loss: str = "sampled_softmax"  # "softmax" (full, over every known item) | "sampled_softmax" | "bpr"
-    user_history: bool = False  # user vector += mean of the user's train item vectors (needs loss="softmax")
+    history_length: int = 50  # user vector += recency-weighted pooling of the last L items (0 = off)
+    history_dropout: float = 0.25  # training: probability of hiding a pair's whole history
     num_negatives: int = 512
     lr: float = 3e-3
     weight_decay: float = 1e-5
@@ -407,7 +409,6 @@ def train_recommender(
     trainer.fit(module, datamodule=dm)
     epochs = int(trainer.current_epoch)
     best.restore(module)
-    module.fold_history()
     best_epoch = best.best_epoch if best.best_epoch is not None else epochs - 1
     n_samples = len(dm.train_pairs[0]) * epochs
     n_val_users = int(len(dm.val_users))
@@ -418,8 +419,11 @@ def train_recommender(
         module = make_module(dm)
         refit = make_trainer(best_epoch + 1, list(callbacks), False)
         refit.fit(module, datamodule=dm)
-        module.fold_history()
         n_samples += len(dm.train_pairs[0]) * (best_epoch + 1)
+    elif module.use_history and dm.has_validation:
+        # serve from every interaction: the folded history must end with the user's latest (validation) items
+        module.set_history(*InteractionDataModule(interactions, content, 0.0, config.batch_size).train_history)
+    module.fold_history()
     seconds = time.perf_counter() - t0
     stats = {
         "best_val_ndcg_at_10": float(best.best_score) if best.best_state is not None else float("nan"),
