@@ -378,3 +378,14 @@ def test_softmax_negatives_exclude_cold_items(content):
     assert warm_rows == sorted(content.index[i] for i in dm.item_ids)
     assert not {content.item_ids[r] for r in warm_rows} & cold
     assert module.t_warm_col[warm_rows].tolist() == list(range(len(warm_rows)))
+
+
+def test_training_resource_passes_history_settings():
+    """The Dagster ``training`` resource can turn the history pooling off or change it; unset keeps the defaults."""
+    from recsys_pipeline.resources import TrainingResource
+
+    assert TrainingResource(history_length=0).build_model_config().history_length == 0
+    cfg = TrainingResource(history_length=20, history_dropout=0.5).build_model_config()
+    assert (cfg.history_length, cfg.history_dropout) == (20, 0.5)
+    default = ModelConfig()
+    assert TrainingResource().build_model_config().history_length == default.history_length == 50

@@ -211,6 +211,8 @@ class TrainingResource(dg.ConfigurableResource):
     embedding_dim: Optional[int] = None
     fusion: Optional[str] = None
     loss: Optional[str] = None
+    history_length: Optional[int] = None  # 0 turns the user-history pooling off
+    history_dropout: Optional[float] = None
     seed: Optional[int] = None
 
     def build_model_config(self):
@@ -223,6 +225,8 @@ class TrainingResource(dg.ConfigurableResource):
                 "embedding_dim": self.embedding_dim,
                 "fusion": self.fusion,
                 "loss": self.loss,
+                "history_length": self.history_length,
+                "history_dropout": self.history_dropout,
                 "seed": self.seed,
             }.items()
             if v is not None
