@@ -329,6 +329,11 @@ def test_history_folds_into_plain_two_tower(content, loss):
     loss_value.backward()
     assert torch.isfinite(loss_value)
     assert module.model.user_tower.history.emb.weight.grad.abs().sum() > 0
+    # only the ids that reached the loss count as trained; the rest are padding for serving
+    trained = module.h_trained.clone()
+    assert 0 < int(trained[1:].sum()) < dm.n_items
+    for batch in dm.train_dataloader():
+        module.training_step(batch, 0)
     module.eval()
     users = torch.arange(dm.n_users + 1)
     v = module.all_item_vectors()
@@ -389,3 +394,50 @@ def test_training_resource_passes_history_settings():
     assert (cfg.history_length, cfg.history_dropout) == (20, 0.5)
     default = ModelConfig()
     assert TrainingResource().build_model_config().history_length == default.history_length == 50
+
+
+def test_history_never_trained_items_are_left_out_of_serving(content):
+    """An item only ever seen as a user's newest never gets a history gradient: serving pools without it."""
+    inter = make_interactions()
+    dm, module = _history_module(content, inter, history_length=3, history_dropout=0.0)
+    for batch in dm.train_dataloader():
+        module.training_step(batch, 0)
+    indptr, rows = dm.train_history
+    ids = module.t_id_idx[torch.as_tensor(rows)]
+    last = torch.as_tensor(indptr[2:] - 1)  # each user's newest position
+    in_history = torch.ones(len(ids), dtype=torch.bool)
+    in_history[last] = False  # every other position is some later pair's history
+    expected = torch.zeros_like(module.h_trained)
+    expected[ids[in_history]] = True
+    expected[0] = module.h_trained[0]
+    assert torch.equal(module.h_trained, expected)
+    users = torch.arange(1, dm.n_users + 1)
+    served = module.serving_history(users)
+    raw = module.history_index(users)
+    assert torch.equal(served != 0, (raw != 0) & expected[raw])
+
+
+def test_saved_model_is_plain_two_tower_and_old_artifacts_load(content, tmp_path):
+    """Saved weights hold no history pooling (it is folded in); a model saved before history existed still loads."""
+    from safetensors.torch import load_file
+
+    inter = make_interactions()
+    model, _ = train_recommender(inter, content, ModelConfig(**dict(FAST, max_epochs=2, history_length=5)),
+                                 TrainerConfig(accelerator="cpu", devices=1))
+    model.save(tmp_path / "m")
+    assert not [k for k in load_file(str(tmp_path / "m" / "model.safetensors")) if "history" in k]
+    back = TrainedRecommender.load(tmp_path / "m", content)
+    assert back.config.history_length == 5  # how it was trained is kept
+    np.testing.assert_array_equal(back.score(["u1", "u2"], content.item_ids), model.score(["u1", "u2"], content.item_ids))
+    # an artifact written before the history pooling existed: no history_length in its config
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    del meta["model_config"]["history_length"], meta["model_config"]["history_dropout"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    old = TrainedRecommender.load(tmp_path / "m", content)
+    np.testing.assert_array_equal(old.score(["u1"], content.item_ids), model.score(["u1"], content.item_ids))
+
+
+@pytest.mark.parametrize("bad", [dict(history_length=-1), dict(history_dropout=1.0), dict(history_dropout=-0.1)])
+def test_model_config_rejects_bad_history_settings(bad):
+    with pytest.raises(ValueError, match="history_"):
+        ModelConfig(**bad)

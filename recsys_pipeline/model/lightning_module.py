@@ -190,6 +190,10 @@ class RecommenderModule(L.LightningModule):
         self.register_buffer("h_indptr", torch.as_tensor(indptr, dtype=torch.long), persistent=False)
         rows = torch.as_tensor(item_rows, dtype=torch.long)
         self.register_buffer("h_item", self.t_id_idx[rows], persistent=False)  # id index per history entry
+        if not hasattr(self, "h_trained"):
+            # items whose history embedding got a gradient (an item that is only ever a user's newest never does)
+            n_ids = self.model.user_tower.history.emb.num_embeddings
+            self.register_buffer("h_trained", torch.zeros(n_ids, dtype=torch.bool), persistent=False)
 
     def history_index(self, users: Tensor, end: Tensor | None = None) -> Tensor:
         """``(B, L)`` id indices of each user's last ``L`` items before CSR position ``end``, newest first, 0 pad.
@@ -202,22 +206,31 @@ class RecommenderModule(L.LightningModule):
         idx = end[:, None] - 1 - torch.arange(self.history_length, device=users.device)  # (B, L)
         return torch.where(idx >= start[:, None], self.h_item[idx.clamp(min=0)], torch.zeros_like(idx))
 
+    def serving_history(self, users: Tensor) -> Tensor:
+        """``(B, L)`` each user's last ``L`` items (as :meth:`history_index`), minus items whose history
+        embedding never received a gradient in training (still at their random init, e.g. an item only ever seen
+        as some user's newest): those become padding rather than noise."""
+        hist = self.history_index(users)
+        return torch.where(self.h_trained[hist], hist, torch.zeros_like(hist))
+
     def user_vectors(self, users: Tensor, end: Tensor | None = None) -> Tensor:
-        """``(B, D + 1)`` user vectors; with history, the pooled last ``L`` items before ``end`` are added."""
+        """``(B, D + 1)`` user vectors; with history, the pooled last ``L`` items before ``end`` are added
+        (``end=None``: the user's whole history, as validation and serving see it, :meth:`serving_history`)."""
         if not self.use_history:
             return self.model.user_vectors(users)
-        return self.model.user_vectors(users, self.history_index(users, end))
+        hist = self.serving_history(users) if end is None else self.history_index(users, end)
+        return self.model.user_vectors(users, hist)
 
     @torch.no_grad()
     def fold_history(self) -> None:
-        """Add each user's pooled (eval-mode) last-``L`` history into its embedding row; history is then off."""
+        """Add each user's pooled (eval-mode) :meth:`serving_history` into its embedding row; history is then off."""
         if not self.use_history:
             return
         tower = self.model.user_tower
         was = tower.training
         tower.eval()
         users = torch.arange(len(self.h_indptr) - 1, device=self.h_indptr.device)
-        pooled = tower.history(self.history_index(users))
+        pooled = tower.history(self.serving_history(users))
         tower.train(was)
         pooled[0] = 0.0  # the unknown user stays at zero
         tower.emb.weight += pooled
@@ -253,6 +266,7 @@ class RecommenderModule(L.LightningModule):
             p = float(getattr(self.config, "history_dropout", 0.0))
             if p > 0:  # whole-history dropout: the id embedding must also predict on its own
                 hist = hist * (torch.rand(len(users), 1, device=hist.device) >= p)
+            self.h_trained[hist.flatten()] = True
             u = self.model.user_vectors(users, hist)
         else:
             u = self.model.user_vectors(users)

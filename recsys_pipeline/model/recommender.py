@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+_HISTORY_PREFIX = "user_tower.history."
 
 
 @dataclass
@@ -81,6 +82,12 @@ class ModelConfig:
     val_fraction: float = 0.1
     refit: bool = True  # after early stopping, retrain on all interactions for the best epoch count
     seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.history_length < 0:
+            raise ValueError(f"history_length must be >= 0 (0 = off), got {self.history_length}")
+        if not 0.0 <= self.history_dropout < 1.0:
+            raise ValueError(f"history_dropout must be in [0, 1) (1 would never train the history), got {self.history_dropout}")
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -295,7 +302,13 @@ class TrainedRecommender:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        # the user-history pooling is folded into the user embedding after training: the served model is the plain
+        # two-tower, so its (dead) history weights are not saved
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in self.model.state_dict().items()
+            if not k.startswith(_HISTORY_PREFIX)
+        }
         save_file(state, str(d / "model.safetensors"), metadata={"format_version": str(FORMAT_VERSION)})
         meta = {
             "format_version": FORMAT_VERSION,
@@ -319,10 +332,14 @@ class TrainedRecommender:
             raise ValueError(f"unsupported model format_version {meta.get('format_version')!r} in {d}")
         maps = json.loads((d / "id_maps.json").read_text())
         config = ModelConfig.from_dict(meta["model_config"])
+        # history was folded into the user embedding before saving: rebuild the plain two-tower (also what models
+        # saved before the history pooling existed hold)
         module = RecommenderModule(
-            len(maps["user_ids"]), len(maps["item_ids"]), meta["modality_dims"], len(meta["genre_names"]), config
+            len(maps["user_ids"]), len(maps["item_ids"]), meta["modality_dims"], len(meta["genre_names"]),
+            replace(config, history_length=0),
         )
-        module.model.load_state_dict(load_file(str(d / "model.safetensors"), device=map_location))
+        state = load_file(str(d / "model.safetensors"), device=map_location)
+        module.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(_HISTORY_PREFIX)})
         return cls(module.model, config, maps["user_ids"], maps["item_ids"], content, meta["modality_dims"], meta["genre_names"])
 
 
@@ -427,7 +444,8 @@ def train_recommender(
         refit.fit(module, datamodule=dm)
         n_samples += len(dm.train_pairs[0]) * (best_epoch + 1)
     elif module.use_history and dm.has_validation:
-        # serve from every interaction: the folded history must end with the user's latest (validation) items
+        # serve from every interaction: the folded history ends with the user's latest (validation) items, except
+        # items seen only in validation (no id embedding, so padding)
         module.set_history(*InteractionDataModule(interactions, content, 0.0, config.batch_size).train_history)
     module.fold_history()
     seconds = time.perf_counter() - t0
