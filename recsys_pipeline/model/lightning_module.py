@@ -290,6 +290,11 @@ class RecommenderModule(L.LightningModule):
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(rows), sync_dist=True)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        # under DDP each rank saw its own shard of pairs: an id trained on any rank counts as trained
+        if self.use_history and self.trainer.world_size > 1:
+            self.h_trained = self.all_gather(self.h_trained.to(torch.int32)).amax(dim=0).bool()
+
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
