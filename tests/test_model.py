@@ -178,7 +178,7 @@ def test_score_shapes_and_unknown_user(trained, content):
     assert s.shape == (4, 30) and s.dtype == np.float32 and np.isfinite(s).all()
     # unknown users share one documented fallback: the learned item bias (a content-aware popularity)
     np.testing.assert_array_equal(s[2], s[3])
-    bias = model.item_vectors()[: 30, -1].numpy()
+    bias = model.item_vectors()[: 30, model.config.embedding_dim].numpy()  # the column after the item vector
     np.testing.assert_allclose(s[2], bias, rtol=1e-6)
     assert not np.allclose(s[0], s[2])
 
@@ -320,9 +320,9 @@ def test_history_pooling_masks_padding_and_learns_recency_weights():
 
 
 @pytest.mark.parametrize("loss", ["sampled_softmax", "softmax"])
-def test_history_folds_into_plain_two_tower(content, loss):
-    """After training with history, folding it into the user embedding gives identical scores, and the saved
-    model (plain two-tower, no history input) reproduces them."""
+def test_history_folds_into_fixed_user_vectors(content, loss):
+    """After training with history, folding the pooled history into the per-user table gives identical scores
+    without any history input."""
     inter = make_interactions()
     dm, module = _history_module(content, inter, history_length=5, history_dropout=0.5, loss=loss)
     loss_value = module.training_step(next(iter(dm.train_dataloader())), 0)
@@ -338,13 +338,36 @@ def test_history_folds_into_plain_two_tower(content, loss):
     users = torch.arange(dm.n_users + 1)
     v = module.all_item_vectors()
     before = module.user_vectors(users) @ v.T
-    no_history = module.model.user_vectors(users) @ v.T
+    no_history = module.model.user_vectors(users) @ v.T  # before folding: a zero history part
     assert not torch.allclose(before, no_history)  # the history changes the scores
     module.fold_history()
     after = module.model.user_vectors(users) @ v.T
     assert not module.use_history
     assert torch.allclose(before, after, atol=1e-5)
-    assert torch.equal(after[0], v[:, -1])  # unknown user: item bias only
+    d = module.config.embedding_dim
+    assert torch.equal(after[0], v[:, d])  # unknown user: item bias only
+
+
+def test_history_does_not_touch_new_item_scores(content):
+    """A new item (id 0) is scored by the id embedding and the content alone: whatever the user's recent items,
+    its score is the same, so the history cannot skew item-cold-start ranking."""
+    inter = make_interactions()
+    dm, module = _history_module(content, inter, history_length=5, history_dropout=0.0)
+    for batch in dm.train_dataloader():
+        module.training_step(batch, 0)
+    module.eval()
+    rows = torch.arange(module.n_table)
+    feats = [getattr(module, f"t_feat_{j}") for j in range(len(module.modality_names))]
+    with torch.no_grad():
+        new = module.model.item_vectors(torch.zeros_like(rows), feats, module.t_present, module.t_genres,
+                                        module.t_year)  # every catalog item as if brand new
+        warm = module.all_item_vectors()
+        users = torch.arange(1, dm.n_users + 1)
+        with_history = module.user_vectors(users)
+        other = module.model.user_vectors(users, module.history_index(users.flip(0)))  # someone else's history
+    assert not torch.allclose(with_history, other)
+    assert torch.equal(with_history @ new.T, other @ new.T)
+    assert not torch.allclose(with_history @ warm.T, other @ warm.T)  # known items do use it
 
 
 def test_history_model_beats_id_only_on_sequential_structure():
@@ -417,24 +440,31 @@ def test_history_never_trained_items_are_left_out_of_serving(content):
     assert torch.equal(served != 0, (raw != 0) & expected[raw])
 
 
-def test_saved_model_is_plain_two_tower_and_old_artifacts_load(content, tmp_path):
-    """Saved weights hold no history pooling (it is folded in); a model saved before history existed still loads."""
+def test_saved_model_holds_folded_history_and_old_artifacts_load(content, tmp_path):
+    """Saved weights hold the folded per-user history vectors, not the pooling; a model saved before the history
+    head existed (plain two-tower, no history keys in its config) still loads and scores as before."""
     from safetensors.torch import load_file
 
     inter = make_interactions()
     model, _ = train_recommender(inter, content, ModelConfig(**dict(FAST, max_epochs=2, history_length=5)),
                                  TrainerConfig(accelerator="cpu", devices=1))
     model.save(tmp_path / "m")
-    assert not [k for k in load_file(str(tmp_path / "m" / "model.safetensors")) if "history" in k]
+    keys = set(load_file(str(tmp_path / "m" / "model.safetensors")))
+    assert {"user_tower.folded_history", "next_item_emb.weight"} <= keys
+    assert not [k for k in keys if k.startswith("user_tower.history.")]
     back = TrainedRecommender.load(tmp_path / "m", content)
     assert back.config.history_length == 5  # how it was trained is kept
     np.testing.assert_array_equal(back.score(["u1", "u2"], content.item_ids), model.score(["u1", "u2"], content.item_ids))
-    # an artifact written before the history pooling existed: no history_length in its config
-    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    # an artifact written before the history pooling existed: no history keys in its config or weights
+    plain, _ = train_recommender(inter, content, ModelConfig(**dict(FAST, max_epochs=2, history_length=0)),
+                                 TrainerConfig(accelerator="cpu", devices=1))
+    plain.save(tmp_path / "p")
+    assert not [k for k in load_file(str(tmp_path / "p" / "model.safetensors")) if "history" in k]
+    meta = json.loads((tmp_path / "p" / "config.json").read_text())
     del meta["model_config"]["history_length"], meta["model_config"]["history_dropout"]
-    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
-    old = TrainedRecommender.load(tmp_path / "m", content)
-    np.testing.assert_array_equal(old.score(["u1"], content.item_ids), model.score(["u1"], content.item_ids))
+    (tmp_path / "p" / "config.json").write_text(json.dumps(meta))
+    old = TrainedRecommender.load(tmp_path / "p", content)
+    np.testing.assert_array_equal(old.score(["u1"], content.item_ids), plain.score(["u1"], content.item_ids))
 
 
 @pytest.mark.parametrize("bad", [dict(history_length=-1), dict(history_dropout=1.0), dict(history_dropout=-0.1)])

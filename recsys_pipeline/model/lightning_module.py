@@ -32,7 +32,7 @@ __all__ = [
 
 @torch.no_grad()
 def compute_item_vectors(model: TwoTowerModel, table, chunk: int = 16384) -> Tensor:
-    """All item vectors ``(n, D + 1)`` of an item ``table`` (see ``content.item_table``) in eval mode."""
+    """All item vectors ``(n, model.out_dim)`` of an item ``table`` (see ``content.item_table``) in eval mode."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -52,7 +52,7 @@ def compute_item_vectors(model: TwoTowerModel, table, chunk: int = 16384) -> Ten
             )
         )
     model.train(was)
-    return torch.cat(out) if out else torch.zeros(0, model.item_tower.dim + 1, device=device)
+    return torch.cat(out) if out else torch.zeros(0, model.out_dim, device=device)
 
 
 def sampled_softmax_loss(pos: Tensor, neg: Tensor, hit_mask: Tensor) -> Tensor:
@@ -120,19 +120,20 @@ class RecommenderModule(L.LightningModule):
         config: a ``ModelConfig``-like object (``embedding_dim, fusion, n_heads, cross_layers, mlp_hidden,
             dropout, id_dropout, modality_dropout, loss, num_negatives, lr, weight_decay[, history_length]``).
         history: user histories as CSR ``(indptr (n_users + 2,), item_rows)`` over user index (0 = unknown) and
-            table rows, time-ordered within each user. Used when ``config.history_length > 0``: the user vector is
-            ``user_emb(u) + HistoryPooling(last L items)``, where in training "last" means *before the positive*
-            (causal, like next-item models: the pooled items never include the target or anything after it) and
-            for validation and serving it means the user's last ``L`` training items. After training,
-            :meth:`fold_history` adds that pooled vector into the user embedding table, so the saved model
-            is a plain two-tower model.
+            table rows, time-ordered within each user. Used when ``config.history_length > 0``: the user vector
+            gains a history head ``HistoryPooling(last L items)`` scored against the item's id only (see
+            ``TwoTowerModel``), where in training "last" means *before the positive* (causal, like next-item
+            models: the pooled items never include the target or anything after it) and for validation and
+            serving it means the user's last ``L`` training items. After training, :meth:`fold_history` stores
+            that pooled vector per user, so the saved model is a two-tower model with fixed user vectors.
+        history_head: build the history head without the pooling (a folded model being loaded).
 
     Batches: training ``(user_idx (B,), item_row (B,), position (B,))`` (position of the pair in the history CSR); validation ``(users (b,), seen (2, n), truth (2, m))``.
     """
 
     def __init__(
         self, n_users: int, n_items: int, modality_dims: Mapping[str, int], n_genres: int, config, table=None,
-        history=None,
+        history=None, history_head: bool = False,
     ):
         super().__init__()
         self.config = config
@@ -153,6 +154,7 @@ class RecommenderModule(L.LightningModule):
             modality_dropout=config.modality_dropout,
             skip=getattr(config, "skip", True),
             history_length=int(getattr(config, "history_length", 0)),
+            history_head=history_head,
         )
         self.modality_names = list(modality_dims)
         self.n_table = 0
@@ -214,7 +216,7 @@ class RecommenderModule(L.LightningModule):
         return torch.where(self.h_trained[hist], hist, torch.zeros_like(hist))
 
     def user_vectors(self, users: Tensor, end: Tensor | None = None) -> Tensor:
-        """``(B, D + 1)`` user vectors; with history, the pooled last ``L`` items before ``end`` are added
+        """``(B, model.out_dim)`` user vectors; with history, the pooled last ``L`` items before ``end`` are added
         (``end=None``: the user's whole history, as validation and serving see it, :meth:`serving_history`)."""
         if not self.use_history:
             return self.model.user_vectors(users)
@@ -223,7 +225,8 @@ class RecommenderModule(L.LightningModule):
 
     @torch.no_grad()
     def fold_history(self) -> None:
-        """Add each user's pooled (eval-mode) :meth:`serving_history` into its embedding row; history is then off."""
+        """Write each user's pooled (eval-mode) :meth:`serving_history` into ``user_tower.folded_history``;
+        history is then off (scores are unchanged, see ``TwoTowerModel``)."""
         if not self.use_history:
             return
         tower = self.model.user_tower
@@ -233,11 +236,11 @@ class RecommenderModule(L.LightningModule):
         pooled = tower.history(self.serving_history(users))
         tower.train(was)
         pooled[0] = 0.0  # the unknown user stays at zero
-        tower.emb.weight += pooled
+        tower.folded_history.copy_(pooled)
         self.use_history = False
 
     def table_item_vectors(self, rows: Tensor | None = None) -> Tensor:
-        """Item vectors ``(n, D + 1)`` for table ``rows`` (all rows when ``None``)."""
+        """Item vectors ``(n, model.out_dim)`` for table ``rows`` (all rows when ``None``)."""
         if rows is None:
             rows = torch.arange(self.n_table, device=self.t_id_idx.device)
         feats = [getattr(self, f"t_feat_{j}")[rows] for j in range(len(self.modality_names))]

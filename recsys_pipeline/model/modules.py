@@ -6,9 +6,9 @@ Shapes follow TorchRec conventions: ``B`` batch, ``M`` modalities, ``W`` fusion 
 * :class:`CrossNetworkV2`: DCN-V2 cross layers (Wang et al. 2021).
 * :class:`ItemTower`: id embedding + fused content + genres + year bucket -> cross net -> MLP -> item vector.
 * :class:`HistoryPooling`: recency-weighted pooling of the user's last ``L`` items (learned position weights).
-* :class:`UserTower`: user id embedding (+ optional :class:`HistoryPooling` of the user's recent items).
-* :class:`TwoTowerModel`: both towers; score = ``<user_vec, item_vec>`` where the last item coordinate is a
-  content-predicted item bias and the matching user coordinate is the constant 1.
+* :class:`UserTower`: user id embedding (+ optional history head: :class:`HistoryPooling` of the recent items).
+* :class:`TwoTowerModel`: both towers; score = ``<user_vec, item_vec>`` where item coordinate ``D`` is a
+  content-predicted item bias and the matching user coordinate is the constant 1 (then the history head, if any).
 """
 
 from __future__ import annotations
@@ -301,55 +301,88 @@ class HistoryPooling(nn.Module):
 
 
 class UserTower(nn.Module):
-    """User vector ``(B, D + 1)``: id embedding (+ pooled recent items) with a constant 1 appended.
+    """User vector ``(B, D + 1)``, or ``(B, 2D + 1)`` with a history head: ``[id embedding, 1, history part]``.
 
-    The constant multiplies the item bias. Index ``0`` is the unknown user: its embedding is fixed at zero so an
+    The constant 1 multiplies the item bias. Index ``0`` is the unknown user: its embedding is fixed at zero so an
     unknown user is scored by the item bias alone (a learned, content-aware popularity).
+
+    The history head is a separate ``D``-dim subspace, scored only against an item's own id
+    (``TwoTowerModel.next_item_emb``), never against its content: a new item (id 0, zeros there) is scored by the
+    id embedding and the content alone, so the user's recent items cannot skew item-cold-start ranking. In
+    training the history part is a :class:`HistoryPooling` of the given history; without a history (serving) it
+    is the ``folded_history`` row (``(n_users + 1, D)`` float32 buffer, written by
+    ``RecommenderModule.fold_history``).
 
     Args:
         n_users: known users. dim: ``D``.
         n_items, history_length: when ``history_length > 0`` a :class:`HistoryPooling` over the user's last
-            ``history_length`` items is added to the id embedding (``forward(user_idx, history)``).
+            ``history_length`` items (``forward(user_idx, history)``); implies ``history_head``.
+        history_head: the history subspace without the pooling (a model loaded after folding).
     """
 
-    def __init__(self, n_users: int, dim: int = 64, n_items: int = 0, history_length: int = 0):
+    def __init__(
+        self, n_users: int, dim: int = 64, n_items: int = 0, history_length: int = 0, history_head: bool = False
+    ):
         super().__init__()
         self.emb = nn.Embedding(n_users + 1, dim, padding_idx=0)
         nn.init.normal_(self.emb.weight, std=0.05)
         with torch.no_grad():
             self.emb.weight[0].zero_()
         self.history = HistoryPooling(n_items, dim, history_length) if history_length > 0 else None
+        self.history_head = history_head or history_length > 0
+        if self.history_head:
+            self.register_buffer("folded_history", torch.zeros(n_users + 1, dim))
 
     def forward(self, user_idx: Tensor, history: Tensor | None = None) -> Tensor:
-        """``user_idx (B,)``, ``history (B, L)`` id indices newest first (``None``: id embedding only)."""
+        """``user_idx (B,)``, ``history (B, L)`` id indices newest first (``None``: the folded history)."""
         u = self.emb(user_idx)
+        parts = [u, torch.ones_like(u[:, :1])]
         if history is not None:
             if self.history is None:
                 raise ValueError("history given but this UserTower was built with history_length=0")
-            u = u + self.history(history)
-        return torch.cat([u, torch.ones_like(u[:, :1])], dim=1)
+            parts.append(self.history(history))
+        elif self.history_head:
+            parts.append(self.folded_history[user_idx])
+        return torch.cat(parts, dim=1)
 
 
 class TwoTowerModel(nn.Module):
-    """User tower + item tower; ``score(u, i) = <user_tower(u[, history]), item_tower(i)>``.
+    """User tower + item tower; ``score(u, i) = <user_vectors(u[, history]), item_vectors(i)>``.
 
-    ``history_length > 0`` adds :class:`HistoryPooling` to the user tower (see ``RecommenderModule``, which
-    folds it into the user embedding after training, so serving needs only ``user_vectors(user_idx)``).
+    Without history: user ``[u (D), 1]`` and item ``[v (D), b]``, score ``u.v + b``. With a history head
+    (``history_length > 0`` in training, ``history_head=True`` for a folded model) both gain ``D`` coordinates:
+    user ``[u, 1, h]`` with ``h`` the pooled recent items, item ``[v, b, e]`` with ``e = next_item_emb[item id]``
+    (zeros for a new item), so ``score = u.v + b + h.e``: an item-to-item term over ids (the separate input and
+    output item embeddings of FISM, Kabbur et al. 2013) on top of the content two-tower. ``RecommenderModule``
+    folds ``h`` into ``UserTower.folded_history`` after training, so serving needs only ``user_vectors(user_idx)``.
 
-    Score all users x all items as ``user_vecs @ item_vecs.T`` after precomputing item vectors once.
+    Score all users x all items as ``user_vecs @ item_vecs.T`` after precomputing item vectors once
+    (``out_dim`` columns each).
     """
 
     def __init__(
         self, n_users: int, n_items: int, modality_dims: Mapping[str, int], n_genres: int,
-        history_length: int = 0, **item_kwargs,
+        history_length: int = 0, history_head: bool = False, **item_kwargs,
     ):
         super().__init__()
         dim = item_kwargs.get("dim", 64)
-        self.user_tower = UserTower(n_users, dim, n_items, history_length)
+        self.user_tower = UserTower(n_users, dim, n_items, history_length, history_head)
         self.item_tower = ItemTower(n_items, modality_dims, n_genres, **item_kwargs)
+        self.next_item_emb = None
+        if self.user_tower.history_head:
+            self.next_item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+            nn.init.normal_(self.next_item_emb.weight, std=0.05)
+            with torch.no_grad():
+                self.next_item_emb.weight[0].zero_()
+        self.out_dim = dim + 1 + (dim if self.next_item_emb is not None else 0)
 
     def user_vectors(self, user_idx: Tensor, history: Tensor | None = None) -> Tensor:
+        """``(B, out_dim)``; ``history (B, L)`` only while training with the history pooling."""
         return self.user_tower(user_idx, history)
 
     def item_vectors(self, item_idx: Tensor, features, present: Tensor, genres: Tensor, year: Tensor) -> Tensor:
-        return self.item_tower(item_idx, features, present, genres, year)
+        """``(B, out_dim)``: the item tower's ``(B, D + 1)`` (+ ``next_item_emb``, by the real id, not id-dropped)."""
+        v = self.item_tower(item_idx, features, present, genres, year)
+        if self.next_item_emb is None:
+            return v
+        return torch.cat([v, self.next_item_emb(item_idx)], dim=1)

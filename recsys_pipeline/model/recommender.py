@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-_HISTORY_PREFIX = "user_tower.history."
+_HISTORY_PREFIX = "user_tower.history."  # the pooling module: training only
+_FOLDED_KEY = "user_tower.folded_history"
 
 
 @dataclass
@@ -302,8 +303,8 @@ class TrainedRecommender:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        # the user-history pooling is folded into the user embedding after training: the served model is the plain
-        # two-tower, so its (dead) history weights are not saved
+        # the user-history pooling is folded into ``user_tower.folded_history`` after training: its weights are
+        # dead in the served model and not saved
         state = {
             k: v.detach().cpu().contiguous()
             for k, v in self.model.state_dict().items()
@@ -332,13 +333,13 @@ class TrainedRecommender:
             raise ValueError(f"unsupported model format_version {meta.get('format_version')!r} in {d}")
         maps = json.loads((d / "id_maps.json").read_text())
         config = ModelConfig.from_dict(meta["model_config"])
-        # history was folded into the user embedding before saving: rebuild the plain two-tower (also what models
-        # saved before the history pooling existed hold)
+        state = load_file(str(d / "model.safetensors"), device=map_location)
+        # the pooling was folded before saving: rebuild without it, with the history head if the file has one
+        # (models saved before the history head existed have none)
         module = RecommenderModule(
             len(maps["user_ids"]), len(maps["item_ids"]), meta["modality_dims"], len(meta["genre_names"]),
-            replace(config, history_length=0),
+            replace(config, history_length=0), history_head=_FOLDED_KEY in state,
         )
-        state = load_file(str(d / "model.safetensors"), device=map_location)
         module.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(_HISTORY_PREFIX)})
         return cls(module.model, config, maps["user_ids"], maps["item_ids"], content, meta["modality_dims"], meta["genre_names"])
 
