@@ -260,7 +260,7 @@ def families() -> list[Family]:
     lfm = dict(no_components=64, learning_rate=0.05)
     return [
         Family("ours", fit_ours, [{}, {"history_dropout": 0.5}, {"history_length": 20}],
-               note="two-tower + text + recency-weighted history of the last 50 items; grid over the history"),
+               note="two-tower + text + a history head (recency-weighted last 50 items, scored against item ids only); grid over the history"),
         Family("popularity", lambda d: PopularityRecommender().fit(d.train), [{}], cold=False,
                note="train interaction counts"),
         Family("als", fit_als, [dict(factors=64, regularization=0.05, alpha=1.0),
