@@ -273,6 +273,35 @@ def test_train_cli(tmp_path, content):
     assert back.score(["u1"], ["i1"]).shape == (1, 1)
 
 
+def test_train_cli_ddp_two_processes_on_cpu(tmp_path, content):
+    """DDP by configuration (gloo on CPU, 2 processes): training finishes, rank 0 writes a loadable model, and the
+    history ids trained on either rank are merged (same set as one process over the same pairs)."""
+    import subprocess
+    import sys
+
+    from recsys_pipeline.model.train import main
+
+    make_interactions().to_parquet(tmp_path / "i.parquet")
+    content.to_npz(tmp_path / "c.npz")
+    cfg = json.dumps({"batch_size": 64, "num_negatives": 32, "history_length": 3, "history_dropout": 0.0,
+                      "val_fraction": 0.0})
+    common = ["--interactions", str(tmp_path / "i.parquet"), "--content", str(tmp_path / "c.npz"),
+              "--accelerator", "cpu", "--max-epochs", "1", "--num-threads", "1", "--config-json", cfg]
+    single = main(common + ["--out", str(tmp_path / "one"), "--devices", "1"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "recsys_pipeline.model.train", *common, "--out", str(tmp_path / "ddp"),
+         "--devices", "2", "--strategy", "ddp"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "train_stats.json").read_text())
+    assert ddp["epochs_trained"] == 1
+    # every position but each user's newest is some pair's history: the union over ranks covers them all
+    assert ddp["history_items_trained"] == single["history_items_trained"] > 0
+    back = TrainedRecommender.load(tmp_path / "ddp", content)
+    assert np.isfinite(back.score(["u1", "u2"], content.item_ids)).all()
+
+
 def _history_module(content, inter, **cfg):
     from recsys_pipeline.model import InteractionDataModule, RecommenderModule, item_table
 

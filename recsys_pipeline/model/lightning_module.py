@@ -193,9 +193,11 @@ class RecommenderModule(L.LightningModule):
         rows = torch.as_tensor(item_rows, dtype=torch.long)
         self.register_buffer("h_item", self.t_id_idx[rows], persistent=False)  # id index per history entry
         if not hasattr(self, "h_trained"):
-            # items whose history embedding got a gradient (an item that is only ever a user's newest never does)
+            # items whose history embedding got a gradient (an item that is only ever a user's newest never does).
+            # A plain attribute, not a buffer: DDP broadcasts buffers from rank 0 before every forward, which would
+            # erase the ids the other ranks marked (they are merged once per epoch, on_train_epoch_end)
             n_ids = self.model.user_tower.history.emb.num_embeddings
-            self.register_buffer("h_trained", torch.zeros(n_ids, dtype=torch.bool), persistent=False)
+            self.h_trained = torch.zeros(n_ids, dtype=torch.bool)
 
     def history_index(self, users: Tensor, end: Tensor | None = None) -> Tensor:
         """``(B, L)`` id indices of each user's last ``L`` items before CSR position ``end``, newest first, 0 pad.
@@ -213,7 +215,7 @@ class RecommenderModule(L.LightningModule):
         embedding never received a gradient in training (still at their random init, e.g. an item only ever seen
         as some user's newest): those become padding rather than noise."""
         hist = self.history_index(users)
-        return torch.where(self.h_trained[hist], hist, torch.zeros_like(hist))
+        return torch.where(self.h_trained.to(hist.device)[hist], hist, torch.zeros_like(hist))
 
     def user_vectors(self, users: Tensor, end: Tensor | None = None) -> Tensor:
         """``(B, model.out_dim)`` user vectors; with history, the pooled last ``L`` items before ``end`` are added
@@ -269,6 +271,7 @@ class RecommenderModule(L.LightningModule):
             p = float(getattr(self.config, "history_dropout", 0.0))
             if p > 0:  # whole-history dropout: the id embedding must also predict on its own
                 hist = hist * (torch.rand(len(users), 1, device=hist.device) >= p)
+            self.h_trained = self.h_trained.to(hist.device)  # no-op after the first step
             self.h_trained[hist.flatten()] = True
             u = self.model.user_vectors(users, hist)
         else:

@@ -459,6 +459,8 @@ def train_recommender(
         "n_train_interactions": len(dm.train_pairs[0]),
         "n_val_users": n_val_users,
         "refit": bool(config.refit and n_val_users > 0),
+        # item ids whose history embedding was trained (merged over DDP ranks); the rest pool as padding
+        "history_items_trained": int(module.h_trained[1:].sum()) if hasattr(module, "h_trained") else 0,
     }
     model = TrainedRecommender(module.model, config, dm.user_ids, dm.item_ids, content, modality_dims, list(content.genre_names))
     return model, stats
