@@ -52,14 +52,16 @@ class ModelConfig:
     bias; ~8x the CPU time per step of 512 sampled negatives on ml-latest-small: 0.50 vs 0.065 CPU-s per batch of
     1024).
 
-    ``history_length=L > 0`` (default 50) adds a learned recency-weighted pooling of the user's last ``L`` items to
-    the user vector (:class:`~recsys_pipeline.model.modules.HistoryPooling`; causal in training: only items before
-    the positive), folded into the user embedding after training, so the saved model is unchanged in form.
-    ``history_dropout`` hides a training pair's whole history so the id embedding also learns on its own. On the
-    validation split carved from the benchmark's train split (text only, seed 0): per-user holdout NDCG@10 0.088 ->
-    0.138, Recall@20 0.108 -> 0.171; item cold start NDCG@10 0.273 -> 0.243 (history costs some cold-start
-    quality; ``history_dropout`` 0 -> 0.25 won back 0.196 -> 0.243). Figures per change:
-    ``benchmarks/results/model_changes.md``; benchmark: ``benchmarks/quality.py`` (``benchmarks/results/quality.md``).
+    ``history_length=L > 0`` (default 50) adds a history head: a learned recency-weighted pooling of the user's last
+    ``L`` items (:class:`~recsys_pipeline.model.modules.HistoryPooling`; causal in training: only items before the
+    positive), scored against a separate item-id output embedding only
+    (:class:`~recsys_pipeline.model.modules.TwoTowerModel`), so a new item is ranked by the id embedding and its
+    content alone; it is stored per user after training. ``history_dropout`` hides a training pair's whole history
+    so the id-and-content part also learns to rank on its own. On the validation split carved from the
+    benchmark's train split (text only, seed 0), no history -> history head: per-user holdout NDCG@10 0.088 ->
+    0.153, Recall@20 0.108 -> 0.183; item cold start NDCG@10 0.273 -> 0.313, Recall@20 0.222 -> 0.263
+    (``history_dropout`` 0: 0.254 / 0.231). Figures per change: ``benchmarks/results/model_changes.md``; benchmark:
+    ``benchmarks/quality.py`` (``benchmarks/results/quality.md``).
     """
 
     embedding_dim: int = 64
