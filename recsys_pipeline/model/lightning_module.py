@@ -218,8 +218,9 @@ class RecommenderModule(L.LightningModule):
         return torch.where(self.h_trained.to(hist.device)[hist], hist, torch.zeros_like(hist))
 
     def user_vectors(self, users: Tensor, end: Tensor | None = None) -> Tensor:
-        """``(B, model.out_dim)`` user vectors; with history, the pooled last ``L`` items before ``end`` are added
-        (``end=None``: the user's whole history, as validation and serving see it, :meth:`serving_history`)."""
+        """``(B, model.out_dim)`` user vectors; with history, the history head is the pooled last ``L`` items
+        before ``end`` (``end=None``: the user's whole history, as validation and serving see it,
+        :meth:`serving_history`)."""
         if not self.use_history:
             return self.model.user_vectors(users)
         hist = self.serving_history(users) if end is None else self.history_index(users, end)
@@ -277,7 +278,7 @@ class RecommenderModule(L.LightningModule):
         else:
             u = self.model.user_vectors(users)
         if self.config.loss == "softmax":
-            v = self.table_item_vectors(self.t_warm_rows)  # (n_warm, D + 1): every known item
+            v = self.table_item_vectors(self.t_warm_rows)  # (n_warm, out_dim): every known item
             loss = full_softmax_loss(u @ v.T, self.t_warm_col[rows])
             self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(rows), sync_dist=True)
             return loss
@@ -296,22 +297,28 @@ class RecommenderModule(L.LightningModule):
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(rows), sync_dist=True)
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        # under DDP each rank saw its own shard of pairs: an id trained on any rank counts as trained
+    def _merge_trained_ids(self) -> None:
+        # under DDP each rank saw its own shard of pairs: an id trained on any rank counts as trained (a collective:
+        # every rank calls it at the same hooks)
         if self.use_history and self.trainer.world_size > 1:
             self.h_trained = self.all_gather(self.h_trained.to(torch.int32)).amax(dim=0).bool()
+
+    def on_train_epoch_end(self) -> None:
+        self._merge_trained_ids()
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
+        # Lightning validates before on_train_epoch_end: merge here too, so every rank serves the same history
+        self._merge_trained_ids()
         self._val_item_vecs = self.all_item_vectors()
 
     def validation_step(self, batch, batch_idx):
         users, seen, truth = batch
-        if self._val_item_vecs is None:
-            self.on_validation_epoch_start()
+        if self._val_item_vecs is None:  # called outside a Trainer's validation loop
+            self._val_item_vecs = self.all_item_vectors()
         scores = self.user_vectors(users) @ self._val_item_vecs.T
         scores[seen[0], seen[1]] = float("-inf")
         ndcg, recall = topk_metrics(scores, truth, 10, 20)

@@ -32,7 +32,8 @@ __all__ = [
     "FORMAT_VERSION",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: history head (``user_tower.folded_history``, ``next_item_emb``); 1: plain two-tower
+_READABLE_FORMATS = (1, 2)
 _HISTORY_PREFIX = "user_tower.history."  # the pooling module: training only
 _FOLDED_KEY = "user_tower.folded_history"
 
@@ -74,7 +75,7 @@ class ModelConfig:
     id_dropout: float = 0.3
     modality_dropout: float = 0.2
     loss: str = "sampled_softmax"  # "softmax" (full, over every known item) | "sampled_softmax" | "bpr"
-    history_length: int = 50  # user vector += recency-weighted pooling of the last L items (0 = off)
+    history_length: int = 50  # history head: recency-weighted pooling of the last L items (0 = off)
     history_dropout: float = 0.25  # training: probability of hiding a pair's whole history
     num_negatives: int = 512
     lr: float = 3e-3
@@ -212,7 +213,7 @@ class TrainedRecommender:
         return self
 
     def item_vectors(self) -> torch.Tensor:
-        """``(n_content_items, D + 1)`` item vectors, computed once per content and cached."""
+        """``(n_content_items, model.out_dim)`` item vectors, computed once per content and cached."""
         if self._item_vecs is None:
             self._item_vecs = compute_item_vectors(self.model, self._table)
         return self._item_vecs
@@ -331,7 +332,7 @@ class TrainedRecommender:
 
         d = Path(directory)
         meta = json.loads((d / "config.json").read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in _READABLE_FORMATS:
             raise ValueError(f"unsupported model format_version {meta.get('format_version')!r} in {d}")
         maps = json.loads((d / "id_maps.json").read_text())
         config = ModelConfig.from_dict(meta["model_config"])
@@ -384,7 +385,7 @@ def train_recommender(
 
     Returns:
         ``(model, stats)`` with stats ``best_val_ndcg_at_10, epochs_trained, best_epoch, train_seconds,
-        samples_per_second, n_train_interactions, n_val_users``.
+        samples_per_second, n_train_interactions, n_val_users, refit, history_items_trained``.
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
@@ -400,11 +401,20 @@ def train_recommender(
 
     modality_dims = content.modality_dims
 
+    def make_strategy():
+        if trainer_config.strategy != "ddp":
+            return trainer_config.strategy
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # every buffer is the same on all ranks (item table, histories) or unused in training (folded_history):
+        # DDP's default broadcast of all buffers from rank 0 before every step would only cost traffic
+        return DDPStrategy(forward_sync_buffers=False)
+
     def make_trainer(max_epochs: int, cbs: list, with_val: bool):
         return L.Trainer(
             accelerator=trainer_config.accelerator,
             devices=trainer_config.devices,
-            strategy=trainer_config.strategy,
+            strategy=make_strategy(),
             precision=trainer_config.precision,
             num_nodes=trainer_config.num_nodes,
             max_epochs=max_epochs,

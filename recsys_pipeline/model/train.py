@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
+from lightning.pytorch.utilities import rank_zero_only
 
 from .content import ItemContent
 from .recommender import ModelConfig, TrainerConfig, train_recommender
@@ -62,7 +62,9 @@ def main(argv=None) -> dict:
         num_threads=args.num_threads,
     )
     model, stats = train_recommender(interactions, content, config, tc)
-    if int(os.environ.get("RANK", "0")) == 0:
+    # the global rank Lightning set for this process (torchrun sets RANK; Lightning's own launcher only LOCAL_RANK
+    # and NODE_RANK): only rank 0 writes, so ranks never race on the same files
+    if rank_zero_only.rank == 0:
         out = Path(args.out)
         model.save(out)
         (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
