@@ -370,7 +370,7 @@ def test_history_folds_into_fixed_user_vectors(content, loss):
     before = module.user_vectors(users) @ v.T
     no_history = module.model.user_vectors(users) @ v.T  # before folding: a zero history part
     assert not torch.allclose(before, no_history)  # the history changes the scores
-    module.fold_history()
+    module.fold_history(chunk=7)  # several chunks
     after = module.model.user_vectors(users) @ v.T
     assert not module.use_history
     assert torch.allclose(before, after, atol=1e-5)

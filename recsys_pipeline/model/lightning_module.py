@@ -227,7 +227,7 @@ class RecommenderModule(L.LightningModule):
         return self.model.user_vectors(users, hist)
 
     @torch.no_grad()
-    def fold_history(self) -> None:
+    def fold_history(self, chunk: int = 65536) -> None:
         """Write each user's pooled (eval-mode) :meth:`serving_history` into ``user_tower.folded_history``;
         history is then off (scores are unchanged, see ``TwoTowerModel``)."""
         if not self.use_history:
@@ -235,11 +235,12 @@ class RecommenderModule(L.LightningModule):
         tower = self.model.user_tower
         was = tower.training
         tower.eval()
-        users = torch.arange(len(self.h_indptr) - 1, device=self.h_indptr.device)
-        pooled = tower.history(self.serving_history(users))
+        n = len(self.h_indptr) - 1
+        for s in range(0, n, chunk):  # chunks: (chunk, L, D) floats at a time, not every user's at once
+            users = torch.arange(s, min(s + chunk, n), device=self.h_indptr.device)
+            tower.folded_history[users] = tower.history(self.serving_history(users))
         tower.train(was)
-        pooled[0] = 0.0  # the unknown user stays at zero
-        tower.folded_history.copy_(pooled)
+        tower.folded_history[0] = 0.0  # the unknown user stays at zero
         self.use_history = False
 
     def table_item_vectors(self, rows: Tensor | None = None) -> Tensor:

@@ -344,6 +344,7 @@ class TrainedRecommender:
             replace(config, history_length=0), history_head=_FOLDED_KEY in state,
         )
         module.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(_HISTORY_PREFIX)})
+        module.model.to(map_location)  # load_state_dict copies into the CPU-built module
         return cls(module.model, config, maps["user_ids"], maps["item_ids"], content, meta["modality_dims"], meta["genre_names"])
 
 
