@@ -194,8 +194,8 @@ class RecommenderModule(L.LightningModule):
         self.register_buffer("h_item", self.t_id_idx[rows], persistent=False)  # id index per history entry
         if not hasattr(self, "h_trained"):
             # items whose history embedding got a gradient (an item that is only ever a user's newest never does).
-            # A plain attribute, not a buffer: DDP broadcasts buffers from rank 0 before every forward, which would
-            # erase the ids the other ranks marked (they are merged once per epoch, on_train_epoch_end)
+            # A plain attribute, not a buffer: a DDP broadcast of buffers from rank 0 would erase the ids the other
+            # ranks marked; they are merged explicitly (_merge_trained_ids)
             n_ids = self.model.user_tower.history.emb.num_embeddings
             self.h_trained = torch.zeros(n_ids, dtype=torch.bool)
 
