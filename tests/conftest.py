@@ -44,3 +44,19 @@ def home(tmp_path, monkeypatch):
     path = tmp_path / "home"
     monkeypatch.setenv("RECSYS_HOME", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def seeded_random_state():
+    """Every test starts from the same global random state (Python, NumPy, torch), so a run is repeatable:
+    module initialisation, dropout and negative sampling draw from these unless a test passes its own
+    generator."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
