@@ -56,7 +56,10 @@ def _audio_files(n: int, scratch: Path) -> tuple[list[Path], str]:
         y = 0.2 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t) + 0.02 * rng.standard_normal(len(t))
         sf.write(path, y.astype(np.float32), 22050)
         files.append(path)
-    return files, f"{len(fsdd[: n // 2])} FSDD WAVs (8 kHz, ~0.4 s) + {n - len(fsdd[: n // 2])} generated 3 s clips (22.05 kHz)"
+    return (
+        files,
+        f"{len(fsdd[: n // 2])} FSDD WAVs (8 kHz, ~0.4 s) + {n - len(fsdd[: n // 2])} generated 3 s clips (22.05 kHz)",
+    )
 
 
 def main() -> None:
@@ -70,10 +73,10 @@ def main() -> None:
 
     import torch
 
-    from recsys_pipeline import warehouse
-    from recsys_pipeline.encoders.audio import AudioEncoder
-    from recsys_pipeline.encoders.image import ImageEncoder
-    from recsys_pipeline.media import MediaLocator, sync_media_embeddings
+    from recsys_pipeline.content.audio import AudioEncoder
+    from recsys_pipeline.content.image import ImageEncoder
+    from recsys_pipeline.content.media import MediaLocator, sync_media_embeddings
+    from recsys_pipeline.data import warehouse
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,8 +91,10 @@ def main() -> None:
         started = time.perf_counter()
         out = image_encoder.encode_files(images)
         seconds = time.perf_counter() - started
-        print(f"images: {what}: {len(out.positions)} embedded, {len(out.failures)} failed, {seconds:.1f} s, "
-              f"{len(images) / seconds:.1f} images/s (batch {image_encoder.batch_size})")
+        print(
+            f"images: {what}: {len(out.positions)} embedded, {len(out.failures)} failed, {seconds:.1f} s, "
+            f"{len(images) / seconds:.1f} images/s (batch {image_encoder.batch_size})"
+        )
 
         clips, what = _audio_files(args.clips, scratch)
         kinds = ["librosa"] + (["crepe"] if args.crepe else [])
@@ -99,8 +104,10 @@ def main() -> None:
             started = time.perf_counter()
             out = encoder.encode_files(clips)
             seconds = time.perf_counter() - started
-            print(f"audio ({encoder.model_id}, {encoder.dim}-d): {what}: {len(out.positions)} embedded, "
-                  f"{seconds:.1f} s, {len(clips) / seconds:.1f} clips/s")
+            print(
+                f"audio ({encoder.model_id}, {encoder.dim}-d): {what}: {len(out.positions)} embedded, "
+                f"{seconds:.1f} s, {len(clips) / seconds:.1f} clips/s"
+            )
 
         # full vs. no-change materialization of image_embeddings over the same files
         root = images[0].parent
@@ -110,14 +117,19 @@ def main() -> None:
             timings = []
             for label in ("full", "no change"):
                 started = time.perf_counter()
-                report = sync_media_embeddings(con, "image", "image_embeddings", image_encoder, ids, [None] * len(ids),
-                                               locator)
+                report = sync_media_embeddings(
+                    con, "image", "image_embeddings", image_encoder, ids, [None] * len(ids), locator
+                )
                 seconds = time.perf_counter() - started
                 timings.append(seconds)
-                print(f"image_embeddings {label}: {seconds:.2f} s for {len(ids)} items "
-                      f"(decoded {report.decoded}, encoded {report.encoded}, reused {report.reused})")
-        print(f"no-change re-materialization costs {timings[1] / timings[0]:.1%} of a full one "
-              f"({timings[1] / len(ids) * 1000:.2f} ms per item: read + SHA-256 + lookup)")
+                print(
+                    f"image_embeddings {label}: {seconds:.2f} s for {len(ids)} items "
+                    f"(decoded {report.decoded}, encoded {report.encoded}, reused {report.reused})"
+                )
+        print(
+            f"no-change re-materialization costs {timings[1] / timings[0]:.1%} of a full one "
+            f"({timings[1] / len(ids) * 1000:.2f} ms per item: read + SHA-256 + lookup)"
+        )
 
 
 if __name__ == "__main__":

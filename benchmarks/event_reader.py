@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recsys_pipeline.sources import _read_event_lines
+from recsys_pipeline.data.sources import _read_event_lines
 
 
 def timed(fn, path: Path) -> float:
@@ -28,8 +28,9 @@ def main() -> None:
         clean, quoted = Path(tmp) / "clean.csv", Path(tmp) / "quoted.csv"
         rows = [f"u{i % 600},{i % 9000},2018-09-24T{i % 24:02d}:00:00Z,{i % 5}" for i in range(n)]
         clean.write_text("user_id,item_id,timestamp,value\n" + "\n".join(rows) + "\n")
-        quoted.write_text("user_id,item_id,timestamp,value\n" + "\n".join(f'"{r}' .replace(",", '",', 1)
-                                                                          for r in rows) + "\n")
+        quoted.write_text(
+            "user_id,item_id,timestamp,value\n" + "\n".join(f'"{r}'.replace(",", '",', 1) for r in rows) + "\n"
+        )
         for label, fn, path in (
             ("line-level reader, clean file", _read_event_lines, clean),
             ("line-level reader, quoted fields", _read_event_lines, quoted),

@@ -66,8 +66,10 @@ def main() -> int:
         print(f"wall_seconds[{name}] = {seconds:.1f}")
     print(f"wall_seconds[total] = {total:.1f}")
     print(f"text_items_encoded = {text.get('encoded')}   text_items_per_second = {text.get('items_per_second')}")
-    print(f"train_samples_per_second = {model.get('samples_per_second')}   epochs = {model.get('epochs_trained')}"
-          f"   train_seconds = {model.get('train_seconds')}")
+    print(
+        f"train_samples_per_second = {model.get('samples_per_second')}   epochs = {model.get('epochs_trained')}"
+        f"   train_seconds = {model.get('train_seconds')}"
+    )
     print(f"peak_rss_mib = {peak_mib:.0f}")
     return 0
 
@@ -83,7 +85,7 @@ def bench_text(threads: int, n_texts: int | None) -> None:
     import numpy as np
     import torch
 
-    from recsys_pipeline.encoders.text import TextEncoder, default_text_model_path
+    from recsys_pipeline.content.text import TextEncoder, default_text_model_path
 
     texts = _quality().load_catalog()["text"].tolist()[:n_texts]
     torch.set_num_threads(threads)
@@ -99,18 +101,23 @@ def bench_text(threads: int, n_texts: int | None) -> None:
     ref = st.encode(texts, batch_size=enc.batch_size, normalize_embeddings=True, convert_to_numpy=True)
     t_st, c_st = time.perf_counter() - t0, time.process_time() - c0
     cos = (ours * ref).sum(axis=1)
-    print(f"text: {len(texts)} texts, batch {enc.batch_size}, max_length {enc.max_length}, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"text: {len(texts)} texts, batch {enc.batch_size}, max_length {enc.max_length}, load {os.getloadavg()[0]:.1f}"
+    )
     print(f"text_items_per_second[TextEncoder] = {len(texts) / t_ours:.1f}   ({t_ours:.1f}s)")
     print(f"text_items_per_second[sentence-transformers encode] = {len(texts) / t_st:.1f}   ({t_st:.1f}s)")
-    print(f"text_items_per_cpu_second: TextEncoder {len(texts) / c_ours:.1f}   sentence-transformers {len(texts) / c_st:.1f}")
+    print(
+        f"text_items_per_cpu_second: TextEncoder {len(texts) / c_ours:.1f}   "
+        f"sentence-transformers {len(texts) / c_st:.1f}"
+    )
     print(f"text_cosine_vs_sentence_transformers: min {float(np.min(cos)):.6f} mean {float(np.mean(cos)):.6f}")
 
 
 def bench_scoring(threads: int, repeats: int = 5) -> None:
     import torch
 
-    from recsys_pipeline.model.lightning_module import RecommenderModule
-    from recsys_pipeline.model.recommender import ModelConfig, TrainedRecommender
+    from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
+    from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
 
     q = _quality()
     torch.set_num_threads(threads)
@@ -118,36 +125,41 @@ def bench_scoring(threads: int, repeats: int = 5) -> None:
     catalog = q.load_catalog()
     content = q.build_content(catalog, q.text_vectors(catalog["text"].tolist()))
     users = sorted(inter["user_id"].unique())
-    items = sorted(inter["item_id"].unique())
-    cfg = ModelConfig()
-    module = RecommenderModule(len(users), len(items), content.modality_dims, len(content.genre_names), cfg)
-    model = TrainedRecommender(module.model, cfg, users, items, content, content.modality_dims, content.genre_names)
-    model.recommend(users[:8], k=20, exclude=inter)  # warm-up (item vectors cached after this)
+    # scoring cost does not depend on how well the weights are trained: one epoch is enough to have a model
+    model = TwoTowerRecommender(ModelConfig(max_epochs=1, refit=False), TrainerConfig(num_threads=threads)).fit(
+        inter, content
+    )
+    model.recommend(users[:8], k=20)  # warm-up (item vectors cached after this)
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(repeats):
-        out = model.recommend(users, k=20, exclude=inter)
+        out = model.recommend(users, k=20)  # seen items (every interaction) excluded
     dt = (time.perf_counter() - t0) / repeats
     cpu = (time.process_time() - c0) / repeats
-    print(f"scoring: {len(users)} users x {len(content)} items, top-20, {len(inter)} seen pairs masked,"
-          f" load {os.getloadavg()[0]:.1f}")
+    print(
+        f"scoring: {len(users)} users x {len(content)} items, top-20, {len(inter)} seen pairs masked,"
+        f" load {os.getloadavg()[0]:.1f}"
+    )
     print(f"scoring_users_per_second = {len(users) / dt:.0f}   ({dt * 1000:.0f} ms per pass, {len(out)} rows)")
     print(f"scoring_users_per_cpu_second = {len(users) / cpu:.0f}   (CPU time: comparable under contention)")
 
 
 def bench_training(threads: int) -> None:
-    from recsys_pipeline.evaluation import split_user_last_fraction
-    from recsys_pipeline.model.recommender import ModelConfig, TrainerConfig, train_recommender
+    from recsys_pipeline.evaluation.protocols import split_user_last_fraction
+    from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
+    from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
 
     q = _quality()
     inter = q.load_interactions()
     catalog = q.load_catalog()
     content = q.build_content(catalog, q.text_vectors(catalog["text"].tolist()))
     train = split_user_last_fraction(inter, 0.2, 5).train
-    _, s = train_recommender(train, content, ModelConfig(), TrainerConfig(num_threads=threads))
+    s = TwoTowerRecommender(ModelConfig(), TrainerConfig(num_threads=threads)).fit(train, content).train_stats
     print(f"training: {s['n_train_interactions']} interactions, load {os.getloadavg()[0]:.1f}, config {ModelConfig()}")
-    print(f"train_samples_per_second = {s['samples_per_second']:.0f}   epochs_trained = {s['epochs_trained']}"
-          f"   best_epoch(early stopping) = {s['best_epoch']}   train_seconds = {s['train_seconds']:.1f}"
-          f"   best_val_ndcg_at_10 = {s['best_val_ndcg_at_10']:.4f}")
+    print(
+        f"train_samples_per_second = {s['samples_per_second']:.0f}   epochs_trained = {s['epochs_trained']}"
+        f"   best_epoch(early stopping) = {s['best_epoch']}   train_seconds = {s['train_seconds']:.1f}"
+        f"   best_val_ndcg_at_10 = {s['best_val_ndcg_at_10']:.4f}"
+    )
 
 
 if __name__ == "__main__":

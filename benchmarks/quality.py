@@ -7,7 +7,8 @@ Data: the bundled ml-latest-small, every rating an implicit positive. Two protoc
 * cold: a seeded random 20% of items held out with all their interactions (``split_item_cold_start``, seed = run
   seed); each test user ranks only those items.
 
-Metrics (Recall@20, NDCG@10) come from ``recsys_pipeline.metrics`` (the implementation ``model_evaluation`` uses).
+Metrics (Recall@20, NDCG@10) come from ``recsys_pipeline.evaluation.evaluate`` (what ``model_evaluation`` uses): every
+model ranks through ``Recommender.recommend``.
 Hyperparameters: each model family gets the same small grid budget, tuned once (seed 0) on a validation split
 carved from the train split (warm: the last 20% per user of train; cold: 20% of the train items held out), never
 on test; the chosen setting is then trained on the full train split for every seed. The table (mean ± std over
@@ -43,23 +44,16 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys_pipeline.catalog import build_item_catalog  # noqa: E402
-from recsys_pipeline.evaluation import (  # noqa: E402
-    Split,
-    rank_for_split,
-    split_item_cold_start,
-    split_user_last_fraction,
-)
-from recsys_pipeline.metrics import ranking_metrics  # noqa: E402
-from recsys_pipeline.model.content import ItemContent  # noqa: E402
-from recsys_pipeline.model.recommender import (  # noqa: E402
-    ModelConfig,
-    PopularityRecommender,
-    RandomRecommender,
-    TrainerConfig,
-    train_recommender,
-)
-from recsys_pipeline.sources import MovieLensSource  # noqa: E402
+from recsys_pipeline.content.features import ItemFeatures  # noqa: E402
+from recsys_pipeline.data.catalog import build_item_catalog  # noqa: E402
+from recsys_pipeline.data.sources import MovieLensSource  # noqa: E402
+from recsys_pipeline.evaluation.evaluate import evaluate as evaluate_split  # noqa: E402
+from recsys_pipeline.evaluation.protocols import Split, split_item_cold_start, split_user_last_fraction  # noqa: E402
+from recsys_pipeline.models.base import Recommender  # noqa: E402
+from recsys_pipeline.models.popularity import PopularityRecommender  # noqa: E402
+from recsys_pipeline.models.random import RandomRecommender  # noqa: E402
+from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig  # noqa: E402
+from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender  # noqa: E402
 
 CACHE_DIR = ROOT / "benchmarks" / ".cache"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -90,7 +84,7 @@ def text_vectors(texts: Sequence[str], encoder_factory: Callable | None = None) 
 
     Only texts missing from the cache are encoded (project ``TextEncoder``, one thread).
     """
-    from recsys_pipeline.encoders.text import TextEncoder, content_hash, default_text_model_path
+    from recsys_pipeline.content.text import TextEncoder, content_hash, default_text_model_path
 
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     model_dir = default_text_model_path()
@@ -115,9 +109,9 @@ def text_vectors(texts: Sequence[str], encoder_factory: Callable | None = None) 
     return np.stack([cached[h] for h in hashes]).astype(np.float32)
 
 
-def build_content(catalog: pd.DataFrame, text: np.ndarray) -> ItemContent:
-    """``ItemContent`` (text modality, genres, year) for the catalog rows."""
-    return ItemContent.from_parts(
+def build_content(catalog: pd.DataFrame, text: np.ndarray) -> ItemFeatures:
+    """``ItemFeatures`` (text modality, genres, year) for the catalog rows."""
+    return ItemFeatures.from_parts(
         catalog["item_id"].tolist(),
         {"text": (catalog["item_id"].tolist(), text)},
         genres=catalog["genres"].map(lambda g: "|".join(g)).tolist(),
@@ -131,7 +125,7 @@ class Data:
     """Everything a model factory needs: the train frame and the catalog's content (row order = catalog)."""
 
     train: pd.DataFrame
-    content: ItemContent
+    content: ItemFeatures
     seed: int
     item_index: dict[str, int] = field(init=False)
     user_ids: list[str] = field(init=False)
@@ -150,11 +144,23 @@ class Data:
         )
 
 
-class FactorScorer:
+class FittedScorer(Recommender):
+    """A peer fitted by its own library: ``Recommender`` for ranking (catalog and seen items from ``data``)."""
+
+    def __init__(self, data: Data):
+        self.data = data
+        self._remember(data.content.item_ids, data.train)
+
+    def fit(self, interactions, features=None):
+        raise NotImplementedError("built from an already fitted model (fit_als, fit_bpr, fit_lightfm, ContentKNN)")
+
+
+class FactorScorer(FittedScorer):
     """``score = U[user] @ V[item].T (+ item_bias)``; unknown users score 0 for every item."""
 
     def __init__(self, data: Data, user_factors: np.ndarray, item_factors: np.ndarray, item_bias=None):
-        self.data, self.U, self.V = data, np.asarray(user_factors, np.float32), np.asarray(item_factors, np.float32)
+        super().__init__(data)
+        self.U, self.V = np.asarray(user_factors, np.float32), np.asarray(item_factors, np.float32)
         self.b = None if item_bias is None else np.asarray(item_bias, np.float32)
 
     def score(self, user_ids, item_ids) -> np.ndarray:
@@ -171,8 +177,14 @@ class FactorScorer:
 def fit_als(data: Data, factors=64, regularization=0.05, alpha=1.0, iterations=15):
     from implicit.cpu.als import AlternatingLeastSquares
 
-    m = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
-                                iterations=iterations, random_state=data.seed, num_threads=1)
+    m = AlternatingLeastSquares(
+        factors=factors,
+        regularization=regularization,
+        alpha=alpha,
+        iterations=iterations,
+        random_state=data.seed,
+        num_threads=1,
+    )
     m.fit(data.user_items, show_progress=False)
     return FactorScorer(data, m.user_factors, m.item_factors)
 
@@ -180,8 +192,14 @@ def fit_als(data: Data, factors=64, regularization=0.05, alpha=1.0, iterations=1
 def fit_bpr(data: Data, factors=64, learning_rate=0.01, regularization=0.01, iterations=100):
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
-    m = BayesianPersonalizedRanking(factors=factors, learning_rate=learning_rate, regularization=regularization,
-                                    iterations=iterations, random_state=data.seed, num_threads=1)
+    m = BayesianPersonalizedRanking(
+        factors=factors,
+        learning_rate=learning_rate,
+        regularization=regularization,
+        iterations=iterations,
+        random_state=data.seed,
+        num_threads=1,
+    )
     m.fit(data.user_items, show_progress=False)
     # implicit's BPR appends an item-bias column to item_factors and a matching constant 1 to user_factors
     return FactorScorer(data, m.user_factors, m.item_factors)
@@ -206,28 +224,34 @@ def _lightfm_item_features(data: Data, features: str, text_dim: int) -> sp.csr_m
     return sp.diags(1.0 / np.maximum(norms, 1e-9)) @ f
 
 
-def fit_lightfm(data: Data, features="ids", no_components=64, learning_rate=0.05, epochs=30, item_alpha=0.0,
-                text_dim=32):
+def fit_lightfm(
+    data: Data, features="ids", no_components=64, learning_rate=0.05, epochs=30, item_alpha=0.0, text_dim=32
+):
     from lightfm import LightFM
 
     item_features = _lightfm_item_features(data, features, text_dim)
-    m = LightFM(no_components=no_components, loss="warp", learning_rate=learning_rate, item_alpha=item_alpha,
-                random_state=data.seed)
+    m = LightFM(
+        no_components=no_components,
+        loss="warp",
+        learning_rate=learning_rate,
+        item_alpha=item_alpha,
+        random_state=data.seed,
+    )
     m.fit(data.user_items.tocoo(), item_features=item_features, epochs=epochs, num_threads=1)
     ib, iv = m.get_item_representations(item_features)
     _, uv = m.get_user_representations()
     return FactorScorer(data, uv, iv, ib)
 
 
-class ContentKNN:
+class ContentKNN(FittedScorer):
     """User profile = mean of the user's train items' text vectors; score = cosine(profile, item text)."""
 
     def __init__(self, data: Data):
+        super().__init__(data)
         x = data.content.modalities["text"]
         self.x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
         prof = data.user_items @ self.x
         self.prof = prof / np.maximum(np.linalg.norm(prof, axis=1, keepdims=True), 1e-9)
-        self.data = data
 
     def score(self, user_ids, item_ids) -> np.ndarray:
         u = np.array([self.data.user_index.get(str(x), -1) for x in user_ids])
@@ -240,9 +264,7 @@ class ContentKNN:
 
 def fit_ours(data: Data, **overrides):
     cfg = ModelConfig.from_dict({**overrides, "seed": data.seed})
-    model, stats = train_recommender(data.train, data.content, cfg, TrainerConfig(num_threads=1))
-    model.train_stats = stats
-    return model
+    return TwoTowerRecommender(cfg, TrainerConfig(num_threads=1)).fit(data.train, data.content)
 
 
 @dataclass
@@ -259,25 +281,63 @@ class Family:
 def families() -> list[Family]:
     lfm = dict(no_components=64, learning_rate=0.05)
     return [
-        Family("ours", fit_ours, [{}, {"history_dropout": 0.5}, {"history_length": 20}],
-               note="two-tower + text + a history head (recency-weighted last 50 items, scored against item ids only); grid over the history"),
-        Family("popularity", lambda d: PopularityRecommender().fit(d.train), [{}], cold=False,
-               note="train interaction counts"),
-        Family("als", fit_als, [dict(factors=64, regularization=0.05, alpha=1.0),
-                                dict(factors=128, regularization=0.1, alpha=1.0),
-                                dict(factors=64, regularization=0.05, alpha=10.0)], cold=False,
-               note="implicit ALS, 15 iterations"),
-        Family("bpr", fit_bpr, [dict(factors=64, learning_rate=0.01), dict(factors=64, learning_rate=0.05),
-                                dict(factors=128, learning_rate=0.01)], cold=False,
-               note="implicit BPR, 100 iterations, reg 0.01"),
-        Family("lightfm_ids", lambda d, **kw: fit_lightfm(d, "ids", **kw),
-               [dict(lfm, epochs=30), dict(lfm, epochs=60)], cold=False, note="WARP, ids only"),
-        Family("lightfm_genres", lambda d, **kw: fit_lightfm(d, "genres", **kw),
-               [dict(lfm, epochs=30), dict(lfm, epochs=60)], note="WARP, ids + genres"),
-        Family("lightfm_genres_text", lambda d, **kw: fit_lightfm(d, "genres+text", **kw),
-               [dict(lfm, epochs=30), dict(lfm, epochs=60)], note="WARP, ids + genres + text (PCA-32)"),
+        Family(
+            "ours",
+            fit_ours,
+            [{}, {"history_dropout": 0.5}, {"history_length": 20}],
+            note="two-tower + text + a history head (recency-weighted last 50 items, scored against item ids "
+            "only); grid over the history",
+        ),
+        Family(
+            "popularity",
+            lambda d: PopularityRecommender().fit(d.train, d.content),
+            [{}],
+            cold=False,
+            note="distinct train users per item",
+        ),
+        Family(
+            "als",
+            fit_als,
+            [
+                dict(factors=64, regularization=0.05, alpha=1.0),
+                dict(factors=128, regularization=0.1, alpha=1.0),
+                dict(factors=64, regularization=0.05, alpha=10.0),
+            ],
+            cold=False,
+            note="implicit ALS, 15 iterations",
+        ),
+        Family(
+            "bpr",
+            fit_bpr,
+            [
+                dict(factors=64, learning_rate=0.01),
+                dict(factors=64, learning_rate=0.05),
+                dict(factors=128, learning_rate=0.01),
+            ],
+            cold=False,
+            note="implicit BPR, 100 iterations, reg 0.01",
+        ),
+        Family(
+            "lightfm_ids",
+            lambda d, **kw: fit_lightfm(d, "ids", **kw),
+            [dict(lfm, epochs=30), dict(lfm, epochs=60)],
+            cold=False,
+            note="WARP, ids only",
+        ),
+        Family(
+            "lightfm_genres",
+            lambda d, **kw: fit_lightfm(d, "genres", **kw),
+            [dict(lfm, epochs=30), dict(lfm, epochs=60)],
+            note="WARP, ids + genres",
+        ),
+        Family(
+            "lightfm_genres_text",
+            lambda d, **kw: fit_lightfm(d, "genres+text", **kw),
+            [dict(lfm, epochs=30), dict(lfm, epochs=60)],
+            note="WARP, ids + genres + text (PCA-32)",
+        ),
         Family("content_knn", lambda d: ContentKNN(d), [{}], note="mean text vector of the user's items, cosine"),
-        Family("random", lambda d: RandomRecommender(d.seed).fit(d.train), [{}], note="floor"),
+        Family("random", lambda d: RandomRecommender(d.seed).fit(d.train, d.content), [{}], note="floor"),
     ]
 
 
@@ -293,11 +353,9 @@ def evaluate(model, split: Split, protocol: str, catalog_ids: list[str], max_use
     if max_users is not None:
         keep = set(sorted(split.test["user_id"].astype(str).unique())[:max_users])
         split = Split(split.train, split.test[split.test["user_id"].astype(str).isin(keep)], split.cold_items)
-    cand = "all" if protocol == "warm" else "cold"
-    ranked = rank_for_split(model, split, 20, cand, catalog_ids)
-    truth = split.test.assign(user_id=split.test["user_id"].astype(str), item_id=split.test["item_id"].astype(str))
-    m = ranking_metrics(ranked, truth, len(catalog_ids), (10, 20))
-    return {"recall_at_20": m["recall_at_20"], "ndcg_at_10": m["ndcg_at_10"]}
+    m = evaluate_split(model, split, 20).metrics
+    prefix = "" if protocol == "warm" else "cold_candidates_"
+    return {"recall_at_20": m[f"{prefix}recall_at_20"], "ndcg_at_10": m[f"{prefix}ndcg_at_10"]}
 
 
 def tune(fam: Family, protocol: str, train: pd.DataFrame, content, catalog_ids, max_users, log) -> dict:
@@ -340,7 +398,9 @@ def write_table(rows: list[dict], seeds, path: Path, extra: str = "") -> str:
             for met in ("recall_at_20", "ndcg_at_10"):
                 v = r.get(proto, {}).get(met)
                 cells.append(fmt(v) if v else r.get(f"{proto}_na", "N/A"))
-        params = "; ".join(f"{p}: {json.dumps(r.get(f'{p}_params', {}))}" for p in ("warm", "cold") if f"{p}_params" in r)
+        params = "; ".join(
+            f"{p}: {json.dumps(r.get(f'{p}_params', {}))}" for p in ("warm", "cold") if f"{p}_params" in r
+        )
         lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {params} | {r['note']} |")
     text = "\n".join(lines) + "\n" + extra
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -351,10 +411,10 @@ def write_table(rows: list[dict], seeds, path: Path, extra: str = "") -> str:
 def log_mlflow(rows: list[dict], table_path: Path, args) -> None:
     import mlflow
 
-    from recsys_pipeline.settings import home_paths
-    from recsys_pipeline.tracking import experiment_id
+    from recsys_pipeline.registry.tracking import experiment_id
+    from recsys_pipeline.settings import ensure_home, get_settings
 
-    paths = home_paths().ensure()
+    paths = ensure_home(get_settings().paths)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or paths.mlflow_tracking_uri
     # artifacts under the home, not ./mlruns of whatever folder the script runs from
     exp = experiment_id(uri, "quality_benchmark", str(paths.mlflow_artifacts))
@@ -364,7 +424,9 @@ def log_mlflow(rows: list[dict], table_path: Path, args) -> None:
             for proto in ("warm", "cold"):
                 for met, vals in r.get(proto, {}).items():
                     mlflow.log_metric(f"{r['name']}.{proto}.{met}.mean", float(np.mean(vals)))
-                    mlflow.log_metric(f"{r['name']}.{proto}.{met}.std", float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
+                    mlflow.log_metric(
+                        f"{r['name']}.{proto}.{met}.std", float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                    )
         mlflow.log_artifact(str(table_path))
     print(f"[mlflow] logged to {uri} (experiment quality_benchmark)")
 
@@ -382,8 +444,12 @@ def main(argv=None) -> int:
     p.add_argument("--no-mlflow", action="store_true")
     p.add_argument("--note", default="", help="Markdown appended under the table (e.g. what did not finish)")
     p.add_argument("--rows-out", default=None, help="also write the per-seed results as JSON here")
-    p.add_argument("--merge", nargs="+", default=None,
-                   help="build the table from --rows-out JSON files of runs on the same splits (no training)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        help="build the table from --rows-out JSON files of runs on the same splits (no training)",
+    )
     args = p.parse_args(argv)
     if args.merge:
         by_name = {}
@@ -392,8 +458,13 @@ def main(argv=None) -> int:
                 by_name[r["name"]] = r
         order = [f.name for f in families()]
         # our model's rows (variants named ours_*) first, then the peers in family order
-        rows = sorted(by_name.values(), key=lambda r: (not r["name"].startswith("ours"),
-                                                       order.index(r["name"]) if r["name"] in order else len(order)))
+        rows = sorted(
+            by_name.values(),
+            key=lambda r: (
+                not r["name"].startswith("ours"),
+                order.index(r["name"]) if r["name"] in order else len(order),
+            ),
+        )
         args.models = [r["name"] for r in rows]
         out = Path(args.out)
         print(write_table(rows, args.seeds, out, "\n" + args.note + "\n" if args.note else ""))
@@ -423,8 +494,9 @@ def main(argv=None) -> int:
                 row["cold_na"] = "N/A"
                 continue
             base = make_split(proto, interactions, args.seeds[0])
-            params = fam.grid[0] if args.no_tune else tune(fam, proto, base.train, content, catalog_ids,
-                                                          args.max_users, log)
+            params = (
+                fam.grid[0] if args.no_tune else tune(fam, proto, base.train, content, catalog_ids, args.max_users, log)
+            )
             row[f"{proto}_params"] = params
             res: dict[str, list[float]] = {"recall_at_20": [], "ndcg_at_10": []}
             for seed in args.seeds:
@@ -438,10 +510,13 @@ def main(argv=None) -> int:
                 extra = ""
                 if hasattr(model, "train_stats"):
                     s = model.train_stats
-                    extra = (f" epochs {s['epochs_trained']} best {s['best_epoch']} "
-                             f"{s['samples_per_second']:.0f} samples/s")
-                log(f"{fam.name}/{proto} seed {seed}: R@20 {m['recall_at_20']:.4f} NDCG@10 {m['ndcg_at_10']:.4f}"
-                    f" fit {fit_s:.0f}s{extra}")
+                    extra = (
+                        f" epochs {s['epochs_trained']} best {s['best_epoch']} {s['samples_per_second']:.0f} samples/s"
+                    )
+                log(
+                    f"{fam.name}/{proto} seed {seed}: R@20 {m['recall_at_20']:.4f} NDCG@10 {m['ndcg_at_10']:.4f}"
+                    f" fit {fit_s:.0f}s{extra}"
+                )
             row[proto] = res
         rows.append(row)
     if args.rows_out:

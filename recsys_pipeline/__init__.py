@@ -1,8 +1,6 @@
-"""recsys_pipeline: a multimodal recommender pipeline.
-
-Library modules (no Dagster import): ``settings``, ``sources``, ``cleaning``, ``catalog``, ``warehouse``,
-``encoders``, ``features``, ``model``, ``metrics``, ``evaluation``.
-Orchestration: ``assets``, ``resources``, ``definitions``.
+"""recsys_pipeline: a multimodal recommender pipeline, in layers (lowest first, each importing only those below):
+``settings``, ``data``, ``content``, ``models``, ``evaluation``, ``registry``, ``serving``; then the Dagster layer
+(``instance``, ``resources``, ``assets``, ``automation``, ``definitions``) and ``cli`` on top. See README "Layout".
 """
 
 __version__ = "0.1.0"

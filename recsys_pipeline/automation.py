@@ -10,49 +10,54 @@
 Schedule and sensor start stopped: nothing runs unless someone turns them on (UI, Automation tab).
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 import dagster as dg
 
-from recsys_pipeline.assets.partitions import daily_partitions
+from recsys_pipeline.data.sources import SourceError
 from recsys_pipeline.resources import SourceResource
-from recsys_pipeline.sources import SourceError
+from recsys_pipeline.settings import Settings
 
 # A file modified more recently than this is probably still being written: it waits for a later tick.
 SETTLE_SECONDS = 30.0
-
-pipeline_job = dg.define_asset_job("recsys_pipeline_job", selection=dg.AssetSelection.all())
-
-ingest_job = dg.define_asset_job(
-    "ingest_events_job",
-    selection=dg.AssetSelection.assets("item_catalog", "raw_events", "interactions"),
-    partitions_def=daily_partitions,
-    description="One day of events: the catalog (so new items are known), raw_events and interactions.",
-)
+PIPELINE_JOB = "recsys_pipeline_job"
+INGEST_JOB = "ingest_events_job"
 
 
-def nightly_hour_utc() -> int:
-    """``RECSYS_NIGHTLY_HOUR_UTC`` (0..23, default 2). Raises ValueError naming the variable for anything else."""
-    text = os.environ.get("RECSYS_NIGHTLY_HOUR_UTC", "2")
-    if not text.isdigit() or not 0 <= int(text) <= 23:
-        raise ValueError(f"RECSYS_NIGHTLY_HOUR_UTC={text!r} is not an hour 0..23")
-    return int(text)
+def jobs() -> list:
+    """``recsys_pipeline_job`` (every asset) and ``ingest_events_job`` (one day of events); both are partitioned
+    like their assets (Dagster infers it)."""
+    return [
+        dg.define_asset_job(
+            PIPELINE_JOB,
+            selection=dg.AssetSelection.all(),
+            description="The whole graph: ingest the partitions of the run (one day, or a range as "
+            "one run), then the catalog, embeddings of new items, retrain, evaluate, gate, publish.",
+        ),
+        dg.define_asset_job(
+            INGEST_JOB,
+            selection=dg.AssetSelection.assets("item_catalog", "raw_events", "interactions"),
+            description="One day of events: the catalog (so new items are known), raw_events and interactions.",
+        ),
+    ]
 
 
-nightly_schedule = dg.build_schedule_from_partitioned_job(
-    pipeline_job,
-    hour_of_day=nightly_hour_utc(),
-    minute_of_hour=0,
-    name="nightly_retrain",
-    description="Yesterday's partition and everything downstream: new items encoded, retrain, evaluate, publish.",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-)
+def schedules(pipeline_job, settings: Settings) -> list:
+    """``nightly_retrain``: ``pipeline_job`` for yesterday's partition at ``RECSYS_NIGHTLY_HOUR_UTC`` (stopped)."""
+    return [
+        dg.build_schedule_from_partitioned_job(
+            pipeline_job,
+            hour_of_day=settings.nightly_hour_utc,
+            minute_of_hour=0,
+            name="nightly_retrain",
+            description="Yesterday's partition and everything downstream: new items encoded, retrain, evaluate, "
+            "publish.",
+            default_status=dg.DefaultScheduleStatus.STOPPED,
+        )
+    ]
 
 
 def _signature(paths: list[Path]) -> str:
@@ -60,60 +65,62 @@ def _signature(paths: list[Path]) -> str:
     return "|".join(f"{p.name}@{p.stat().st_mtime_ns}:{p.stat().st_size}" for p in sorted(paths))
 
 
-@dg.sensor(
-    job=ingest_job,
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="A new or changed YYYY-MM-DD.csv|parquet|jsonl in the landing folder ingests that day.",
-)
-def landing_events(context: dg.SensorEvaluationContext, source: SourceResource):
-    """One ``RunRequest`` per day whose files are new or changed since the last request.
+def sensors(partitions: dg.DailyPartitionsDefinition) -> list:
+    """``landing_events``: ingests a day of the ``daily_files`` folder when its files appear or change (stopped)."""
 
-    The cursor is JSON ``{"requested": {day: signature}, "skipped": {day: signature}}``; the run key is the day
-    plus a hash of its files' names, mtimes and sizes, so an unchanged file never runs twice and a rewritten one
-    runs again. Days outside the partitions (before the first, or today and later) are skipped with one log line
-    per file state and looked at again on later ticks (today's file is ingested once the day is over). Files
-    younger than ``SETTLE_SECONDS`` wait for a later tick.
-    """
-    if source.kind != "daily_files":
-        return dg.SkipReason(f"source kind is {source.kind!r}: no landing folder to watch (use daily_files)")
-    try:
-        files = source.build().files_by_day()
-    except SourceError as exc:
-        return dg.SkipReason(str(exc))
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    requested, skipped = cursor.get("requested", {}), cursor.get("skipped", {})
-    now = time.time()
-    requests = []
-    for day, paths in sorted(files.items()):
-        key, signature = day.isoformat(), _signature(paths)
-        if requested.get(key) == signature:
-            continue
-        if any(now - p.stat().st_mtime < SETTLE_SECONDS for p in paths):
-            context.log.info(f"{key}: {[p.name for p in paths]} modified in the last {SETTLE_SECONDS:.0f} s; next tick")
-            continue
-        if not daily_partitions.has_partition_key(key):
-            if skipped.get(key) != signature:
-                context.log.info(
-                    f"skipping {', '.join(p.name for p in paths)}: {key} is not a partition "
-                    f"(partitions run from {daily_partitions.start.date()} to yesterday, UTC)"
-                )
-                skipped[key] = signature
-            continue
-        skipped.pop(key, None)
-        requested[key] = signature
-        digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
-        requests.append(
-            dg.RunRequest(
-                run_key=f"{key}:{digest}", partition_key=key, tags={"recsys/landing_files": signature[:200]}
-            )
-        )
-    return dg.SensorResult(
-        run_requests=requests, cursor=json.dumps({"requested": requested, "skipped": skipped}, sort_keys=True)
+    @dg.sensor(
+        job_name=INGEST_JOB,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="A new or changed YYYY-MM-DD.csv|parquet|jsonl in the landing folder ingests that day.",
     )
+    def landing_events(context: dg.SensorEvaluationContext, source: SourceResource):
+        """One ``RunRequest`` per day whose files are new or changed since the last request.
 
+        The cursor is JSON ``{"requested": {day: signature}, "skipped": {day: signature}}``; the run key is the day
+        plus a hash of its files' names, mtimes and sizes, so an unchanged file never runs twice and a rewritten one
+        runs again. Days outside the partitions (before the first, or today and later) are skipped with one log line
+        per file state and looked at again on later ticks (today's file is ingested once the day is over). Files
+        younger than ``SETTLE_SECONDS`` wait for a later tick.
+        """
+        kind = source.resolved_kind()
+        if kind != "daily_files":
+            return dg.SkipReason(f"source kind is {kind!r}: no landing folder to watch (use daily_files)")
+        try:
+            files = source.build().files_by_day()
+        except SourceError as exc:
+            return dg.SkipReason(str(exc))
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        requested, skipped = cursor.get("requested", {}), cursor.get("skipped", {})
+        now = time.time()
+        requests = []
+        for day, paths in sorted(files.items()):
+            key, signature = day.isoformat(), _signature(paths)
+            if requested.get(key) == signature:
+                continue
+            if any(now - p.stat().st_mtime < SETTLE_SECONDS for p in paths):
+                context.log.info(
+                    f"{key}: {[p.name for p in paths]} modified in the last {SETTLE_SECONDS:.0f} s; next tick"
+                )
+                continue
+            if not partitions.has_partition_key(key):
+                if skipped.get(key) != signature:
+                    context.log.info(
+                        f"skipping {', '.join(p.name for p in paths)}: {key} is not a partition "
+                        f"(partitions run from {partitions.start.date()} to yesterday, UTC)"
+                    )
+                    skipped[key] = signature
+                continue
+            skipped.pop(key, None)
+            requested[key] = signature
+            digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{key}:{digest}", partition_key=key, tags={"recsys/landing_files": signature[:200]}
+                )
+            )
+        return dg.SensorResult(
+            run_requests=requests, cursor=json.dumps({"requested": requested, "skipped": skipped}, sort_keys=True)
+        )
 
-JOBS = [pipeline_job, ingest_job]
-SCHEDULES = [nightly_schedule]
-SENSORS = [landing_events]
-
+    return [landing_events]

@@ -1,11 +1,11 @@
 """``recsys``: the command line.
 
-- ``recsys demo``: materialize every partition of the configured data (default: bundled MovieLens) and everything
-  downstream through Dagster, on the instance under ``$RECSYS_HOME/dagster`` (the runs show in the UI), then print
-  a summary.
+- ``recsys demo``: one run of ``recsys_pipeline_job`` over every partition of the configured data (default:
+  bundled MovieLens), on the Dagster instance under ``$RECSYS_HOME/dagster`` (the run shows in the UI), then a
+  summary.
 - ``recsys recommend --user ID [-k N]``: that user's latest recommendations with titles.
 - ``recsys serve [--host 127.0.0.1] [--port 8000]``: ``GET /recommendations/{user_id}?k=10`` over the published
-  recommendations (``recsys_pipeline/serve.py``).
+  recommendations (``serving.app``).
 - ``recsys backfill --start D --end D [--downstream]``: re-ingest the UTC days ``start..end`` (inclusive) of
   raw_events and interactions (and the catalog) as one run, optionally with everything downstream in that run.
 - ``recsys ui``: the Dagster UI on 127.0.0.1.
@@ -17,14 +17,15 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from recsys_pipeline.settings import home_paths
+from recsys_pipeline.settings import HomePaths, get_settings
+
+PIPELINE_JOB = "recsys_pipeline_job"
 
 
 def _quiet_libraries() -> None:
-    """Keep the demo's output to its own progress lines: library info logs and deprecation chatter off."""
+    """Keep the commands' output to their own lines: library info logs and deprecation chatter off."""
     import logging
     import warnings
 
@@ -38,40 +39,75 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*deprecated.*")
 
 
-def _prepare_home(home: str | None):
+def _paths(home: str | None) -> HomePaths:
+    """The home of this command: ``--home``, else ``RECSYS_HOME``, else ``./.recsys`` (nothing is created)."""
+    return get_settings(**({"home": Path(home)} if home else {})).paths
+
+
+def _prepare_home(home: str | None) -> HomePaths:
+    """Create the home and point this process (and the Dagster instance) at it."""
+    from recsys_pipeline import instance
+
     _quiet_libraries()
-    paths = home_paths(home).ensure()
-    os.environ["RECSYS_HOME"] = str(paths.root)
-    os.environ["DAGSTER_HOME"] = str(paths.dagster_home)
-    # One planned event per asset for a single-run backfill instead of one per partition (Dagster's switch);
-    # the cost: partitions of a failed run are not marked failed, the run is.
-    os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return paths
+    return instance.prepare(_paths(home))
 
 
-def _run(job, instance, selection, label: str, tags: dict | None = None, run_config: dict | None = None) -> float:
-    """Execute ``selection`` of ``job`` in process on ``instance``; raises SystemExit on failure."""
+def _definitions():
+    from recsys_pipeline.definitions import build_definitions
+
+    return build_definitions()
+
+
+def _run(
+    selection: list[str] | None,
+    label: str,
+    first: str | None = None,
+    last: str | None = None,
+    run_config: dict | None = None,
+) -> dict[str, float]:
+    """Execute ``selection`` (asset names; ``None`` = every asset) of ``recsys_pipeline_job`` as ONE run on the home's
+    instance, over the daily partitions ``first..last`` when given. Prints a line per step; returns wall seconds per
+    step. Raises SystemExit naming the failed step or blocking check."""
+    import dagster as dg
+
+    from recsys_pipeline.instance import free_slots_of_dead_steps
+
+    instance = dg.DagsterInstance.get()
+    for run_id in free_slots_of_dead_steps(instance):  # else a killed earlier run blocks every DuckDB step
+        print(f"    run {run_id[:8]} was killed mid-step: marked failed, its duckdb pool slot freed", flush=True)
+    job = _definitions().resolve_job_def(PIPELINE_JOB)
+    tags = {}
+    if first is not None:
+        tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     print(f"==> {label}", flush=True)
-    started = time.perf_counter()
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     result = job.execute_in_process(
-        instance=instance, asset_selection=selection, tags=tags or {}, run_config={**quiet, **(run_config or {})},
+        instance=instance,
+        asset_selection=None if selection is None else [dg.AssetKey(k) for k in selection],
+        tags=tags,
+        run_config={"loggers": {"step_lines": {}}, **(run_config or {})},
         raise_on_error=False,
     )
-    seconds = time.perf_counter() - started
+    seconds = {
+        e.step_key: e.event_specific_data.duration_ms / 1000
+        for e in result.all_events
+        if e.event_type_value == "STEP_SUCCESS"
+    }
     if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure:
-                print(event.step_failure_data.error.to_string(), file=sys.stderr)
+        failed = [e for e in result.all_events if e.is_step_failure]
+        for event in failed:
+            print(event.step_failure_data.error.to_string(), file=sys.stderr)
         failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed and e.blocking]
         if failed_checks:  # e.g. the model_evaluation gate: what follows (publishing) must not run
             reasons = "; ".join(f"{e.asset_check_key.name}: {e.description or 'failed'}" for e in failed_checks)
-            raise SystemExit(f"asset check failed after {label} ({reasons}); stopped here, later steps such as "
-                             f"recommendations were not run, nothing new was published (run {result.run_id})")
-        raise SystemExit(f"step failed: {label} (run {result.run_id}); see `recsys ui` for the logs")
-    print(f"    done in {seconds:.1f} s (run {result.run_id[:8]})", flush=True)
+            raise SystemExit(
+                f"asset check failed ({reasons}); stopped there, later steps such as recommendations "
+                f"were not run, nothing new was published (run {result.run_id})"
+            )
+        steps = ", ".join(e.step_key for e in failed) or label
+        raise SystemExit(f"step failed: {steps} (run {result.run_id}); see `recsys ui` for the logs")
+    print(f"    run {result.run_id[:8]} succeeded", flush=True)
     return seconds
 
 
@@ -89,63 +125,23 @@ def _day(text: str | None, flag: str):
 
 
 def run_demo(home: str | None = None, start: str | None = None, end: str | None = None) -> dict[str, float]:
-    """Materialize item_catalog, the partitions ``start..end`` (default: all days of the data) of raw_events and
-    interactions as one single-run backfill, then everything downstream, on the Dagster instance under the home.
+    """Materialize every asset of ``recsys_pipeline_job`` on the Dagster instance under the home, as one run over
+    the partitions ``start..end`` (default: every day of the data).
 
-    Returns wall seconds per step. Raises SystemExit when a step fails.
+    Returns wall seconds per step. Raises SystemExit when a step fails, ValueError for a bad range.
     """
+    first_day, last_day = _day(start, "--start"), _day(end, "--end")
     paths = _prepare_home(home)
-    import dagster as dg
+    from recsys_pipeline.resources import SourceResource
 
-    from recsys_pipeline.definitions import defs
-    from recsys_pipeline.resources import source_from_env
-
-    source = source_from_env().build()
-    first, last = _day(start, "--start") or source.first_date(), _day(end, "--end") or source.last_date()
-    if first > last:
-        raise ValueError(f"--start {first} is after --end {last}")
-    first, last = first.isoformat(), last.isoformat()
+    if first_day is None or last_day is None:
+        source = SourceResource().build()
+        first_day, last_day = first_day or source.first_date(), last_day or source.last_date()
+    if first_day > last_day:
+        raise ValueError(f"--start {first_day} is after --end {last_day}")
+    first, last = first_day.isoformat(), last_day.isoformat()
     print(f"recsys demo: home {paths.root}\n    data {first} .. {last} (UTC days)", flush=True)
-    instance = dg.DagsterInstance.get()
-    from recsys_pipeline.dagster_pools import free_slots_of_dead_steps
-
-    for run_id in free_slots_of_dead_steps(instance):  # else a killed earlier run blocks every DuckDB step
-        print(f"    run {run_id[:8]} was killed mid-step: marked failed, its duckdb pool slot freed", flush=True)
-    job = defs.resolve_job_def("recsys_pipeline_job")
-    key = dg.AssetKey
-    downstream = ("text_embeddings", "image_embeddings", "audio_embeddings", "item_features", "recommender_model",
-                  "model_evaluation", "recommendations")
-    timings = {}
-    with _steps(2 + len(downstream), "recsys demo") as bar:
-        timings["item_catalog"] = _run(job, instance, [key("item_catalog")], "item_catalog")
-        bar.update()
-        timings["raw_events + interactions"] = _run_range(job, instance, first, last)
-        bar.update()
-        for name in downstream:
-            timings[name] = _run(job, instance, [key(name)], name)
-            bar.update()
-    return timings
-
-
-def _steps(total: int, desc: str):
-    """A progress bar over pipeline steps on a terminal; nothing when output goes to a file or pipe."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", disable=None, file=sys.stderr, leave=False)
-
-
-def _run_range(job, instance, first: str, last: str, selection=None) -> float:
-    """One run over the daily partitions ``first..last`` (inclusive) of raw_events and interactions, plus the
-    unpartitioned assets in ``selection`` (asset keys); the single-run backfill policy makes the range one run."""
-    import dagster as dg
-
-    ingestion = [dg.AssetKey("raw_events"), dg.AssetKey("interactions")]
-    extra = [k for k in (selection or []) if k not in ingestion]
-    label = f"raw_events + interactions: daily partitions {first} .. {last} (one single-run backfill)"
-    if extra:
-        label += " with " + ", ".join(k.to_user_string() for k in extra)
-    return _run(job, instance, ingestion + extra, label,
-                tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})
+    return _run(None, f"{PIPELINE_JOB}: every asset, daily partitions {first} .. {last} as one run", first, last)
 
 
 def backfill(args: argparse.Namespace) -> int:
@@ -154,48 +150,59 @@ def backfill(args: argparse.Namespace) -> int:
     first, last = _day(args.start, "--start"), _day(args.end, "--end")
     if first > last:
         raise ValueError(f"--start {first} is after --end {last}")
-    paths = _prepare_home(args.home)
-    import dagster as dg
-
     from recsys_pipeline.assets.partitions import daily_partitions
-    from recsys_pipeline.definitions import defs
 
+    partitions = daily_partitions(get_settings())
     for flag, day in (("--start", first), ("--end", last)):
-        if not daily_partitions.has_partition_key(day.isoformat()):
-            raise ValueError(f"{flag} {day} is not a daily partition: they run from "
-                             f"{daily_partitions.start.date()} to yesterday (UTC)")
-    from recsys_pipeline.dagster_pools import free_slots_of_dead_steps
-
-    instance = dg.DagsterInstance.get()
-    for run_id in free_slots_of_dead_steps(instance):  # else a killed earlier run blocks every DuckDB step
-        print(f"    run {run_id[:8]} was killed mid-step: marked failed, its duckdb pool slot freed", flush=True)
-    job = defs.resolve_job_def("recsys_pipeline_job")
-    # item_catalog too: interactions quarantines events of items the catalog does not know yet
-    selection = list(job.asset_layer.executable_asset_keys) if args.downstream else [dg.AssetKey("item_catalog")]
+        if not partitions.has_partition_key(day.isoformat()):
+            raise ValueError(
+                f"{flag} {day} is not a daily partition: they run from {partitions.start.date()} to yesterday (UTC)"
+            )
+    paths = _prepare_home(args.home)
     print(f"recsys backfill: home {paths.root}", flush=True)
-    _run_range(job, instance, first.isoformat(), last.isoformat(), selection)
+    # item_catalog too: interactions quarantines events of items the catalog does not know yet
+    selection = None if args.downstream else ["item_catalog", "raw_events", "interactions"]
+    what = "every asset" if args.downstream else "item_catalog, raw_events, interactions"
+    _run(
+        selection,
+        f"{what}: daily partitions {first} .. {last} (one single-run backfill)",
+        first.isoformat(),
+        last.isoformat(),
+    )
     return 0
 
 
 def demo(args: argparse.Namespace) -> int:
     timings = run_demo(args.home, args.start, args.end)
-    _summary(home_paths(args.home), timings, args.user)
+    _summary(_paths(args.home), timings, args.user)
     return 0
 
 
 def _summary(paths, timings: dict[str, float], user: str | None) -> None:
-    from recsys_pipeline import warehouse
-    from recsys_pipeline.runs import metrics_table
+    from recsys_pipeline.data import warehouse
+    from recsys_pipeline.registry.runs import metrics_table
 
     with warehouse.session(paths.warehouse, read_only=True) as con:
         print("\nRows per table:")
-        for table in ("raw_events", "interactions", "quarantine", "item_catalog", "text_embeddings",
-                      "image_embeddings", "audio_embeddings", "media_failures", "item_features", "recommendations",
-                      "evaluation_ranked_lists"):
+        for table in (
+            "raw_events",
+            "interactions",
+            "quarantine",
+            "item_catalog",
+            "text_embeddings",
+            "image_embeddings",
+            "audio_embeddings",
+            "media_failures",
+            "item_features",
+            "recommendations",
+            "evaluation_ranked_lists",
+        ):
             print(f"    {table:<24} {warehouse.row_count(con, table):>10,}")
         if warehouse.table_exists(con, "media_failures"):
-            missing = con.execute("SELECT modality, reason, count(*) AS items FROM media_failures GROUP BY ALL "
-                                  "ORDER BY modality, items DESC").df()
+            missing = con.execute(
+                "SELECT modality, reason, count(*) AS items FROM media_failures GROUP BY ALL "
+                "ORDER BY modality, items DESC"
+            ).df()
             print("\nItems without an image / audio vector, by reason (listed in media_failures):")
             print(missing.to_markdown(index=False) if len(missing) else "    none")
         print("\nWall time per step (s):")
@@ -203,16 +210,22 @@ def _summary(paths, timings: dict[str, float], user: str | None) -> None:
             print(f"    {name:<28} {seconds:8.1f}")
         print(f"    {'total':<28} {sum(timings.values()):8.1f}")
         metrics = con.execute("SELECT protocol, model, metric, value FROM evaluation_metrics").df()
-        warm = metrics[(metrics["protocol"] != "item_cold_start")
-                       & metrics["metric"].isin(["recall_at_10", "recall_at_20", "ndcg_at_10", "coverage"])]
-        cold = metrics[(metrics["protocol"] == "item_cold_start") & metrics["metric"].isin(
-            ["cold_candidates_recall_at_20", "cold_candidates_ndcg_at_10", "cold_candidates_random_recall_at_20"])]
+        warm = metrics[
+            (metrics["protocol"] != "item_cold_start")
+            & metrics["metric"].isin(["recall_at_10", "recall_at_20", "ndcg_at_10", "coverage"])
+        ]
+        cold = metrics[
+            (metrics["protocol"] == "item_cold_start")
+            & metrics["metric"].isin(
+                ["cold_candidates_recall_at_20", "cold_candidates_ndcg_at_10", "cold_candidates_random_recall_at_20"]
+            )
+        ]
         print("\nEvaluation, ranking all unseen items (ours vs. popularity, same split):")
         print(metrics_table(warm))
         print("\nItem cold start: ranking only the held-out items (random = expected Recall@20 of a random order):")
         print(metrics_table(cold))
         if warehouse.table_exists(con, "evaluation_ablation"):
-            from recsys_pipeline.runs import ablation_table
+            from recsys_pipeline.evaluation.ablation import ablation_table
 
             print("\nModality ablation (same splits; with/without_image = test items with/without a poster):")
             print(ablation_table(con.execute("SELECT * FROM evaluation_ablation").df()))
@@ -220,18 +233,22 @@ def _summary(paths, timings: dict[str, float], user: str | None) -> None:
             user = con.execute("SELECT min(user_id) FROM recommendations").fetchall()[0][0]
         recs = con.execute(
             "SELECT r.rank, c.title, round(r.score, 3) AS score FROM recommendations r JOIN item_catalog c "
-            "USING (item_id) WHERE r.user_id = ? ORDER BY r.rank LIMIT 10", [user]
+            "USING (item_id) WHERE r.user_id = ? ORDER BY r.rank LIMIT 10",
+            [user],
         ).df()
         liked = con.execute(
             "SELECT c.title, max(i.value) AS value FROM interactions i JOIN item_catalog c USING (item_id) "
-            "WHERE i.user_id = ? GROUP BY c.title ORDER BY value DESC, c.title LIMIT 10", [user]
+            "WHERE i.user_id = ? GROUP BY c.title ORDER BY value DESC, c.title LIMIT 10",
+            [user],
         ).df()
     print(f"\nUser {user}: top-10 recommendations")
     print(recs.to_markdown(index=False))
     print(f"\nUser {user}: titles with their highest interaction value (the rating, for MovieLens)")
     print(liked.to_markdown(index=False))
-    print(f"\nNext: `recsys recommend --user {user}`, `recsys ui` (Dagster), "
-          f"`.venv/bin/mlflow ui --backend-store-uri {paths.mlflow_tracking_uri}` (MLflow)")
+    print(
+        f"\nNext: `recsys recommend --user {user}`, `recsys ui` (Dagster), "
+        f"`.venv/bin/mlflow ui --backend-store-uri {paths.mlflow_tracking_uri}` (MLflow)"
+    )
 
 
 def recommend(args: argparse.Namespace) -> int:
@@ -239,14 +256,16 @@ def recommend(args: argparse.Namespace) -> int:
 
     Exit codes: 0 printed, 1 unknown user, 2 nothing published yet.
     """
-    from recsys_pipeline.snapshot import ITEMS, RECOMMENDATIONS, read_snapshot, snapshot_path
+    from recsys_pipeline.serving.snapshot import ITEMS, RECOMMENDATIONS, read_snapshot, snapshot_path
 
-    paths = home_paths(args.home)
+    paths = _paths(args.home)
     try:
         recs = read_snapshot(paths, RECOMMENDATIONS)
     except FileNotFoundError:
-        print(f"nothing published at {snapshot_path(paths)}: materialize `recommendations` or run `recsys demo` "
-              "first", file=sys.stderr)
+        print(
+            f"nothing published at {snapshot_path(paths)}: materialize `recommendations` or run `recsys demo` first",
+            file=sys.stderr,
+        )
         return 2
     recs = recs[recs["user_id"].astype(str) == args.user].sort_values("rank").head(args.k)
     if recs.empty:
@@ -258,51 +277,69 @@ def recommend(args: argparse.Namespace) -> int:
         titles = recs[["item_id"]].assign(title=None)
     recs = recs.merge(titles, on="item_id", how="left").assign(score=lambda f: f["score"].round(4))
     version = f"champion v{recs['model_version'].iloc[0]}, " if "model_version" in recs.columns else ""
-    print(f"Top {len(recs)} for user {args.user} ({version}model run {recs['model_run_id'].iloc[0]}, "
-          f"produced {recs['produced_on'].iloc[0]}):")
+    print(
+        f"Top {len(recs)} for user {args.user} ({version}model run {recs['model_run_id'].iloc[0]}, "
+        f"produced {recs['produced_on'].iloc[0]}):"
+    )
     print(recs[["rank", "item_id", "title", "score"]].to_markdown(index=False))
     return 0
 
 
 def export(args: argparse.Namespace) -> int:
-    """Write the training inputs for ``python -m recsys_pipeline.model.train`` (e.g. under torchrun)."""
-    from recsys_pipeline import warehouse
-    from recsys_pipeline.features import load_item_content
+    """Write the training inputs for ``python -m recsys_pipeline.models.two_tower.train`` (e.g. under torchrun)."""
+    from recsys_pipeline.content.features import load_item_features
+    from recsys_pipeline.data import warehouse
 
-    paths = home_paths(args.home)
+    paths = _paths(args.home)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with warehouse.session(paths.warehouse, read_only=True) as con:
         data = warehouse.read_interactions(con)
-        content = load_item_content(con)
+        features = load_item_features(con)
     data.to_parquet(out / "interactions.parquet", index=False)
-    content.to_npz(out / "item_content.npz")
-    print(f"wrote {len(data):,} interactions and {len(content.item_ids):,} items to {out}\n"
-          f"train: torchrun --nproc-per-node 2 -m recsys_pipeline.model.train --interactions "
-          f"{out / 'interactions.parquet'} --content {out / 'item_content.npz'} --out {out / 'model'} "
-          f"--strategy ddp --devices 2")
+    features.to_npz(out / "item_features.npz")
+    print(
+        f"wrote {len(data):,} interactions and {len(features.item_ids):,} items to {out}\n"
+        f"train: torchrun --nproc-per-node 2 -m recsys_pipeline.models.two_tower.train --interactions "
+        f"{out / 'interactions.parquet'} --features {out / 'item_features.npz'} --out {out / 'model'} "
+        f"--strategy ddp --devices 2"
+    )
     return 0
 
 
 def serve(args: argparse.Namespace) -> int:
-    """HTTP endpoint over the published snapshots (``recsys_pipeline.serve``); runs until interrupted."""
-    from recsys_pipeline.serve import serve as run_server
-    from recsys_pipeline.snapshot import snapshot_path
+    """HTTP endpoint over the published snapshots (``serving.app``); runs until interrupted."""
+    from recsys_pipeline.serving.app import serve as run_server
+    from recsys_pipeline.serving.snapshot import snapshot_path
 
-    paths = home_paths(args.home)
+    paths = _paths(args.home)
     if not snapshot_path(paths).exists():
-        print(f"note: nothing published yet at {snapshot_path(paths)}; /recommendations answers 503 until "
-              "`recommendations` is materialized", file=sys.stderr)
-    print(f"recsys serve: http://{args.host}:{args.port}/recommendations/<user_id>?k=10 (home {paths.root})",
-          flush=True)
+        print(
+            f"note: nothing published yet at {snapshot_path(paths)}; /recommendations answers 503 until "
+            "`recommendations` is materialized",
+            file=sys.stderr,
+        )
+    print(
+        f"recsys serve: http://{args.host}:{args.port}/recommendations/<user_id>?k=10 (home {paths.root})", flush=True
+    )
     run_server(paths, args.host, args.port)
     return 0
 
 
 def ui(args: argparse.Namespace) -> int:
     paths = _prepare_home(args.home)
-    cmd = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(args.port),
-           "-m", "recsys_pipeline.definitions"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(args.port),
+        "-m",
+        "recsys_pipeline.definitions",
+    ]
     print(f"Dagster UI on http://127.0.0.1:{args.port} (instance {paths.dagster_home})", flush=True)
     return subprocess.call(cmd, cwd=Path.cwd())
 
@@ -336,8 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("backfill", help="re-ingest a range of UTC days as one run (a single-run backfill)")
     p.add_argument("--start", required=True, help="first UTC day, YYYY-MM-DD")
     p.add_argument("--end", required=True, help="last UTC day, YYYY-MM-DD (inclusive)")
-    p.add_argument("--downstream", action="store_true",
-                   help="also refresh catalog, embeddings, model, evaluation and recommendations in the same run")
+    p.add_argument(
+        "--downstream",
+        action="store_true",
+        help="also refresh catalog, embeddings, model, evaluation and recommendations in the same run",
+    )
     p.set_defaults(func=backfill)
     p = sub.add_parser("recommend", help="print a user's latest recommendations")
     p.add_argument("--user", required=True, help="user_id as in the interactions table")
@@ -354,12 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=_port, default=3000)
     p.set_defaults(func=ui)
     args = parser.parse_args(argv)
-    from recsys_pipeline.sources import SourceError
-    from recsys_pipeline.warehouse import WarehouseLockedError
+    from recsys_pipeline.data.sources import SourceError
+    from recsys_pipeline.data.warehouse import WarehouseLockedError
 
     try:
         return args.func(args)
-    except (SourceError, ValueError, LookupError, WarehouseLockedError) as exc:  # configuration and data errors: a message, not a traceback
+    except (
+        SourceError,
+        ValueError,
+        LookupError,
+        WarehouseLockedError,
+    ) as exc:  # configuration and data errors: a message, not a traceback
         print(f"recsys {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,12 @@
-"""The code location: every asset and check, the jobs, the nightly schedule, the landing sensor, the resources."""
+"""The code location: assembles the assets and checks, the jobs, the nightly schedule, the landing sensor and the
+resources. Nothing else.
+
+``defs`` is loaded lazily (``@dg.definitions``): importing this module reads no setting, creates no folder and
+opens no data file; Dagster (``dagster dev -m recsys_pipeline.definitions``, the ``recsys`` commands) calls it when
+it loads the code location, which reads the settings of that moment. The code location name is the module's,
+``recsys_pipeline.definitions`` (``pyproject.toml``'s ``[tool.dagster]``): an installed package is a complete code
+location.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +14,49 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from recsys_pipeline import dagster_sqlite
-from recsys_pipeline.assets import ALL_ASSETS
-from recsys_pipeline.assets.checks import ALL_CHECKS
-from recsys_pipeline.automation import JOBS, SCHEDULES, SENSORS
-from recsys_pipeline.resources import default_resources
-from recsys_pipeline.settings import home_paths
-
-dagster_sqlite.install()
+from recsys_pipeline.settings import Settings, get_settings
 
 
-def build_definitions(resources: Mapping[str, dg.ConfigurableResource]) -> dg.Definitions:
-    """The code location with ``resources`` (e.g. ``default_resources(paths)`` with another ``source``).
+def build_definitions(
+    settings: Settings | None = None, resources: Mapping[str, object] | None = None
+) -> dg.Definitions:
+    """The code location for ``settings`` (default: the environment now) with ``resources`` (default: every
+    resource resolving from the settings when a run starts; e.g. ``resources_for_home(path)`` in tests).
 
     Steps run in the run's process, one after another: they share one DuckDB file (one writer at a time), and a
     subprocess per step would re-import torch and transformers for every asset and check.
     """
+    from recsys_pipeline import automation, instance
+    from recsys_pipeline.assets import (
+        content_assets,
+        content_checks,
+        daily_partitions,
+        ingestion_assets,
+        ingestion_checks,
+        model_assets,
+        model_checks,
+    )
+    from recsys_pipeline.resources import default_resources
+
+    settings = settings or get_settings()
+    partitions = daily_partitions(settings)
+    jobs = automation.jobs()
     return dg.Definitions(
-        assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=JOBS, schedules=SCHEDULES, sensors=SENSORS,
-        resources=dict(resources), executor=dg.in_process_executor,
+        assets=[*ingestion_assets(partitions), *content_assets(), *model_assets()],
+        asset_checks=[*ingestion_checks(partitions), *content_checks(), *model_checks()],
+        jobs=jobs,
+        schedules=automation.schedules(jobs[0], settings),
+        sensors=automation.sensors(partitions),
+        resources=dict(resources) if resources is not None else default_resources(),
+        executor=dg.in_process_executor,
+        loggers={"step_lines": instance.step_lines},
     )
 
 
-defs = build_definitions(default_resources(home_paths().ensure()))
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What Dagster loads: :func:`build_definitions` with the settings of the loading process."""
+    from recsys_pipeline import instance
+
+    instance.relax_sqlite_sync()  # the processes that write the instance's events load this code location
+    return build_definitions()

@@ -1,29 +1,156 @@
-"""Where the product writes: one home folder, ``RECSYS_HOME`` (default ``./.recsys``).
+"""One ``Settings`` object: every environment variable the product reads, listed once, read when asked for.
 
-Layout under the home::
+Nothing here runs at import. :func:`get_settings` reads the environment each time it is called (a command, a run,
+a code-location load), so a changed variable takes effect on the next run without a restart.
+
+Everything the product writes goes under one home folder (``RECSYS_HOME``, default ``./.recsys``)::
 
     warehouse.duckdb      DuckDB warehouse (every table)
     mlflow.db             MLflow tracking + registry store (SQLite)
     mlartifacts/          MLflow artifacts
-    dagster/              Dagster instance (DAGSTER_HOME)
-    published/            read-only snapshots for serving (``recommendations.parquet``), replaced atomically
+    dagster/              Dagster instance (DAGSTER_HOME), its dagster.yaml written from one template
+    published/            read-only snapshots for serving, replaced atomically
+    models/               converted encoder weights (cache)
+
+This is the lowest layer: it imports nothing else from the package.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
+from typing import Literal
 
-DEFAULT_HOME = ".recsys"
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "Settings",
+    "SettingsError",
+    "HomePaths",
+    "get_settings",
+    "ensure_home",
+    "BUNDLED_MOVIELENS_DIR",
+    "BUNDLED_FIRST_DAY",
+    "BUNDLED_LAST_DAY",
+    "DAGSTER_YAML_TEMPLATE",
+]
+
 BUNDLED_MOVIELENS_DIR = Path(__file__).parent / "data" / "ml-latest-small"
+# First and last UTC day of a rating in the bundled ml-latest-small (GroupLens, 2018 release).
+BUNDLED_FIRST_DAY = date(1996, 3, 29)
+BUNDLED_LAST_DAY = date(2018, 9, 24)
+DAGSTER_YAML_TEMPLATE = Path(__file__).with_name("dagster.yaml")
+ENV_PREFIX = "RECSYS_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the product cannot use; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """The product's configuration, from ``RECSYS_*`` environment variables (field ``x`` is ``RECSYS_X``).
+
+    An empty variable counts as unset. Resources, the CLI and the code location build their configuration
+    from this object; defaults of model hyperparameters live in ``ModelConfig``, not here.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="ignore")
+
+    home: Path = Field(Path(".recsys"), description="home folder: every file the product writes")
+    source_kind: Literal["movielens", "daily_files"] = Field(
+        "movielens", description="where events come from: a GroupLens release or a folder of daily files"
+    )
+    movielens_path: Path | None = Field(
+        None, description="an extracted GroupLens release (ml-latest, ml-25m, ml-1m, ml-100k); unset = bundled"
+    )
+    events_dir: Path | None = Field(None, description="daily_files: folder of YYYY-MM-DD.csv|parquet|jsonl")
+    catalog_path: Path | None = Field(None, description="daily_files: the item catalog file")
+    partitions_start: date | None = Field(
+        None,
+        description="first daily partition (YYYY-MM-DD); default: the bundled data's first day, or the "
+        "first file name of the daily-files folder",
+    )
+    image_root: str = Field("", description="folders images may be read from, os.pathsep-separated")
+    image_pattern: str | None = Field(
+        None, description="image file name for items without image_uri, with {item_id} (unset: {item_id}.jpg)"
+    )
+    image_model: str | None = Field(None, description="timm architecture; unset = packaged EfficientNet-Lite0")
+    image_weights: Path | None = Field(None, description="local timm-compatible weights file for image_model")
+    audio_root: str = Field("", description="folders audio may be read from, os.pathsep-separated")
+    audio_pattern: str | None = Field(
+        None, description="audio file name for items without audio_uri, with {item_id} (unset: URIs only)"
+    )
+    audio_encoder: Literal["librosa", "crepe"] | None = Field(None, description="audio embedding (unset: librosa)")
+    accelerator: str | None = Field(None, description="Lightning accelerator: auto (unset), cpu, gpu")
+    devices: str | None = Field(None, description="Lightning devices: auto (unset), a count (2) or a list (0,1)")
+    strategy: str | None = Field(None, description="Lightning strategy: auto (unset), ddp")
+    precision: str | None = Field(None, description="Lightning precision: 32-true (unset), 16-mixed, bf16-mixed")
+    num_nodes: int | None = Field(None, ge=1, description="Lightning num_nodes for multi-node DDP (unset: 1)")
+    max_epochs: int | None = Field(None, ge=1, description="cap on training epochs (unset: ModelConfig's)")
+    nightly_hour_utc: int = Field(2, ge=0, le=23, description="hour (UTC) of the nightly_retrain schedule")
+    duckdb_lock_timeout: float = Field(
+        300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="seconds a process waits for another's DuckDB write lock before a clear error",
+    )
+    dagster_sqlite_sync: Literal["off", "full"] = Field(
+        "off", description="SQLite fsync of the local Dagster instance (off: faster, see README Known limits)"
+    )
+
+    @property
+    def paths(self) -> HomePaths:
+        """The home's paths (the home made absolute; nothing is created)."""
+        return HomePaths.at(self.home)
+
+    def image_roots(self) -> list[Path]:
+        """``image_root`` split on ``os.pathsep``, each made absolute."""
+        return _split_roots(self.image_root)
+
+    def audio_roots(self) -> list[Path]:
+        """``audio_root`` split on ``os.pathsep``, each made absolute."""
+        return _split_roots(self.audio_root)
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """``{RECSYS_X: description}`` for every setting (what the README's configuration table lists)."""
+        return {ENV_PREFIX + name.upper(): field.description or "" for name, field in cls.model_fields.items()}
+
+
+def _split_roots(text: str) -> list[Path]:
+    return [Path(r).expanduser().resolve() for r in text.split(os.pathsep) if r.strip()]
+
+
+def get_settings(**overrides: object) -> Settings:
+    """The settings from the environment now, with ``overrides`` (field names) on top.
+
+    Raises:
+        SettingsError: a variable's value is invalid; the message names the variable and what is expected.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            value = os.environ.get(ENV_PREFIX + name.upper(), error.get("input"))
+            problems.append(f"{ENV_PREFIX}{name.upper()}={value!r}: {error['msg']}")
+        raise SettingsError("; ".join(problems)) from None
 
 
 @dataclass(frozen=True)
 class HomePaths:
-    """Every path the product writes to, derived from one home folder."""
+    """Every path the product writes to, derived from one home folder (nothing is created here)."""
 
     root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str]) -> HomePaths:
+        """The paths of the home folder ``root`` (made absolute)."""
+        return cls(Path(root).expanduser().resolve())
 
     @property
     def warehouse(self) -> Path:
@@ -49,47 +176,20 @@ class HomePaths:
     def published(self) -> Path:
         return self.root / "published"
 
-    def ensure(self) -> "HomePaths":
-        """Create the folders (idempotent) and write the Dagster instance config if missing."""
-        self.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
-        self.dagster_home.mkdir(parents=True, exist_ok=True)
-        cfg = self.dagster_home / "dagster.yaml"
-        if not cfg.exists():
-            project_cfg = Path(__file__).resolve().parent.parent / "dagster.yaml"
-            text = project_cfg.read_text() if project_cfg.exists() else DAGSTER_YAML
-            cfg.write_text(text)
-        return self
+    @property
+    def model_cache(self) -> Path:
+        return self.root / "models"
 
 
-# Used when the package is installed without the project's dagster.yaml beside it.
-DAGSTER_YAML = """\
-# Dagster instance settings for recsys_pipeline.
-# `recsys` copies this file to $RECSYS_HOME/dagster/dagster.yaml and sets DAGSTER_HOME there, so every run,
-# schedule tick and event is stored under the project home (SQLite) and shows in the UI.
-# recsys_pipeline/settings.py holds the same text (DAGSTER_YAML) for installs without this file: keep them equal.
-telemetry:
-  enabled: false
-run_coordinator:
-  module: dagster.core.run_coordinator
-  class: QueuedRunCoordinator
-concurrency:
-  runs:
-    max_concurrent_runs: 2
-  pools:
-    # DuckDB lets one process write the warehouse file at a time. Every asset that writes it is in the `duckdb`
-    # pool; one slot per pool serializes those steps across runs (a backfill and a schedule tick) and within a
-    # multiprocess run. Op granularity: also enforced for in-process runs (`recsys demo`), not only queued ones.
-    default_limit: 1
-    granularity: op
-run_monitoring:
-  # A run that ended without freeing its slot (its process was killed, then the run was marked failed or
-  # canceled in the UI) gets the slot back after this many seconds (needs `dagster-daemon`, run by `dagster dev`).
-  enabled: true
-  free_slots_after_run_end_seconds: 60
-"""
+def ensure_home(paths: HomePaths) -> HomePaths:
+    """Create the home's folders (idempotent) and write ``dagster/dagster.yaml`` from the package's template
+    when missing (an existing file is the user's: never overwritten). Returns ``paths``.
 
-
-def home_paths(home: str | os.PathLike[str] | None = None) -> HomePaths:
-    """Resolve the home folder: the argument, else ``$RECSYS_HOME``, else ``./.recsys`` (made absolute)."""
-    root = Path(home or os.environ.get("RECSYS_HOME") or DEFAULT_HOME).expanduser().resolve()
-    return HomePaths(root)
+    Called by the commands and by a run that needs the home, never at import.
+    """
+    paths.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+    paths.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = paths.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML_TEMPLATE.read_text())
+    return paths

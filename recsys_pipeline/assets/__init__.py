@@ -1,18 +1,21 @@
-"""Dagster assets, grouped by area: ingestion, content, model."""
+"""The Dagster assets, one module per area with its checks beside it: ``ingestion``, ``content``, ``model``.
 
-from recsys_pipeline.assets.content import audio_embeddings, image_embeddings, item_features, text_embeddings
-from recsys_pipeline.assets.ingestion import interactions, item_catalog, raw_events
-from recsys_pipeline.assets.model import model_evaluation, recommendations, recommender_model
+Assets are built by factories (``ingestion_assets(partitions)`` ...) because the daily partitions' first day is
+configuration: the code location builds them when it loads (``definitions.build_definitions``), never at import.
+"""
 
-ALL_ASSETS = [
-    raw_events,
-    interactions,
-    item_catalog,
-    text_embeddings,
-    image_embeddings,
-    audio_embeddings,
-    item_features,
-    recommender_model,
-    model_evaluation,
-    recommendations,
+from recsys_pipeline.assets.content import content_assets, content_checks, embedding_check
+from recsys_pipeline.assets.ingestion import ingestion_assets, ingestion_checks
+from recsys_pipeline.assets.model import model_assets, model_checks
+from recsys_pipeline.assets.partitions import daily_partitions
+
+__all__ = [
+    "daily_partitions",
+    "ingestion_assets",
+    "ingestion_checks",
+    "content_assets",
+    "content_checks",
+    "embedding_check",
+    "model_assets",
+    "model_checks",
 ]

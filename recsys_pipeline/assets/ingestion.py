@@ -1,116 +1,197 @@
-"""Ingestion assets: raw_events → interactions (daily partitions), and item_catalog."""
-
+"""Ingestion assets and their checks: raw_events -> interactions (daily partitions), and item_catalog."""
 
 import time
 from pathlib import Path
 
 import dagster as dg
 
-from recsys_pipeline import warehouse
-from recsys_pipeline.assets.partitions import daily_partitions, window
-from recsys_pipeline.catalog import build_item_catalog
-from recsys_pipeline.cleaning import clean_catalog_items, clean_events
+from recsys_pipeline.assets.partitions import window
+from recsys_pipeline.data import warehouse
+from recsys_pipeline.data.catalog import build_item_catalog
+from recsys_pipeline.data.cleaning import clean_catalog_items, clean_events
+from recsys_pipeline.data.schema import INTERACTIONS, ITEM_CATALOG
+from recsys_pipeline.data.sources import DailyFileSource, MovieLensSource
+from recsys_pipeline.instance import DUCKDB_POOL
 from recsys_pipeline.resources import SourceResource, WarehouseResource
-from recsys_pipeline.sources import DailyFileSource
 
 
-@dg.asset(
-    pool="duckdb",
-    group_name="ingestion",
-    kinds={"duckdb"},
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-)
-def raw_events(context: dg.AssetExecutionContext, source: SourceResource, warehouse_db: WarehouseResource):
-    """Events as the source gave them (text columns), one UTC day per partition; a re-run replaces the window."""
-    started = time.perf_counter()
-    start, end = window(context)
-    events = source.build().read_events(start, end)
-    with warehouse_db.session() as con:
-        n = warehouse.replace_window(con, "raw_events", "partition_date", start, end, events)
-    days_with_events = int(events["partition_date"].nunique()) if n else 0
-    return dg.MaterializeResult(
-        metadata={
-            "seconds": round(time.perf_counter() - started, 2),
-            "rows": n,
-            "unparseable_lines": int(events["parse_error"].notna().sum()),  # quarantined by interactions
-            "window_start_utc": start.isoformat(),
-            "window_end_utc": end.isoformat(),
-            "days_with_events": days_with_events,
-        }
+def _reasons(quarantined) -> dg.MetadataValue:
+    counts = quarantined["reason"].value_counts().to_dict() if len(quarantined) else {}
+    return dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()})
+
+
+def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetsDefinition]:
+    """``raw_events`` and ``interactions`` on ``partitions`` (a range is one run), and ``item_catalog``."""
+
+    @dg.asset(
+        pool=DUCKDB_POOL,
+        group_name="ingestion",
+        kinds={"duckdb"},
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
     )
-
-
-@dg.asset(
-    pool="duckdb",
-    group_name="ingestion",
-    kinds={"duckdb"},
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=[raw_events, "item_catalog"],
-)
-def interactions(context: dg.AssetExecutionContext, warehouse_db: WarehouseResource):
-    """Typed, validated, de-duplicated events; rejected rows go to ``quarantine`` with their reason."""
-    started = time.perf_counter()
-    start, end = window(context)
-    with warehouse_db.session() as con:
-        raw = con.execute(
-            "SELECT * FROM raw_events WHERE partition_date >= ?::TIMESTAMP AND partition_date < ?::TIMESTAMP "
-            "ORDER BY partition_date, source, source_row",
-            [start, end],
-        ).df()
-        items = con.execute("SELECT item_id FROM item_catalog").df()["item_id"] if warehouse.table_exists(
-            con, "item_catalog"
-        ) else None
-        if items is None:
-            raise dg.Failure("interactions needs item_catalog: materialize item_catalog first")
-        clean, quarantined = clean_events(raw, start, end, known_items=set(items))
-        with warehouse.transaction(con):
-            con.execute("DELETE FROM interactions WHERE timestamp >= ? AND timestamp < ?", [start, end])
-            con.execute(
-                "DELETE FROM quarantine WHERE stage = 'interactions' AND partition_date >= ?::TIMESTAMP "
-                "AND partition_date < ?::TIMESTAMP",
-                [start, end],
+    def raw_events(context: dg.AssetExecutionContext, source: SourceResource, warehouse_db: WarehouseResource):
+        """Events as the source gave them (text columns), one UTC day per partition; a re-run replaces the window."""
+        started = time.perf_counter()
+        start, end = window(context)
+        src = source.build()
+        first = partitions.start.date()
+        if isinstance(src, MovieLensSource) and src.first_date() < first:
+            raise dg.Failure(
+                f"{src.root} has ratings from {src.first_date()}, before the first partition {first}: "
+                f"set RECSYS_PARTITIONS_START={src.first_date()} so that no event is left out"
             )
-            warehouse.insert_frame(con, "interactions", clean)
-            warehouse.insert_frame(con, "quarantine", quarantined)
-    reasons = quarantined["reason"].value_counts().to_dict() if len(quarantined) else {}
-    return dg.MaterializeResult(
-        metadata={
-            "seconds": round(time.perf_counter() - started, 2),
-            "rows": len(clean),
-            "raw_rows": len(raw),
-            "quarantined": len(quarantined),
-            "quarantine_reasons": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
-            "users": int(clean["user_id"].nunique()),
-            "items": int(clean["item_id"].nunique()),
-        }
+        events = src.read_events(start, end)
+        with warehouse_db.session() as con:
+            n = warehouse.replace_window(con, "raw_events", "partition_date", start, end, events)
+        return dg.MaterializeResult(
+            metadata={
+                "seconds": round(time.perf_counter() - started, 2),
+                "rows": n,
+                "unparseable_lines": int(events["parse_error"].notna().sum()),  # quarantined by interactions
+                "window_start_utc": start.isoformat(),
+                "window_end_utc": end.isoformat(),
+                "days_with_events": int(events["partition_date"].nunique()) if n else 0,
+            }
+        )
+
+    @dg.asset(
+        pool=DUCKDB_POOL,
+        group_name="ingestion",
+        kinds={"duckdb"},
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[raw_events, "item_catalog"],
     )
+    def interactions(context: dg.AssetExecutionContext, warehouse_db: WarehouseResource):
+        """Typed, validated, de-duplicated events; rejected rows go to ``quarantine`` with their reason."""
+        started = time.perf_counter()
+        start, end = window(context)
+        with warehouse_db.session() as con:
+            if not warehouse.table_exists(con, "item_catalog"):
+                raise dg.Failure("interactions needs item_catalog: materialize item_catalog first")
+            raw = con.execute(
+                "SELECT * FROM raw_events WHERE partition_date >= ?::TIMESTAMP AND partition_date < ?::TIMESTAMP "
+                "ORDER BY partition_date, source, source_row",
+                [start, end],
+            ).df()
+            items = con.execute("SELECT item_id FROM item_catalog").df()["item_id"]
+            clean, quarantined = clean_events(raw, start, end, known_items=set(items))
+            with warehouse.transaction(con):
+                con.execute("DELETE FROM interactions WHERE timestamp >= ? AND timestamp < ?", [start, end])
+                con.execute(
+                    "DELETE FROM quarantine WHERE stage = 'interactions' AND partition_date >= ?::TIMESTAMP "
+                    "AND partition_date < ?::TIMESTAMP",
+                    [start, end],
+                )
+                warehouse.insert_frame(con, "interactions", clean)
+                warehouse.insert_frame(con, "quarantine", quarantined)
+        return dg.MaterializeResult(
+            metadata={
+                "seconds": round(time.perf_counter() - started, 2),
+                "rows": len(clean),
+                "raw_rows": len(raw),
+                "quarantined": len(quarantined),
+                "quarantine_reasons": _reasons(quarantined),
+                "users": int(clean["user_id"].nunique()),
+                "items": int(clean["item_id"].nunique()),
+            }
+        )
 
-
-@dg.asset(pool="duckdb", group_name="ingestion", kinds={"duckdb"})
-def item_catalog(source: SourceResource, warehouse_db: WarehouseResource):
-    """One row per item: title, genres, year, user tags as text, the text to encode, image/audio URIs."""
-    started = time.perf_counter()
-    src = source.build()
-    items, tags = src.read_catalog()
-    name = Path(src.catalog_path).name if isinstance(src, DailyFileSource) else "movielens catalog"
-    kept, quarantined = clean_catalog_items(items, source=name)
-    catalog = build_item_catalog(kept, tags)
-    with warehouse_db.session() as con:
-        with warehouse.transaction(con):  # catalog and its quarantine rows change together
-            warehouse.replace_table(con, "item_catalog", catalog, own_transaction=False)
+    @dg.asset(pool=DUCKDB_POOL, group_name="ingestion", kinds={"duckdb"})
+    def item_catalog(source: SourceResource, warehouse_db: WarehouseResource):
+        """One row per item: title, genres, year, user tags as text, the text to encode, image/audio URIs."""
+        started = time.perf_counter()
+        src = source.build()
+        items, tags = src.read_catalog()
+        name = Path(src.catalog_path).name if isinstance(src, DailyFileSource) else "movielens catalog"
+        kept, quarantined = clean_catalog_items(items, source=name)
+        catalog = build_item_catalog(kept, tags)
+        # catalog and its quarantine rows change together
+        with warehouse_db.session() as con, warehouse.transaction(con):
+            warehouse.replace_table(con, ITEM_CATALOG, catalog, own_transaction=False)
             con.execute("DELETE FROM quarantine WHERE stage = 'item_catalog'")
             warehouse.insert_frame(con, "quarantine", quarantined)
-    reasons = quarantined["reason"].value_counts().to_dict()
-    return dg.MaterializeResult(
-        metadata={
-            "seconds": round(time.perf_counter() - started, 2),
-            "rows": len(catalog),
-            "quarantined": len(quarantined),
-            "quarantine_reasons": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
-            "with_tags": int((catalog["tags_text"] != "").sum()),
-            "with_year": int(catalog["year"].notna().sum()),
-            "preview": dg.MetadataValue.md(catalog[["item_id", "title", "year"]].head(10).to_markdown(index=False)),
-        }
+        return dg.MaterializeResult(
+            metadata={
+                "seconds": round(time.perf_counter() - started, 2),
+                "rows": len(catalog),
+                "quarantined": len(quarantined),
+                "quarantine_reasons": _reasons(quarantined),
+                "with_tags": int((catalog["tags_text"] != "").sum()),
+                "with_year": int(catalog["year"].notna().sum()),
+                "preview": dg.MetadataValue.md(catalog[["item_id", "title", "year"]].head(10).to_markdown(index=False)),
+            }
+        )
+
+    return [raw_events, interactions, item_catalog]
+
+
+def ingestion_checks(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+    """Checks of ``interactions``: schema, keys and duplicates, every event inside its partition's UTC day."""
+
+    @dg.asset_check(asset="interactions", description="Columns and types as data.schema declares them.")
+    def interactions_schema(warehouse_db: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse_db.session(read_only=True) as con:
+            got = [
+                tuple(r)
+                for r in con.execute(
+                    "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                    "WHERE table_schema = 'main' AND table_name = 'interactions' ORDER BY ordinal_position"
+                ).fetchall()
+            ]
+        expected = INTERACTIONS.information_schema()
+        return dg.AssetCheckResult(
+            passed=got == expected,
+            metadata={
+                "columns": dg.MetadataValue.json([list(c) for c in got]),
+                "expected": dg.MetadataValue.json([list(c) for c in expected]),
+            },
+        )
+
+    @dg.asset_check(
+        asset="interactions", description="No null or empty keys and no duplicate (user_id, item_id, timestamp)."
     )
+    def interactions_keys_and_duplicates(warehouse_db: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse_db.session(read_only=True) as con:
+            empty_keys, duplicates = con.execute(
+                "SELECT count(*) FILTER (WHERE coalesce(trim(user_id), '') = '' OR coalesce(trim(item_id), '') = '' "
+                "OR timestamp IS NULL), "
+                "count(*) - (SELECT count(*) FROM (SELECT DISTINCT user_id, item_id, timestamp FROM interactions)) "
+                "FROM interactions"
+            ).fetchall()[0]
+        return dg.AssetCheckResult(
+            passed=bool(empty_keys == 0 and duplicates == 0),
+            metadata={"empty_keys": int(empty_keys), "duplicate_events": int(duplicates)},
+        )
+
+    @dg.asset_check(
+        asset="interactions",
+        description="Every event lies inside its partition's UTC day: a raw_events row of that day partition gave "
+        "it, and it falls within the partitions' range.",
+    )
+    def interactions_inside_partition_window(warehouse_db: WarehouseResource) -> dg.AssetCheckResult:
+        first = partitions.start.replace(tzinfo=None)
+        last_window = partitions.get_last_partition_window()
+        end = last_window.end.replace(tzinfo=None) if last_window else first
+        with warehouse_db.session(read_only=True) as con:
+            before, after, orphans = con.execute(
+                "SELECT count(*) FILTER (WHERE i.timestamp < ?), count(*) FILTER (WHERE i.timestamp >= ?), "
+                "count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM raw_events r "
+                "  WHERE r.partition_date = CAST(i.timestamp AS DATE) "
+                "  AND trim(r.user_id) = i.user_id AND trim(r.item_id) = i.item_id)) "
+                "FROM interactions i",
+                [first, end],
+            ).fetchall()[0]
+        return dg.AssetCheckResult(
+            passed=bool(before == 0 and after == 0 and orphans == 0),
+            metadata={
+                "before_first_partition": int(before),
+                "after_last_partition": int(after),
+                "without_raw_row_in_their_day": int(orphans),
+                "partitions_start_utc": first.isoformat(),
+                "partitions_end_utc": end.isoformat(),
+            },
+        )
+
+    return [interactions_schema, interactions_keys_and_duplicates, interactions_inside_partition_window]

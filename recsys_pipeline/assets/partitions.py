@@ -1,32 +1,21 @@
-"""The daily partitions of event data: one UTC day each, from the first day of the source's data."""
+"""The daily partitions of event data: one UTC day each, from the configured first day (a setting or a folder
+listing, never a parse of the data: ``data.sources.partitions_start``)."""
 
+from __future__ import annotations
 
-import os
-from datetime import date, datetime
+from datetime import datetime
 
 import dagster as dg
 
-
-def partitions_start() -> date:
-    """``RECSYS_PARTITIONS_START`` (YYYY-MM-DD) if set, else the first day of the configured source.
-
-    Raises:
-        ValueError: ``RECSYS_PARTITIONS_START`` is not a date.
-    """
-    text = os.environ.get("RECSYS_PARTITIONS_START")
-    if text:
-        try:
-            return date.fromisoformat(text)
-        except ValueError as exc:
-            raise ValueError(f"RECSYS_PARTITIONS_START={text!r} is not a YYYY-MM-DD date") from exc
-    from recsys_pipeline.resources import source_from_env
-
-    return source_from_env().build().first_date()
+from recsys_pipeline.data.sources import partitions_start
+from recsys_pipeline.settings import Settings
 
 
-daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=partitions_start().isoformat(), timezone="UTC", fmt="%Y-%m-%d"
-)
+def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
+    """UTC days from ``partitions_start(settings)`` to yesterday."""
+    return dg.DailyPartitionsDefinition(
+        start_date=partitions_start(settings).isoformat(), timezone="UTC", fmt="%Y-%m-%d"
+    )
 
 
 def window(context: dg.AssetExecutionContext) -> tuple[datetime, datetime]:

@@ -6,22 +6,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_pipeline import warehouse
-from recsys_pipeline.assets import ALL_ASSETS, interactions, item_catalog, raw_events, recommendations
-from recsys_pipeline.assets.checks import (
-    ALL_CHECKS,
-    embedding_check,
-    interactions_inside_partition_window,
-    interactions_keys_and_duplicates,
-    interactions_schema,
-    model_beats_popularity,
-    ndcg_against_popularity,
-)
-from recsys_pipeline.resources import SourceResource, WarehouseResource, default_resources
-from recsys_pipeline.settings import home_paths
+from recsys_pipeline.assets import embedding_check
+from recsys_pipeline.data import warehouse
+from recsys_pipeline.data.schema import EVALUATION_METRICS
+from recsys_pipeline.definitions import build_definitions
+from recsys_pipeline.registry.gate import ndcg_against_popularity
+from recsys_pipeline.resources import SourceResource, WarehouseResource, resources_for_home
+from recsys_pipeline.settings import HomePaths
 
 pytestmark = pytest.mark.reliability
 
+DEFS = build_definitions()
+raw_events, interactions, item_catalog, recommendations = (
+    DEFS.get_assets_def(name) for name in ("raw_events", "interactions", "item_catalog", "recommendations")
+)
+CHECKS = {key.name: c for c in DEFS.asset_checks for key in c.check_keys}
+interactions_schema, interactions_keys_and_duplicates, interactions_inside_partition_window, model_beats_popularity = (
+    CHECKS[name]
+    for name in (
+        "interactions_schema",
+        "interactions_keys_and_duplicates",
+        "interactions_inside_partition_window",
+        "model_beats_popularity",
+    )
+)
 INTERACTION_CHECKS = [interactions_schema, interactions_keys_and_duplicates, interactions_inside_partition_window]
 
 
@@ -42,20 +50,32 @@ def test_interaction_checks_run_with_the_asset_and_catch_violations(tmp_path):
     (events / "2024-01-05.csv").write_text("user_id,item_id,timestamp\n u1 ,a,2024-01-05T10:00:00Z\nu2,a,1704456000\n")
     (tmp_path / "items.csv").write_text("item_id,title\na,Alpha\n")
     path = tmp_path / "w.duckdb"
-    resources = {"warehouse_db": WarehouseResource(path=str(path)),
-                 "source": SourceResource(kind="daily_files", events_dir=str(events),
-                                          catalog_path=str(tmp_path / "items.csv"))}
+    resources = {
+        "warehouse_db": WarehouseResource(path=str(path)),
+        "source": SourceResource(kind="daily_files", events_dir=str(events), catalog_path=str(tmp_path / "items.csv")),
+    }
     assert dg.materialize([item_catalog], resources=resources).success
-    result = dg.materialize([raw_events, interactions, item_catalog, *INTERACTION_CHECKS], resources=resources,
-                            partition_key="2024-01-05", selection=[raw_events, interactions])
+    result = dg.materialize(
+        [raw_events, interactions, item_catalog, *INTERACTION_CHECKS],
+        resources=resources,
+        partition_key="2024-01-05",
+        selection=[raw_events, interactions],
+    )
     got = evaluations(result)
     assert set(got) == {c.check_key.name for c in INTERACTION_CHECKS}  # the checks run in the asset's own run
     assert all(e.passed for e in got.values())
 
     resource = WarehouseResource(path=str(path))
     # an event with no raw row in its day, one before the first partition, one duplicate, one blank key
-    insert_interactions(path, [("u9", "a", "2024-01-06 09:00", 1.0), ("u1", "a", "1990-01-01 00:00", 1.0),
-                               ("u1", "a", "2024-01-05 10:00", 1.0), (" ", "a", "2024-01-05 11:00", 1.0)])
+    insert_interactions(
+        path,
+        [
+            ("u9", "a", "2024-01-06 09:00", 1.0),
+            ("u1", "a", "1990-01-01 00:00", 1.0),
+            ("u1", "a", "2024-01-05 10:00", 1.0),
+            (" ", "a", "2024-01-05 11:00", 1.0),
+        ],
+    )
     window = interactions_inside_partition_window(warehouse_db=resource)
     assert not window.passed
     assert window.metadata["without_raw_row_in_their_day"].value == 3  # u9, the 1990 row and the blank key
@@ -66,8 +86,10 @@ def test_interaction_checks_run_with_the_asset_and_catch_violations(tmp_path):
     assert interactions_schema(warehouse_db=resource).passed
 
     with warehouse.session(path) as con:  # schema drift: a text timestamp and a nullable key
-        con.execute("CREATE OR REPLACE TABLE interactions AS "
-                    "SELECT user_id, item_id, CAST(timestamp AS VARCHAR) AS timestamp, value FROM interactions")
+        con.execute(
+            "CREATE OR REPLACE TABLE interactions AS "
+            "SELECT user_id, item_id, CAST(timestamp AS VARCHAR) AS timestamp, value FROM interactions"
+        )
     drift = interactions_schema(warehouse_db=resource)
     assert not drift.passed
     assert drift.metadata["columns"].value[2] == ["timestamp", "VARCHAR", "YES"]
@@ -87,8 +109,7 @@ def test_interaction_checks_run_with_the_asset_and_catch_violations(tmp_path):
 def test_embedding_check_factory(tmp_path, vectors, expected_width, passed, reason):
     path = tmp_path / "w.duckdb"
     with warehouse.session(path) as con:
-        warehouse.sync_embeddings(con, "image_embeddings", "m", ["a", "b", "c"], ["1", "2", "3"],
-                                  lambda p: vectors[p])
+        warehouse.sync_embeddings(con, "image_embeddings", "m", ["a", "b", "c"], ["1", "2", "3"], lambda p: vectors[p])
     check = embedding_check("image_embeddings", "image_embeddings", expected_width=expected_width)
     assert check.check_key.name == "image_embeddings_finite_unit_norm"
     result = check(warehouse_db=WarehouseResource(path=str(path)))
@@ -99,16 +120,20 @@ def test_embedding_check_factory(tmp_path, vectors, expected_width, passed, reas
 def test_embedding_check_fails_without_rows(tmp_path):
     warehouse.connect(tmp_path / "w.duckdb").close()  # a warehouse without the table
     result = embedding_check("audio_embeddings", "audio_embeddings")(
-        warehouse_db=WarehouseResource(path=str(tmp_path / "w.duckdb")))
+        warehouse_db=WarehouseResource(path=str(tmp_path / "w.duckdb"))
+    )
     assert not result.passed and result.metadata["rows"].value == 0
 
 
 def metrics_frame(ours: float, popularity: float, cold_ours: float = 0.3) -> pd.DataFrame:
     """``evaluation_metrics`` rows as ``model_evaluation`` writes them."""
-    rows = [("user_last_fraction", "ours", "ndcg_at_10", ours), ("user_last_fraction", "popularity", "ndcg_at_10",
-                                                                   popularity),
-            ("user_last_fraction", "ours", "recall_at_20", 0.5), ("item_cold_start", "ours", "ndcg_at_10", cold_ours),
-            ("item_cold_start", "popularity", "ndcg_at_10", 0.0)]
+    rows = [
+        ("user_last_fraction", "ours", "ndcg_at_10", ours),
+        ("user_last_fraction", "popularity", "ndcg_at_10", popularity),
+        ("user_last_fraction", "ours", "recall_at_20", 0.5),
+        ("item_cold_start", "ours", "ndcg_at_10", cold_ours),
+        ("item_cold_start", "popularity", "ndcg_at_10", 0.0),
+    ]
     return pd.DataFrame(rows, columns=["protocol", "model", "metric", "value"]).assign(mlflow_run_id="r1")
 
 
@@ -119,15 +144,16 @@ def test_ndcg_gate_compares_every_protocol():
     assert not worse["passed"]
     assert worse["reason"] == "user_last_fraction: ours NDCG@10 0.0500 < popularity 0.0800"
     assert worse["protocols"]["item_cold_start"] == {"ours": 0.3, "popularity": 0.0}
-    assert not ndcg_against_popularity(metrics_frame(0.10, 0.08, cold_ours=float("nan")).query(
-        "protocol == 'item_cold_start' or model == 'ours'"))["passed"]  # no protocol with both: no evidence
+    assert not ndcg_against_popularity(
+        metrics_frame(0.10, 0.08, cold_ours=float("nan")).query("protocol == 'item_cold_start' or model == 'ours'")
+    )["passed"]  # no protocol with both: no evidence
 
 
 def test_blocking_gate_stops_recommendations_in_the_same_run(tmp_path):
-    paths = home_paths(tmp_path / "home").ensure()
-    resources = default_resources(paths)
+    paths = HomePaths.at(tmp_path / "home")
+    resources = resources_for_home(str(paths.root))
     with warehouse.session(paths.warehouse) as con:
-        warehouse.replace_table(con, "evaluation_metrics", metrics_frame(0.02, 0.09))
+        warehouse.replace_table(con, EVALUATION_METRICS, metrics_frame(0.02, 0.09))
     result = model_beats_popularity_run(resources)
     gate = evaluations(result)["model_beats_popularity"]
     assert not gate.passed and gate.blocking
@@ -139,7 +165,7 @@ def test_blocking_gate_stops_recommendations_in_the_same_run(tmp_path):
         assert not warehouse.table_exists(con, "recommendations")
 
     with warehouse.session(paths.warehouse) as con:
-        warehouse.replace_table(con, "evaluation_metrics", metrics_frame(0.11, 0.09))
+        warehouse.replace_table(con, EVALUATION_METRICS, metrics_frame(0.11, 0.09))
     passing = model_beats_popularity(warehouse_db=resources["warehouse_db"])
     assert passing.passed
     assert passing.metadata["ndcg_at_10"].value["user_last_fraction"] == {"ours": 0.11, "popularity": 0.09}
@@ -148,15 +174,16 @@ def test_blocking_gate_stops_recommendations_in_the_same_run(tmp_path):
 def model_beats_popularity_run(resources) -> dg.ExecuteInProcessResult:
     """One run holding the gate and ``recommendations``, as the nightly job's run does after model_evaluation."""
     return dg.materialize(
-        [*ALL_ASSETS, *ALL_CHECKS], resources=resources, raise_on_error=False,
+        [DEFS.get_assets_def(k) for k in DEFS.resolve_all_asset_keys()] + list(DEFS.asset_checks),
+        resources=resources,
+        raise_on_error=False,
         selection=dg.AssetSelection.assets(recommendations) | dg.AssetSelection.checks(model_beats_popularity),
     )
 
 
 def test_demo_runs_include_the_gate_with_model_evaluation():
-    """``recsys demo`` materializes one asset per run: the run of model_evaluation must carry its blocking check."""
-    from recsys_pipeline.definitions import defs
-
+    """A run that materializes model_evaluation carries its blocking check, and recommendations depends on it."""
+    defs = DEFS
     job = defs.resolve_job_def("recsys_pipeline_job")
     subset = job.get_subset(asset_selection={dg.AssetKey("model_evaluation")})
     assert model_beats_popularity.check_key in subset.asset_layer.asset_graph.asset_check_keys

@@ -16,10 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recsys_pipeline import warehouse
-from recsys_pipeline.settings import DAGSTER_YAML, home_paths
-from recsys_pipeline.snapshot import ITEMS, RECOMMENDATIONS, publish_snapshot
-from tests.conftest import write_movielens_slice
+from recsys_pipeline.data import warehouse
+from recsys_pipeline.data.schema import ITEM_CATALOG
+from recsys_pipeline.data.schema import RECOMMENDATIONS as RECOMMENDATIONS_TABLE
+from recsys_pipeline.serving.snapshot import ITEMS, RECOMMENDATIONS, publish_snapshot
+from recsys_pipeline.settings import DAGSTER_YAML_TEMPLATE, HomePaths, ensure_home
 
 pytestmark = pytest.mark.reliability
 
@@ -29,7 +30,7 @@ HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from recsys_pipeline import warehouse
+    from recsys_pipeline.data import warehouse
     path, seconds, ready = sys.argv[1], float(sys.argv[2]), Path(sys.argv[3])
     con = warehouse.connect(path)          # read-write: holds DuckDB's file lock until closed
     con.execute("CREATE TABLE IF NOT EXISTS holder (n INTEGER)")
@@ -93,12 +94,15 @@ MATERIALIZE_DAY = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import dagster as dg
-    from recsys_pipeline.assets import interactions, item_catalog, raw_events
-    from recsys_pipeline.resources import default_resources
-    from recsys_pipeline.settings import home_paths
+    from recsys_pipeline import instance
+    from recsys_pipeline.definitions import build_definitions
+    from recsys_pipeline.resources import resources_for_home
     day, go = sys.argv[1], Path(sys.argv[2])
-    paths = home_paths().ensure()
-    resources = default_resources(paths)
+    paths = instance.prepare()
+    resources = resources_for_home(str(paths.root))
+    defs = build_definitions()
+    raw_events, interactions, item_catalog = (defs.get_assets_def(n) for n in ("raw_events", "interactions",
+                                                                               "item_catalog"))
     Path(str(go) + "." + day).touch()  # imported: ready to start
     while not go.exists():
         time.sleep(0.02)
@@ -112,19 +116,25 @@ MATERIALIZE_DAY = textwrap.dedent(
 
 
 @pytest.fixture
-def dagster_home(tmp_path):
+def dagster_home(tmp_path, movielens_slice):
     """A home with a small MovieLens slice and item_catalog materialized; ``env`` for child processes."""
-    data = write_movielens_slice(tmp_path / "ml", "2018-09-01", "2018-09-25")
+    data = movielens_slice(tmp_path / "ml", "2018-09-01", "2018-09-25")
     home = tmp_path / "home"
-    env = {**os.environ, "RECSYS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
-           "RECSYS_MOVIELENS_PATH": str(data), "RECSYS_PARTITIONS_START": "2018-09-01",
-           "RECSYS_DUCKDB_LOCK_TIMEOUT": "120", "PYTHONPATH": str(PROJECT_ROOT)}
-    paths = home_paths(home).ensure()
-    from recsys_pipeline.catalog import build_item_catalog
-    from recsys_pipeline.sources import MovieLensSource
+    env = {
+        **os.environ,
+        "RECSYS_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "RECSYS_MOVIELENS_PATH": str(data),
+        "RECSYS_PARTITIONS_START": "2018-09-01",
+        "RECSYS_DUCKDB_LOCK_TIMEOUT": "120",
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    paths = ensure_home(HomePaths.at(home))
+    from recsys_pipeline.data.catalog import build_item_catalog
+    from recsys_pipeline.data.sources import MovieLensSource
 
     with warehouse.session(paths.warehouse) as con:
-        warehouse.replace_table(con, "item_catalog", build_item_catalog(*MovieLensSource(str(data)).read_catalog()))
+        warehouse.replace_table(con, ITEM_CATALOG, build_item_catalog(*MovieLensSource(str(data)).read_catalog()))
     import dagster as dg
 
     with dg.DagsterInstance.from_config(str(paths.dagster_home)):  # create its SQLite storage before the children
@@ -132,12 +142,22 @@ def dagster_home(tmp_path):
     return paths, env, data
 
 
+@pytest.mark.slow
 def test_overlapping_dagster_runs_both_succeed_serialized_by_the_pool(dagster_home, tmp_path):
     paths, env, data = dagster_home
     go = tmp_path / "go"
     days = ["2018-09-16", "2018-09-17"]  # 137 and 160 ratings
-    runs = [subprocess.Popen([sys.executable, "-c", MATERIALIZE_DAY, day, str(go)], env=env, cwd=PROJECT_ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for day in days]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MATERIALIZE_DAY, day, str(go)],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for day in days
+    ]
     deadline = time.monotonic() + 240
     while not all(Path(f"{go}.{day}").exists() for day in days):
         assert all(r.poll() is None for r in runs), [r.communicate() for r in runs]
@@ -157,10 +177,12 @@ def test_overlapping_dagster_runs_both_succeed_serialized_by_the_pool(dagster_ho
     expected = {d: int((day_of == d).sum()) for d in days}
     assert all(expected.values())
     with warehouse.session(paths.warehouse, read_only=True) as con:
-        got = dict(con.execute("SELECT strftime(timestamp, '%Y-%m-%d'), count(*) FROM interactions GROUP BY 1"
-                               ).fetchall())
-        raw = dict(con.execute("SELECT strftime(partition_date, '%Y-%m-%d'), count(*) FROM raw_events GROUP BY 1"
-                               ).fetchall())
+        got = dict(
+            con.execute("SELECT strftime(timestamp, '%Y-%m-%d'), count(*) FROM interactions GROUP BY 1").fetchall()
+        )
+        raw = dict(
+            con.execute("SELECT strftime(partition_date, '%Y-%m-%d'), count(*) FROM raw_events GROUP BY 1").fetchall()
+        )
     assert got == expected and raw == expected
 
     import dagster as dg
@@ -172,10 +194,12 @@ def test_overlapping_dagster_runs_both_succeed_serialized_by_the_pool(dagster_ho
             intervals = []
             for out, _ in outputs:
                 run_id = out.split("RUN_ID ")[1].split()[0]
-                starts = {e.step_key: e.timestamp for e in instance.all_logs(
-                    run_id, of_type=dg.DagsterEventType.STEP_START)}
-                ends = {e.step_key: e.timestamp for e in instance.all_logs(
-                    run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
+                starts = {
+                    e.step_key: e.timestamp for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+                }
+                ends = {
+                    e.step_key: e.timestamp for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
+                }
                 intervals += [(starts[k], ends[k], run_id, k) for k in starts if k in ("raw_events", "interactions")]
             assert instance.event_log_storage.get_concurrency_info("duckdb").slot_count == 1
     finally:
@@ -186,41 +210,62 @@ def test_overlapping_dagster_runs_both_succeed_serialized_by_the_pool(dagster_ho
         assert e1 <= s2, f"steps overlapped: {a} [{s1}, {e1}] and {b} [{s2}, {e2}]"
 
 
-def test_every_duckdb_writing_asset_is_in_the_pool_and_dagster_yaml_matches_the_fallback():
-    from recsys_pipeline.assets import ALL_ASSETS
-    from recsys_pipeline.dagster_pools import DUCKDB_POOL
+def test_every_asset_opening_the_warehouse_is_in_the_pool_of_one_slot(definitions):
+    import yaml
 
-    assert (PROJECT_ROOT / "dagster.yaml").read_text() == DAGSTER_YAML
-    # every asset writes the warehouse (recommender_model its model_runs row): all take a slot of one pool
-    pools = {a.key.to_user_string(): a.op.pool for a in ALL_ASSETS}
-    assert len(pools) >= 8 and pools == dict.fromkeys(pools, DUCKDB_POOL)
+    from recsys_pipeline.instance import DUCKDB_POOL
+
+    template = yaml.safe_load(DAGSTER_YAML_TEMPLATE.read_text())
+    assert template["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}
+    # every asset opens the warehouse (a reader is refused beside another process's writer): one pool for all
+    pools = {
+        key.to_user_string(): definitions.get_assets_def(key).op.pool for key in definitions.resolve_all_asset_keys()
+    }
+    assert len(pools) == 10 and pools == dict.fromkeys(pools, DUCKDB_POOL)
 
 
 def publish_small(paths, model_run_id: str = "run-1", k: int = 3) -> pd.DataFrame:
     """Tables and snapshots as the ``recommendations`` asset leaves them, for users u1, u2 and items i1..i5."""
-    items = pd.DataFrame({"item_id": [f"i{n}" for n in range(1, 6)], "title": [f"Title {n}" for n in range(1, 6)],
-                          "users": [5, 4, 3, 2, 1], "rank": [1, 2, 3, 4, 5]})
-    recs = pd.DataFrame({"user_id": ["u1"] * k + ["u2"] * k, "rank": list(range(1, k + 1)) * 2,
-                         "item_id": [f"i{n}" for n in range(1, k + 1)] + [f"i{n}" for n in range(5, 5 - k, -1)],
-                         "score": [0.9 - 0.1 * n for n in range(k)] * 2, "strategy": "personalized",
-                         "model_run_id": model_run_id, "model_version": "1",
-                         "produced_on": pd.Timestamp("2026-11-29").date()})
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{n}" for n in range(1, 6)],
+            "title": [f"Title {n}" for n in range(1, 6)],
+            "users": [5, 4, 3, 2, 1],
+            "rank": [1, 2, 3, 4, 5],
+        }
+    )
+    recs = pd.DataFrame(
+        {
+            "user_id": ["u1"] * k + ["u2"] * k,
+            "rank": list(range(1, k + 1)) * 2,
+            "item_id": [f"i{n}" for n in range(1, k + 1)] + [f"i{n}" for n in range(5, 5 - k, -1)],
+            "score": [0.9 - 0.1 * n for n in range(k)] * 2,
+            "strategy": "personalized",
+            "model_run_id": model_run_id,
+            "model_version": "1",
+            "produced_on": pd.Timestamp("2026-11-29").date(),
+        }
+    )
     with warehouse.session(paths.warehouse) as con:
-        warehouse.replace_table(con, "item_catalog", items[["item_id", "title"]])
-        warehouse.replace_table(con, "recommendations", recs)
+        warehouse.replace_table(con, RECOMMENDATIONS_TABLE, recs)
     publish_snapshot(paths, items, ITEMS)
     publish_snapshot(paths, recs, RECOMMENDATIONS)
     return recs
 
 
 def recsys(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recsys_pipeline.cli", "--home", str(home), *args],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "RECSYS_DUCKDB_LOCK_TIMEOUT": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "recsys_pipeline.cli", "--home", str(home), *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RECSYS_DUCKDB_LOCK_TIMEOUT": "1"},
+    )
 
 
 def test_recommend_answers_while_a_writer_holds_the_lock(tmp_path):
-    paths = home_paths(tmp_path / "home")
+    paths = HomePaths.at(tmp_path / "home")
     publish_small(paths)
     holder = hold_write_lock(paths.warehouse, 60.0, tmp_path)
     try:
@@ -238,7 +283,7 @@ def test_recommend_answers_while_a_writer_holds_the_lock(tmp_path):
 
 
 def test_recommend_says_nothing_published(tmp_path):
-    paths = home_paths(tmp_path / "home")
+    paths = HomePaths.at(tmp_path / "home")
     with warehouse.session(paths.warehouse):  # a warehouse but no snapshot yet
         pass
     out = recsys(paths.root, "recommend", "--user", "u1")
@@ -250,16 +295,24 @@ def test_a_run_killed_mid_step_does_not_block_the_pool(dagster_home, tmp_path):
 
     import dagster as dg
 
-    from recsys_pipeline.dagster_pools import DUCKDB_POOL, free_slots_of_dead_steps
+    from recsys_pipeline.instance import DUCKDB_POOL, free_slots_of_dead_steps
 
     paths, env, _ = dagster_home
     go_killed, go_next = tmp_path / "go-killed", tmp_path / "go-next"
     go_killed.touch()
     day = "2018-09-16"
     holder = hold_write_lock(paths.warehouse, 600.0, tmp_path)  # keeps the doomed run's step inside its write
-    killed, following = (subprocess.Popen([sys.executable, "-c", MATERIALIZE_DAY, day, str(go)], env=env,
-                                          cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                         for go in (go_killed, go_next))
+    killed, following = (
+        subprocess.Popen(
+            [sys.executable, "-c", MATERIALIZE_DAY, day, str(go)],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for go in (go_killed, go_next)
+    )
     with dg.DagsterInstance.from_config(str(paths.dagster_home)) as instance:
         storage = instance.event_log_storage
         deadline = time.monotonic() + 240

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_pipeline import warehouse
-from recsys_pipeline.settings import home_paths
-from recsys_pipeline.snapshot import RECOMMENDATIONS, publish_snapshot, read_snapshot
+from recsys_pipeline.data import warehouse
+from recsys_pipeline.data.schema import RECOMMENDATIONS as RECOMMENDATIONS_TABLE
+from recsys_pipeline.serving.snapshot import RECOMMENDATIONS, publish_snapshot, read_snapshot
+from recsys_pipeline.settings import HomePaths
 
 pytestmark = pytest.mark.reliability
 
@@ -34,7 +35,7 @@ WRITER = textwrap.dedent(
     from datetime import datetime
     from pathlib import Path
     import pandas as pd
-    from recsys_pipeline import warehouse
+    from recsys_pipeline.data import warehouse
     path, mode, commit, ready = sys.argv[1], sys.argv[2], sys.argv[3] == "commit", Path(sys.argv[4])
     n = int(sys.argv[5])
     con = warehouse.connect(path)
@@ -58,23 +59,29 @@ WRITER = textwrap.dedent(
 
 
 def old_rows(n: int = 5) -> pd.DataFrame:
-    return pd.DataFrame({"user_id": [f"old{i}" for i in range(n)], "item_id": "1",
-                         "timestamp": pd.Timestamp("2020-01-01") + pd.to_timedelta(range(n), unit="h"),
-                         "value": 1.0})
+    return pd.DataFrame(
+        {
+            "user_id": [f"old{i}" for i in range(n)],
+            "item_id": "1",
+            "timestamp": pd.Timestamp("2020-01-01") + pd.to_timedelta(range(n), unit="h"),
+            "value": 1.0,
+        }
+    )
 
 
 def seed_previous_state(path: Path) -> None:
     with warehouse.session(path) as con:
         warehouse.replace_window(con, "interactions", "timestamp", *DAY, old_rows())
-        warehouse.replace_table(con, "recommendations", pd.DataFrame({"user_id": ["old0"], "item_id": ["1"],
-                                                                      "score": [0.5]}))
+        warehouse.replace_table(con, RECOMMENDATIONS_TABLE, version(1, 1, 0).assign(user_id="old0"))
 
 
 def kill_writer_at(path: Path, tmp_path: Path, mode: str, commit: bool) -> None:
     """Run ``WRITER`` and SIGKILL it once it has written (and committed, if asked) without closing."""
     ready = tmp_path / f"ready-{mode}-{commit}"
-    child = subprocess.Popen([sys.executable, "-c", WRITER, str(path), mode, "commit" if commit else "open",
-                              str(ready), str(BIG)], cwd=PROJECT_ROOT)
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), mode, "commit" if commit else "open", str(ready), str(BIG)],
+        cwd=PROJECT_ROOT,
+    )
     deadline = time.monotonic() + 120
     while not ready.exists():
         assert child.poll() is None, "writer exited before it was killed"
@@ -90,8 +97,9 @@ def test_killed_before_commit_leaves_previous_state_and_next_run_completes(tmp_p
     seed_previous_state(path)
     kill_writer_at(path, tmp_path, mode, commit=False)
     with warehouse.session(path) as con:  # the lock died with the process: a new writer gets in at once
-        assert sorted(r[0] for r in con.execute("SELECT user_id FROM interactions").fetchall()) == \
-            [f"old{i}" for i in range(5)]
+        assert sorted(r[0] for r in con.execute("SELECT user_id FROM interactions").fetchall()) == [
+            f"old{i}" for i in range(5)
+        ]
         assert con.execute("SELECT user_id FROM recommendations").fetchall() == [("old0",)]
         # the next normal run completes and replaces the partition exactly
         assert warehouse.replace_window(con, "interactions", "timestamp", *DAY, old_rows(7)) == 7
@@ -110,10 +118,18 @@ def test_killed_after_commit_before_checkpoint_keeps_the_new_state(tmp_path):
 
 def version(n_users: int, k: int, v: int) -> pd.DataFrame:
     """Recommendation list number ``v``: ``n_users * k`` rows, every row with ``model_run_id == f"run-{v}"``."""
-    return pd.DataFrame({"user_id": np.repeat([f"u{i}" for i in range(n_users)], k),
-                         "rank": np.tile(np.arange(1, k + 1), n_users),
-                         "item_id": [f"i{(v + r) % 97}" for r in range(n_users * k)],
-                         "score": np.linspace(1, 0, n_users * k), "model_run_id": f"run-{v}"})
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat([f"u{i}" for i in range(n_users)], k),
+            "rank": np.tile(np.arange(1, k + 1), n_users),
+            "item_id": [f"i{(v + r) % 97}" for r in range(n_users * k)],
+            "score": np.linspace(1, 0, n_users * k),
+            "strategy": "personalized",
+            "model_run_id": f"run-{v}",
+            "model_version": str(v),
+            "produced_on": pd.Timestamp("2024-01-01").date(),
+        }
+    )
 
 
 def versions(n_users: int, k: int, n_versions: int) -> list[pd.DataFrame]:
@@ -131,19 +147,20 @@ def test_published_table_is_replaced_atomically(tmp_path):
     n_users, k = 400, 20
     lists = versions(n_users, k, 6)
     with warehouse.session(tmp_path / "w.duckdb") as con:
-        warehouse.replace_table(con, "recommendations", lists[0])
+        warehouse.replace_table(con, RECOMMENDATIONS_TABLE, lists[0])
         reader = con.cursor()  # its own connection to the same database: sees committed states only
         stop = threading.Event()
         reads: list = []
 
         def read():
-            return tuple(reader.execute("SELECT count(*), count(DISTINCT model_run_id) FROM recommendations"
-                                        ).fetchall()[0])
+            return tuple(
+                reader.execute("SELECT count(*), count(DISTINCT model_run_id) FROM recommendations").fetchall()[0]
+            )
 
         thread = threading.Thread(target=lambda: reads.extend(poll_while(read, stop)))
         thread.start()
         for frame in lists[1:]:
-            warehouse.replace_table(con, "recommendations", frame)
+            warehouse.replace_table(con, RECOMMENDATIONS_TABLE, frame)
         stop.set()
         thread.join(30)
         final = con.execute("SELECT DISTINCT model_run_id FROM recommendations").fetchall()
@@ -153,7 +170,7 @@ def test_published_table_is_replaced_atomically(tmp_path):
 
 
 def test_published_snapshot_is_replaced_atomically(tmp_path):
-    paths = home_paths(tmp_path / "home")
+    paths = HomePaths.at(tmp_path / "home")
     k = 20
     # versions of different sizes (users 300, 337, ...) so that a torn read cannot pass for a whole one
     lists = [version(300 + 37 * (v % 3), k, v) for v in range(60)]
@@ -190,7 +207,8 @@ def is_pickle(path: Path) -> bool:
     """Pickle protocol 2+ starts with PROTO (0x80) and the protocol number; torch.save writes a zip of pickles."""
     head = path.read_bytes()[:4]
     return (head[:1] == b"\x80" and head[1:2] in {b"\x02", b"\x03", b"\x04", b"\x05"}) or (
-        head == b"PK\x03\x04" and b"data.pkl" in path.read_bytes())
+        head == b"PK\x03\x04" and b"data.pkl" in path.read_bytes()
+    )
 
 
 def test_model_artifacts_hold_no_pickle_and_load_without_unpickling(tmp_path, monkeypatch):
@@ -199,26 +217,36 @@ def test_model_artifacts_hold_no_pickle_and_load_without_unpickling(tmp_path, mo
     import mlflow
     import torch
 
-    from recsys_pipeline import tracking
-    from recsys_pipeline.model import ItemContent, ModelConfig, TrainerConfig, train_recommender
+    from recsys_pipeline.content.features import ItemFeatures
+    from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
+    from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
+    from recsys_pipeline.registry import tracking
 
     rng = np.random.default_rng(0)
     n_items = 30
-    content = ItemContent(item_ids=[f"i{i}" for i in range(n_items)],
-                          modalities={"text": rng.normal(size=(n_items, 8)).astype(np.float32)},
-                          present=np.ones((n_items, 1), bool), genres=np.eye(3, dtype=np.float32)[np.arange(n_items) % 3],
-                          genre_names=["a", "b", "c"], year=np.full(n_items, 2000))
-    inter = pd.DataFrame({"user_id": [f"u{u}" for u in range(10) for _ in range(5)],
-                          "item_id": [f"i{(u * 3 + j) % n_items}" for u in range(10) for j in range(5)],
-                          "timestamp": pd.Timestamp("2020-01-01"), "value": 1.0})
-    model, _ = train_recommender(inter, content, ModelConfig(max_epochs=1, embedding_dim=8, mlp_hidden=16,
-                                                             batch_size=64, num_negatives=8),
-                                 TrainerConfig(accelerator="cpu", devices=1))
+    content = ItemFeatures(
+        item_ids=[f"i{i}" for i in range(n_items)],
+        modalities={"text": rng.normal(size=(n_items, 8)).astype(np.float32)},
+        present=np.ones((n_items, 1), bool),
+        genres=np.eye(3, dtype=np.float32)[np.arange(n_items) % 3],
+        genre_names=["a", "b", "c"],
+        year=np.full(n_items, 2000),
+    )
+    inter = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(10) for _ in range(5)],
+            "item_id": [f"i{(u * 3 + j) % n_items}" for u in range(10) for j in range(5)],
+            "timestamp": pd.Timestamp("2020-01-01"),
+            "value": 1.0,
+        }
+    )
+    config = ModelConfig(max_epochs=1, embedding_dim=8, mlp_hidden=16, batch_size=64, num_negatives=8)
+    model = TwoTowerRecommender(config, TrainerConfig(accelerator="cpu", devices=1)).fit(inter, content)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     experiment = tracking.experiment_id(uri, "pickle-free", str(tmp_path / "artifacts"))
     with mlflow.start_run(experiment_id=experiment):
-        model_uri, _ = tracking.log_recommender(model, content, inter[["user_id", "item_id"]], None)
+        model_uri, _ = tracking.log_recommender(model, None)
     logged = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(tmp_path / "dl")))
     files = [p for p in logged.rglob("*") if p.is_file()]
     assert any(p.name == "model.safetensors" for p in files)
@@ -241,11 +269,19 @@ def test_no_torch_load_without_weights_only():
     offenders = []
     for source in (PROJECT_ROOT / "recsys_pipeline").rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
-                if not any(kw.arg == "weights_only" and getattr(kw.value, "value", None) is True
-                           for kw in node.keywords):
-                    offenders.append(f"{source.name}:{node.lineno}")
-            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("pickle.load", "pickle.loads",
-                                                                         "joblib.load", "cloudpickle.load"):
+            if (
+                isinstance(node, ast.Call)
+                and ast.unparse(node.func) == "torch.load"
+                and not any(
+                    kw.arg == "weights_only" and getattr(kw.value, "value", None) is True for kw in node.keywords
+                )
+            ):
+                offenders.append(f"{source.name}:{node.lineno}")
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in (
+                "pickle.load",
+                "pickle.loads",
+                "joblib.load",
+                "cloudpickle.load",
+            ):
                 offenders.append(f"{source.name}:{node.lineno}")
     assert offenders == []

@@ -7,11 +7,14 @@ from datetime import datetime
 import dagster as dg
 import pytest
 
-from recsys_pipeline import warehouse
-from recsys_pipeline.assets import interactions, item_catalog, raw_events
-from recsys_pipeline.catalog import MAX_TEXT_CHARS
+from recsys_pipeline.assets import daily_partitions, ingestion_assets
+from recsys_pipeline.data import warehouse
+from recsys_pipeline.data.catalog import MAX_TEXT_CHARS
+from recsys_pipeline.data.sources import DailyFileSource, SourceError
 from recsys_pipeline.resources import SourceResource, WarehouseResource
-from recsys_pipeline.sources import DailyFileSource, SourceError
+from recsys_pipeline.settings import get_settings
+
+raw_events, interactions, item_catalog = ingestion_assets(daily_partitions(get_settings()))
 
 pytestmark = pytest.mark.reliability
 
@@ -33,8 +36,13 @@ def setup(tmp_path, events: dict[str, bytes], catalog: bytes = b"item_id,title\n
 
 
 def ingest(resources, key: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
-    return dg.materialize([raw_events, interactions, item_catalog], resources=resources, partition_key=key,
-                          selection=[raw_events, interactions], raise_on_error=raise_on_error)
+    return dg.materialize(
+        [raw_events, interactions, item_catalog],
+        resources=resources,
+        partition_key=key,
+        selection=[raw_events, interactions],
+        raise_on_error=raise_on_error,
+    )
 
 
 def query(tmp_path, sql: str, params=()):
@@ -42,27 +50,29 @@ def query(tmp_path, sql: str, params=()):
         return con.execute(sql, list(params)).fetchall()
 
 
-HOSTILE_CSV = b"\n".join([
-    b"user_id,item_id,timestamp,value",
-    b"u1,a,2024-01-05T10:00:00Z,4",                       # 0 good
-    b"u2,a,2024-01-05T10:00:00Z,4,surplus",               # 1 wrong field count
-    b"u3,a",                                              # 2 wrong field count
-    b'u4,"a,2024-01-05T10:00:00Z,4',                      # 3 unbalanced quote (must not swallow line 4)
-    b"u5,b,2024-01-05T11:00:00Z,5",                       # 4 good
-    b"caf\xe9,a,2024-01-05T10:00:00Z,4",                  # 5 latin-1 byte
-    b"u6,a,NaN,4",                                        # 6 NaN timestamp
-    b"u7,a,-86400,4",                                     # 7 negative epoch: 1969-12-31
-    b"u8,a,9999-12-31T00:00:00Z,4",                       # 8 far future ISO
-    b"u9,a,99999999999999,4",                             # 9 far future epoch
-    b"u1,a,2024-01-05T10:00:00Z,4",                       # 10 duplicate of 0
-    b"u1,zzz,2024-01-05T10:00:00Z,4",                     # 11 item not in the catalog
-    b'"' + INJECTION.encode() + b'",b,2024-01-05T12:00:00Z,3',  # 12 good: odd id kept verbatim
-    b'"say ""hi""",b,2024-01-05T12:00:00Z,3',             # 13 good: id with quotes
-    b"u10,b,2024-01-05T12:00:00Z,abc",                    # 14 value not a number
-    b"u11,b,2024-01-05T12:00:00Z," + MEGABYTE.encode(),   # 15 1 MB field
-    b"",                                                  # 16 blank: skipped, still counted
-    b"u12," + INJECTION.encode() + b",2024-01-05T12:00:00Z,1",  # 17 injection as item id: unknown item
-])
+HOSTILE_CSV = b"\n".join(
+    [
+        b"user_id,item_id,timestamp,value",
+        b"u1,a,2024-01-05T10:00:00Z,4",  # 0 good
+        b"u2,a,2024-01-05T10:00:00Z,4,surplus",  # 1 wrong field count
+        b"u3,a",  # 2 wrong field count
+        b'u4,"a,2024-01-05T10:00:00Z,4',  # 3 unbalanced quote (must not swallow line 4)
+        b"u5,b,2024-01-05T11:00:00Z,5",  # 4 good
+        b"caf\xe9,a,2024-01-05T10:00:00Z,4",  # 5 latin-1 byte
+        b"u6,a,NaN,4",  # 6 NaN timestamp
+        b"u7,a,-86400,4",  # 7 negative epoch: 1969-12-31
+        b"u8,a,9999-12-31T00:00:00Z,4",  # 8 far future ISO
+        b"u9,a,99999999999999,4",  # 9 far future epoch
+        b"u1,a,2024-01-05T10:00:00Z,4",  # 10 duplicate of 0
+        b"u1,zzz,2024-01-05T10:00:00Z,4",  # 11 item not in the catalog
+        b'"' + INJECTION.encode() + b'",b,2024-01-05T12:00:00Z,3',  # 12 good: odd id kept verbatim
+        b'"say ""hi""",b,2024-01-05T12:00:00Z,3',  # 13 good: id with quotes
+        b"u10,b,2024-01-05T12:00:00Z,abc",  # 14 value not a number
+        b"u11,b,2024-01-05T12:00:00Z," + MEGABYTE.encode(),  # 15 1 MB field
+        b"",  # 16 blank: skipped, still counted
+        b"u12," + INJECTION.encode() + b",2024-01-05T12:00:00Z,1",  # 17 injection as item id: unknown item
+    ]
+)
 
 
 def test_bad_lines_are_quarantined_and_good_lines_load(tmp_path):
@@ -105,8 +115,8 @@ def test_bad_lines_are_quarantined_and_good_lines_load(tmp_path):
 def test_jsonl_bad_lines_are_quarantined(tmp_path):
     lines = [
         json.dumps({"user_id": "u1", "item_id": "a", "timestamp": "2024-01-05T10:00:00Z"}).encode(),
-        b'{"user_id": "u2", "item_id": "a", "timestamp": ',     # truncated JSON
-        b'["u3", "a", "2024-01-05T10:00:00Z"]',                # not an object
+        b'{"user_id": "u2", "item_id": "a", "timestamp": ',  # truncated JSON
+        b'["u3", "a", "2024-01-05T10:00:00Z"]',  # not an object
         b'{"user_id": "caf\xe9", "item_id": "a", "timestamp": "2024-01-05T10:00:00Z"}',
         json.dumps({"user_id": 7, "item_id": "b", "timestamp": 1704450000, "value": None}).encode(),  # numbers
         json.dumps({"user_id": "u4", "item_id": "a"}).encode(),  # no timestamp key
@@ -115,7 +125,9 @@ def test_jsonl_bad_lines_are_quarantined(tmp_path):
     assert dg.materialize([item_catalog], resources=resources).success
     ingest(resources, "2024-01-05")
     assert query(tmp_path, "SELECT user_id, item_id, value FROM interactions ORDER BY ALL") == [
-        ("7", "b", 1.0), ("u1", "a", 1.0)]
+        ("7", "b", 1.0),
+        ("u1", "a", 1.0),
+    ]
     reasons = dict(query(tmp_path, "SELECT source_row, reason FROM quarantine"))
     assert reasons[1].startswith("malformed JSON line: Expecting value")
     assert reasons[2] == "malformed JSON line: a JSON list, not an object"
@@ -130,26 +142,35 @@ def test_undecodable_file_is_a_clear_error_and_keeps_the_previous_state(tmp_path
     assert dg.materialize([item_catalog], resources=resources).success
     assert ingest(resources, "2024-01-05").success
     before = query(tmp_path, "SELECT * FROM interactions ORDER BY ALL"), query(tmp_path, "SELECT * FROM raw_events")
-    for bad in (b"us\xe9r_id,item_id,timestamp\nu1,a,2024-01-05T10:00:00Z\n",  # header not UTF-8
-                b"\x00\x01\x02PK\x03\x04 binary",                                 # not text at all
-                b"user,item_id,timestamp\nu1,a,2024-01-05T10:00:00Z\n"):         # required column missing
+    for bad in (
+        b"us\xe9r_id,item_id,timestamp\nu1,a,2024-01-05T10:00:00Z\n",  # header not UTF-8
+        b"\x00\x01\x02PK\x03\x04 binary",  # not text at all
+        b"user,item_id,timestamp\nu1,a,2024-01-05T10:00:00Z\n",
+    ):  # required column missing
         (tmp_path / "events" / "2024-01-05.csv").write_bytes(bad)
         result = ingest(resources, "2024-01-05", raise_on_error=False)
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.to_string()
-        assert "recsys_pipeline.sources.SourceError: " in failure and "2024-01-05.csv: " in failure
+        assert "recsys_pipeline.data.sources.SourceError: " in failure and "2024-01-05.csv: " in failure
         after = query(tmp_path, "SELECT * FROM interactions ORDER BY ALL"), query(tmp_path, "SELECT * FROM raw_events")
         assert after == before
 
 
 def test_catalog_bad_rows_are_quarantined_with_a_count(tmp_path):
-    catalog = (b"item_id,title,description\n"
-               b"a,Alpha,first\n"
-               b",No id,x\n"
-               b"a,Alpha again,dup\n"
-               + b"i" * 300 + b",Long id,x\n"
-               + b"b,Beta," + MEGABYTE.encode() + b"\n"
-               + b'"' + INJECTION.encode() + b'",Odd,x\n')
+    catalog = (
+        b"item_id,title,description\n"
+        b"a,Alpha,first\n"
+        b",No id,x\n"
+        b"a,Alpha again,dup\n"
+        + b"i" * 300
+        + b",Long id,x\n"
+        + b"b,Beta,"
+        + MEGABYTE.encode()
+        + b"\n"
+        + b'"'
+        + INJECTION.encode()
+        + b'",Odd,x\n'
+    )
     resources = setup(tmp_path, {"2024-01-05.csv": b"user_id,item_id,timestamp\n"}, catalog=catalog)
     for _ in range(2):  # a re-run replaces the catalog's quarantine rows
         result = dg.materialize([item_catalog], resources=resources)
@@ -159,24 +180,27 @@ def test_catalog_bad_rows_are_quarantined_with_a_count(tmp_path):
     rows = dict(query(tmp_path, "SELECT item_id, length(text) FROM item_catalog"))
     assert set(rows) == {"a", "b", INJECTION} and rows["b"] == MAX_TEXT_CHARS
     assert query(tmp_path, "SELECT source, source_row, reason FROM quarantine ORDER BY source_row") == [
-        ("items.csv", 1, "missing item_id"), ("items.csv", 2, "duplicate item_id"), ("items.csv", 3, "id too long")]
+        ("items.csv", 1, "missing item_id"),
+        ("items.csv", 2, "duplicate item_id"),
+        ("items.csv", 3, "id too long"),
+    ]
 
 
 def test_values_that_are_not_dates_are_clear_errors(tmp_path, monkeypatch):
-    from recsys_pipeline.assets.model import _cutoff
-    from recsys_pipeline.assets.partitions import partitions_start
+    from recsys_pipeline.assets.model import _day_end
     from recsys_pipeline.cli import _day
+    from recsys_pipeline.settings import SettingsError
 
     resources = setup(tmp_path, {"2024-01-05.csv": b"user_id,item_id,timestamp\n"})
     for key in ("2024-13-01", "yesterday", "2024-01-05'; DROP TABLE raw_events;--"):
         with pytest.raises(dg.DagsterError, match="partition"):
             ingest(resources, key)
     monkeypatch.setenv("RECSYS_PARTITIONS_START", "1st of May")
-    with pytest.raises(ValueError, match="RECSYS_PARTITIONS_START='1st of May' is not a YYYY-MM-DD date"):
-        partitions_start()
+    with pytest.raises(SettingsError, match="RECSYS_PARTITIONS_START='1st of May': Input should be a valid date"):
+        get_settings()
     with pytest.raises(dg.Failure, match="cutoff_date='2024-02-30' is not a YYYY-MM-DD date"):
-        _cutoff("2024-02-30")
-    assert _cutoff("2024-02-28") == datetime(2024, 2, 29)
+        _day_end("2024-02-30", "cutoff_date")
+    assert _day_end("2024-02-28", "cutoff_date") == datetime(2024, 2, 29)
     with pytest.raises(ValueError, match="--start 'soon' is not a YYYY-MM-DD date"):
         _day("soon", "--start")
     with pytest.raises(SourceError, match="2024-02-30.csv: file name is not a real date"):
@@ -187,7 +211,7 @@ def test_values_that_are_not_dates_are_clear_errors(tmp_path, monkeypatch):
 def test_media_uris_outside_the_roots_are_refused_and_never_read(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from recsys_pipeline.media import FAILURES_TABLE, MediaLocator, sync_media_embeddings
+    from recsys_pipeline.content.media import FAILURES_TABLE, MediaLocator, sync_media_embeddings
 
     root = tmp_path / "media"
     root.mkdir()
@@ -218,8 +242,9 @@ def test_media_uris_outside_the_roots_are_refused_and_never_read(tmp_path, monke
         raise AssertionError("no file inside the roots: the encoder must not be loaded")
 
     with warehouse.session(tmp_path / "w.duckdb") as con:
-        report = sync_media_embeddings(con, "image", "image_embeddings", no_encoder, list(hostile),
-                                       list(hostile.values()), locator)
+        report = sync_media_embeddings(
+            con, "image", "image_embeddings", no_encoder, list(hostile), list(hostile.values()), locator
+        )
         rows = con.execute(f"SELECT item_id, reason FROM {FAILURES_TABLE} ORDER BY item_id").fetchall()
     assert rows == sorted((item, "outside_roots") for item in hostile)
     assert report.metadata()["missing_outside_roots"] == len(hostile) and report.metadata()["rows"] == 0

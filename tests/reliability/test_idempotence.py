@@ -7,10 +7,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from recsys_pipeline import warehouse
-from recsys_pipeline.assets import interactions, item_catalog, raw_events
+from recsys_pipeline.assets import daily_partitions, ingestion_assets
+from recsys_pipeline.data import warehouse
 from recsys_pipeline.resources import SourceResource, WarehouseResource
-from recsys_pipeline.settings import BUNDLED_MOVIELENS_DIR
+from recsys_pipeline.settings import BUNDLED_MOVIELENS_DIR, get_settings
+
+raw_events, interactions, item_catalog = ingestion_assets(daily_partitions(get_settings()))
 
 pytestmark = pytest.mark.reliability
 
@@ -28,19 +30,25 @@ def fingerprint(path) -> dict[str, tuple[int, str]]:
 
 
 def run_partition(resources, key: str) -> None:
-    result = dg.materialize([raw_events, interactions, item_catalog], resources=resources, partition_key=key,
-                            selection=[raw_events, interactions])
+    result = dg.materialize(
+        [raw_events, interactions, item_catalog],
+        resources=resources,
+        partition_key=key,
+        selection=[raw_events, interactions],
+    )
     assert result.success
 
 
 def run_backfill(resources, start: str, end: str) -> None:
     """A range of partitions as one run (``BackfillPolicy.single_run()``), as the UI's backfill launches it."""
     job = dg.define_asset_job("ingest", selection=[raw_events, interactions]).resolve(
-        asset_graph=dg.Definitions(assets=[raw_events, interactions, item_catalog], resources=resources)
-        .resolve_asset_graph()
+        asset_graph=dg.Definitions(
+            assets=[raw_events, interactions, item_catalog], resources=resources
+        ).resolve_asset_graph()
     )
     result = job.execute_in_process(
-        resources=resources, instance=dg.DagsterInstance.ephemeral(),
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
         tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
     )
     assert result.success
@@ -79,8 +87,9 @@ def test_backfill_overlapping_single_runs_equals_a_clean_backfill(tmp_path):
     run_partition(clean, "2018-09-16")
     assert fingerprint(tmp_path / "clean.duckdb") == after_backfill
     with warehouse.session(tmp_path / "clean.duckdb", read_only=True) as con:
-        days = con.execute("SELECT count(DISTINCT CAST(timestamp AS DATE)), min(timestamp), max(timestamp) "
-                           "FROM interactions").fetchall()[0]
+        days = con.execute(
+            "SELECT count(DISTINCT CAST(timestamp AS DATE)), min(timestamp), max(timestamp) FROM interactions"
+        ).fetchall()[0]
     assert days[1].date().isoformat() >= "2018-09-01" and days[2].date().isoformat() == "2018-09-16"
 
 
@@ -90,10 +99,10 @@ def test_dirty_daily_files_rerun_gives_identical_rows_and_quarantine(tmp_path):
     (events / "2024-01-05.csv").write_text(
         "user_id,item_id,timestamp,value\n"
         "u1,a,2024-01-05T10:00:00Z,1\n"
-        "u1,a,2024-01-05T10:00:00Z,1\n"        # duplicate
-        "u2,zzz,2024-01-05T11:00:00Z,1\n"      # unknown item
-        "u3,a,2024-01-06T00:00:00Z,1\n"        # next day
-        "u4,a,not-a-time,1\n"                  # unparseable
+        "u1,a,2024-01-05T10:00:00Z,1\n"  # duplicate
+        "u2,zzz,2024-01-05T11:00:00Z,1\n"  # unknown item
+        "u3,a,2024-01-06T00:00:00Z,1\n"  # next day
+        "u4,a,not-a-time,1\n"  # unparseable
     )
     (events / "2024-01-06.jsonl").write_text('{"user_id": "u5", "item_id": "a", "timestamp": "2024-01-06T08:00:00Z"}\n')
     (tmp_path / "items.csv").write_text("item_id,title\na,Alpha\n")

@@ -7,10 +7,13 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from recsys_pipeline import warehouse
-from recsys_pipeline.assets import interactions, item_catalog, raw_events
+from recsys_pipeline.assets import daily_partitions, ingestion_assets
+from recsys_pipeline.data import warehouse
+from recsys_pipeline.data.sources import MovieLensSource
 from recsys_pipeline.resources import SourceResource, WarehouseResource
-from recsys_pipeline.sources import MovieLensSource
+from recsys_pipeline.settings import get_settings
+
+raw_events, interactions, item_catalog = ingestion_assets(daily_partitions(get_settings()))
 
 pytestmark = pytest.mark.reliability
 
@@ -28,8 +31,12 @@ def daily_resources(tmp_path, files: dict[str, str]) -> dict:
 
 
 def ingest(resources, partition_key: str) -> dg.ExecuteInProcessResult:
-    result = dg.materialize([raw_events, interactions, item_catalog], resources=resources,
-                            partition_key=partition_key, selection=[raw_events, interactions])
+    result = dg.materialize(
+        [raw_events, interactions, item_catalog],
+        resources=resources,
+        partition_key=partition_key,
+        selection=[raw_events, interactions],
+    )
     assert result.success
     return result
 
@@ -45,17 +52,17 @@ def rows_by_day(path) -> dict[str, list[tuple]]:
 
 HEADER = "user_id,item_id,timestamp\n"
 JUNE_30 = HEADER + (
-    "u1,a,2018-06-30T00:00:00Z\n"            # first instant of the day
-    "u2,a,2018-06-30T23:59:59.999Z\n"        # last millisecond of the day
-    "u3,b,2018-07-01T01:30:00+02:00\n"       # 23:30 UTC on June 30
-    "u4,b,1530403199\n"                      # epoch seconds: 2018-06-30 23:59:59 UTC
-    "u5,c,2018-06-30T19:00:00-05:00\n"       # 2018-07-01 00:00 UTC: the next day, quarantined here
+    "u1,a,2018-06-30T00:00:00Z\n"  # first instant of the day
+    "u2,a,2018-06-30T23:59:59.999Z\n"  # last millisecond of the day
+    "u3,b,2018-07-01T01:30:00+02:00\n"  # 23:30 UTC on June 30
+    "u4,b,1530403199\n"  # epoch seconds: 2018-06-30 23:59:59 UTC
+    "u5,c,2018-06-30T19:00:00-05:00\n"  # 2018-07-01 00:00 UTC: the next day, quarantined here
 )
 JULY_1 = HEADER + (
     "u1,b,2018-07-01T00:00:00Z\n"
-    "u2,b,1530403200\n"                      # 2018-07-01 00:00:00 UTC
+    "u2,b,1530403200\n"  # 2018-07-01 00:00:00 UTC
     "u3,c,2018-07-01T00:00:00.000+00:00\n"
-    "u4,c,2018-07-01T02:00:00+02:00\n"       # 00:00 UTC
+    "u4,c,2018-07-01T02:00:00+02:00\n"  # 00:00 UTC
 )
 
 
@@ -67,7 +74,9 @@ def test_boundaries_and_offsets_land_in_their_own_utc_day(tmp_path):
     days = rows_by_day(tmp_path / "w.duckdb")
     assert sorted(days) == ["2018-06-30", "2018-07-01"]
     assert [(u, str(ts)) for u, _, ts in days["2018-06-30"]] == [
-        ("u1", "2018-06-30 00:00:00"), ("u2", "2018-06-30 23:59:59.999000"), ("u3", "2018-06-30 23:30:00"),
+        ("u1", "2018-06-30 00:00:00"),
+        ("u2", "2018-06-30 23:59:59.999000"),
+        ("u3", "2018-06-30 23:30:00"),
         ("u4", "2018-06-30 23:59:59"),
     ]
     assert [str(ts) for *_, ts in days["2018-07-01"]] == ["2018-07-01 00:00:00"] * 4
@@ -80,8 +89,9 @@ def test_boundaries_and_offsets_land_in_their_own_utc_day(tmp_path):
     ingest(resources, "2018-06-30")
     assert rows_by_day(tmp_path / "w.duckdb") == before
     with warehouse.session(tmp_path / "w.duckdb", read_only=True) as con:
-        raw = dict(con.execute(
-            "SELECT CAST(partition_date AS VARCHAR), count(*) FROM raw_events GROUP BY 1").fetchall())
+        raw = dict(
+            con.execute("SELECT CAST(partition_date AS VARCHAR), count(*) FROM raw_events GROUP BY 1").fetchall()
+        )
     assert raw == {"2018-06-30": 5, "2018-07-01": 4}
 
 
@@ -106,16 +116,28 @@ def test_local_time_zone_does_not_shift_partitions(tmp_path, monkeypatch):
 
 def test_replace_window_on_a_date_column_touches_only_that_day(tmp_path):
     """raw_events.partition_date is a DATE; the window is a half-open TIMESTAMP range."""
-    frame = pd.DataFrame({
-        "partition_date": pd.to_datetime(["2018-06-29", "2018-06-30", "2018-07-01"]),
-        "user_id": ["u0", "u1", "u2"], "item_id": "a", "timestamp_raw": "x", "value_raw": None,
-        "source": "f", "source_row": [0, 1, 2],
-    })
+    frame = pd.DataFrame(
+        {
+            "partition_date": pd.to_datetime(["2018-06-29", "2018-06-30", "2018-07-01"]),
+            "user_id": ["u0", "u1", "u2"],
+            "item_id": "a",
+            "timestamp_raw": "x",
+            "value_raw": None,
+            "source": "f",
+            "source_row": [0, 1, 2],
+        }
+    )
     with warehouse.session(tmp_path / "w.duckdb") as con:
         with warehouse.transaction(con):
             warehouse.insert_frame(con, "raw_events", frame)
-        n = warehouse.replace_window(con, "raw_events", "partition_date", datetime(2018, 6, 30), datetime(2018, 7, 1),
-                                     frame.iloc[[1]].assign(user_id="u1-new"))
+        n = warehouse.replace_window(
+            con,
+            "raw_events",
+            "partition_date",
+            datetime(2018, 6, 30),
+            datetime(2018, 7, 1),
+            frame.iloc[[1]].assign(user_id="u1-new"),
+        )
         got = con.execute("SELECT CAST(partition_date AS VARCHAR), user_id FROM raw_events ORDER BY 1").fetchall()
     assert n == 1
     assert got == [("2018-06-29", "u0"), ("2018-06-30", "u1-new"), ("2018-07-01", "u2")]

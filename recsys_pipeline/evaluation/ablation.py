@@ -1,0 +1,138 @@
+"""Modality ablation of the two-tower model on the evaluation's splits: which modalities and which fusion help.
+
+Each variant (:data:`ABLATION_VARIANTS`) retrains the given ``ModelConfig`` with a subset of the modalities and a
+fusion, on the same splits as ``evaluate_protocols``, and is evaluated with warm / cold and with / without-image
+groups. No MLflow here (``registry.runs.ablation_and_log`` tracks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from recsys_pipeline.content.features import ItemFeatures
+from recsys_pipeline.evaluation.evaluate import evaluate, modality_groups
+from recsys_pipeline.evaluation.protocols import EvaluationSettings, make_split
+from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
+
+__all__ = ["ABLATION_VARIANTS", "ABLATION_METRICS", "ABLATION_COLUMNS", "run_ablation", "ablation_table"]
+
+# name -> (modalities, fusion); ``None`` = every modality the features have.
+ABLATION_VARIANTS: dict[str, tuple[tuple[str, ...] | None, str]] = {
+    "text": (("text",), "attention"),
+    "text_image": (("text", "image"), "attention"),
+    "all": (None, "attention"),
+    "all_concat": (None, "concat"),
+}
+ABLATION_METRICS = (
+    "ndcg_at_10",
+    "recall_at_20",
+    "warm_recall_at_20",
+    "cold_recall_at_20",
+    "with_image_recall_at_20",
+    "without_image_recall_at_20",
+    "cold_candidates_ndcg_at_10",
+    "cold_candidates_recall_at_20",
+    "cold_candidates_with_image_recall_at_20",
+    "cold_candidates_without_image_recall_at_20",
+)
+ABLATION_COLUMNS = ["variant", "modalities", "fusion", "status", "protocol", "metric", "value"]
+
+
+def run_ablation(
+    model_config: ModelConfig,
+    trainer_config: TrainerConfig,
+    interactions: pd.DataFrame,
+    features: ItemFeatures,
+    settings: EvaluationSettings,
+    variants: Sequence[str] = tuple(ABLATION_VARIANTS),
+    reference: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Train and evaluate each variant; returns the long table ``ABLATION_COLUMNS``.
+
+    A variant whose modality set and fusion equal an earlier one's is not retrained (``status = "same as ..."``),
+    nor is the one equal to ``model_config`` with every modality when ``reference`` (``evaluate_protocols``'
+    ``metrics`` on the same splits, model ``ours``) is given: its figures are reused (``"evaluation model"``). A
+    variant naming a modality the features lack is listed with ``status = "skipped: no image vectors"`` etc.
+
+    Raises:
+        ValueError: an unknown variant name.
+    """
+    from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
+
+    unknown = [v for v in variants if v not in ABLATION_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown ablation variants {unknown}; choose from {list(ABLATION_VARIANTS)}")
+    groups = modality_groups(features, "image")
+    rows: list[dict] = []
+    done: dict[tuple, str] = {}  # (modalities, fusion) -> first variant with them
+    for variant in variants:
+        wanted, fusion = ABLATION_VARIANTS[variant]
+        names = tuple(features.modality_names) if wanted is None else wanted
+        lacking = [n for n in names if n not in features.modalities]
+        key = (names, fusion)
+        base = {"variant": variant, "modalities": "+".join(names), "fusion": fusion}
+        if lacking:
+            rows.append(
+                {
+                    **base,
+                    "status": f"skipped: no {', '.join(lacking)} vectors",
+                    "protocol": "",
+                    "metric": "",
+                    "value": float("nan"),
+                }
+            )
+            continue
+        if key in done:
+            rows += [dict(r, **base, status=f"same as {done[key]}") for r in rows if r["variant"] == done[key]]
+        elif reference is not None and key == (tuple(features.modality_names), model_config.fusion):
+            ref = reference[(reference["model"] == "ours") & reference["protocol"].isin(settings.protocols)]
+            rows += [
+                {
+                    **base,
+                    "status": "evaluation model",
+                    "protocol": r.protocol,
+                    "metric": r.metric,
+                    "value": float(r.value),
+                }
+                for r in ref.itertuples()
+            ]
+        else:
+            subset = features.with_modalities(names)
+            config = replace(model_config, fusion=fusion)
+            for protocol in settings.protocols:
+                split = make_split(interactions, protocol, settings)
+                model = TwoTowerRecommender(config, trainer_config).fit(split.train, subset)
+                figures = evaluate(model, split, settings.k, groups).metrics
+                rows += [
+                    {**base, "status": "trained", "protocol": protocol, "metric": m, "value": float(v)}
+                    for m, v in figures.items()
+                ]
+        done.setdefault(key, variant)
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+
+
+def ablation_table(table: pd.DataFrame, metrics: Sequence[str] = ABLATION_METRICS) -> str:
+    """Markdown: one row per (protocol, variant), the :data:`ABLATION_METRICS` columns that have values."""
+    t = table[table["metric"].isin(metrics)]
+    if t.empty:
+        return "(no ablation figures)"
+    keys = ["protocol", "variant", "modalities", "fusion", "status"]
+    wide = t.drop_duplicates(keys + ["metric"]).set_index(keys + ["metric"])["value"].unstack("metric")
+    wide = wide[[m for m in metrics if m in wide.columns]].dropna(axis=1, how="all")
+    order = {v: i for i, v in enumerate(ABLATION_VARIANTS)}
+    wide = wide.reset_index().sort_values(
+        ["protocol", "variant"], key=lambda c: c.map(order) if c.name == "variant" else c
+    )
+    skipped = table.loc[table["status"].str.startswith("skipped"), ["variant", "status"]].drop_duplicates()
+    notes = "".join(f"\n\n{r.variant}: {r.status}" for r in skipped.itertuples())
+    return wide.round(4).to_markdown(index=False) + notes
+
+
+def finite_figures(table: pd.DataFrame) -> dict[str, float]:
+    """``{variant.protocol.metric: value}`` of the finite figures (what is logged as MLflow metrics)."""
+    ok = table[np.isfinite(table["value"].astype(float))]
+    return {f"{r.variant}.{r.protocol}.{r.metric}": float(r.value) for r in ok.itertuples()}

@@ -1,0 +1,161 @@
+"""Offline evaluation through the ``Recommender`` contract: ``evaluate(model, split)`` ranks with
+``model.recommend`` (the routine serving uses) and computes Recall@K, NDCG@K and coverage, overall and for warm /
+cold items; ``evaluate_protocols`` fits our model and the popularity baseline on each protocol's train part.
+
+Evaluation never knows which model it evaluates: any :class:`~recsys_pipeline.models.base.Recommender` works.
+
+Example::
+
+    split = make_split(interactions, "user_last_fraction", EvaluationSettings())
+    pop = PopularityRecommender().fit(split.train, features)
+    evaluate(pop, split).metrics["ndcg_at_10"]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from recsys_pipeline.content.features import ItemFeatures
+from recsys_pipeline.evaluation.metrics import ranking_metrics
+from recsys_pipeline.evaluation.protocols import EvaluationSettings, Split, make_split
+from recsys_pipeline.models.base import Recommender
+from recsys_pipeline.models.popularity import PopularityRecommender
+
+__all__ = ["SplitEvaluation", "EvaluationResult", "evaluate", "evaluate_protocols", "modality_groups"]
+
+
+@dataclass
+class SplitEvaluation:
+    """Figures of one model on one split, and the ranked lists they were computed from.
+
+    Attributes:
+        metrics: metric name -> value (see :func:`evaluate`).
+        ranked: ``user_id, rank, item_id, score`` over the whole catalog (minus train items).
+        ranked_cold: the same over the split's cold items only, or ``None`` when the split has none.
+    """
+
+    metrics: dict[str, float]
+    ranked: pd.DataFrame
+    ranked_cold: pd.DataFrame | None = None
+
+
+def _prefixed(d: dict, prefix: str) -> dict:
+    return {f"{prefix}{k}": v for k, v in d.items()}
+
+
+def evaluate(
+    model: Recommender,
+    split: Split,
+    k: int = 20,
+    item_groups: Mapping[str, Collection[str]] | None = None,
+) -> SplitEvaluation:
+    """Figures of ``model`` (fit on ``split.train``) on ``split.test``, ranking with ``model.recommend``.
+
+    Every test user ranks the model's catalog minus the items they interacted with in ``split.train``. Keys:
+    ``recall_at_10, recall_at_{k}, ndcg_at_10, ndcg_at_{k}, coverage, n_users``; the same with prefix ``warm_``
+    (truth restricted to items seen in train) and ``cold_`` (items not in train, same ranking). If the split has
+    ``cold_items``, also ``cold_candidates_*`` (ranking among the cold items only) and
+    ``cold_candidates_random_recall_at_{k}`` (``k / n_cold``, a random order's expected recall). For each
+    ``name -> item ids`` of ``item_groups`` (e.g. ``with_image`` / ``without_image``), the same metrics with prefix
+    ``{name}_`` over the test items of that group, and ``cold_candidates_{name}_`` for the cold ranking.
+    Definitions of the metrics: ``evaluation.metrics``.
+    """
+    ks = (10, k) if k != 10 else (10,)
+    catalog = list(model.item_ids)
+    n_catalog = len(catalog)
+    test = split.test.assign(item_id=split.test["item_id"].astype(str), user_id=split.test["user_id"].astype(str))
+    users = sorted(test["user_id"].unique())
+    ranked = model.recommend(users, k, exclude_seen=False, exclude=split.train)
+    seen = test["item_id"].isin(set(split.train["item_id"].astype(str)))
+    out = ranking_metrics(ranked, test, n_catalog, ks)
+    out.update(_prefixed(ranking_metrics(ranked, test[seen], n_catalog, ks), "warm_"))
+    out.update(_prefixed(ranking_metrics(ranked, test[~seen], n_catalog, ks), "cold_"))
+    ranked_cold = truth_cold = None
+    if split.cold_items is not None:
+        cold = sorted(set(split.cold_items) & set(catalog))
+        ranked_cold = model.recommend(users, k, exclude_seen=False, exclude=split.train, candidates=cold)
+        truth_cold = test[test["item_id"].isin(set(cold))]
+        out.update(_prefixed(ranking_metrics(ranked_cold, truth_cold, max(len(cold), 1), ks), "cold_candidates_"))
+        out[f"cold_candidates_random_recall_at_{k}"] = min(k, len(cold)) / max(len(cold), 1)
+    for name, items in (item_groups or {}).items():
+        group = {str(i) for i in items}
+        out.update(_prefixed(ranking_metrics(ranked, test[test["item_id"].isin(group)], n_catalog, ks), f"{name}_"))
+        if ranked_cold is not None:
+            truth_g = truth_cold[truth_cold["item_id"].isin(group)]
+            out.update(
+                _prefixed(ranking_metrics(ranked_cold, truth_g, max(len(cold), 1), ks), f"cold_candidates_{name}_")
+            )
+    return SplitEvaluation(out, ranked, ranked_cold)
+
+
+def modality_groups(features: ItemFeatures, modality: str = "image") -> dict[str, set[str]]:
+    """``{"with_image": ids, "without_image": ids}`` from the presence mask (``{}`` when the modality is absent)."""
+    if modality not in features.modalities:
+        return {}
+    has = features.present[:, features.modality_names.index(modality)]
+    ids = np.asarray(features.item_ids, dtype=object)
+    return {f"with_{modality}": set(ids[has]), f"without_{modality}": set(ids[~has])}
+
+
+@dataclass
+class EvaluationResult:
+    """Figures per protocol and model, and the ranked lists / ground truth to recompute them.
+
+    Attributes:
+        metrics: ``protocol, model, metric, value``.
+        ranked: ``protocol, model, user_id, rank, item_id, score`` (the cold-candidates ranking for
+            ``item_cold_start``, the whole catalog otherwise).
+        truth: ``protocol, user_id, item_id``.
+        details: per protocol: train seconds, test users and interactions, epochs.
+    """
+
+    metrics: pd.DataFrame
+    ranked: pd.DataFrame
+    truth: pd.DataFrame
+    details: dict = field(default_factory=dict)
+
+
+def evaluate_protocols(
+    make_model: Callable[[], Recommender],
+    interactions: pd.DataFrame,
+    features: ItemFeatures,
+    settings: EvaluationSettings,
+    item_groups: Mapping[str, Collection[str]] | None = None,
+) -> EvaluationResult:
+    """For each protocol of ``settings``: split, fit ``make_model()`` and the popularity baseline on the train part,
+    and :func:`evaluate` both on the test part (model names ``ours`` and ``popularity``).
+
+    Args:
+        make_model: returns a new, unfitted recommender (e.g. ``lambda: TwoTowerRecommender(config, trainer)``).
+        interactions: every interaction (``user_id, item_id, timestamp[, value]``).
+        features: the catalog's item features (fit input and ranked catalog of both models).
+        settings: protocols, fractions, ``k``, seed.
+        item_groups: extra per-group figures (e.g. :func:`modality_groups`).
+    """
+    rows, ranked_all, truth_all, details = [], [], [], {}
+    for protocol in settings.protocols:
+        split = make_split(interactions, protocol, settings)
+        started = time.perf_counter()
+        ours = make_model().fit(split.train, features)
+        details[protocol] = {
+            "train_seconds": round(time.perf_counter() - started, 1),
+            "test_users": int(split.test["user_id"].nunique()),
+            "test_interactions": len(split.test),
+            "epochs": getattr(ours, "train_stats", {}).get("epochs_trained"),
+        }
+        popularity = PopularityRecommender().fit(split.train, features)
+        for name, model in (("ours", ours), ("popularity", popularity)):
+            result = evaluate(model, split, settings.k, item_groups)
+            rows += [(protocol, name, metric, float(value)) for metric, value in result.metrics.items()]
+            lists = result.ranked_cold if protocol == "item_cold_start" else result.ranked
+            ranked_all.append(lists.assign(protocol=protocol, model=name))
+        truth_all.append(split.test[["user_id", "item_id"]].astype(str).assign(protocol=protocol))
+    metrics = pd.DataFrame(rows, columns=["protocol", "model", "metric", "value"])
+    ranked = pd.concat(ranked_all, ignore_index=True)[["protocol", "model", "user_id", "rank", "item_id", "score"]]
+    truth = pd.concat(truth_all, ignore_index=True)[["protocol", "user_id", "item_id"]]
+    return EvaluationResult(metrics, ranked, truth, details)

@@ -1,0 +1,132 @@
+"""Evaluation protocols: how interactions are split into train and test, and the settings that choose them.
+
+- ``user_last_fraction``: per user (by time) the latest ``holdout_fraction`` is test (users with < 5 stay train).
+- ``item_cold_start``: a seeded random ``cold_fraction`` of items moves to test with all its interactions; their
+  users rank only those held-out items (item cold start).
+- ``temporal``: a global cutoff; test keeps the users with train history.
+
+Example::
+
+    split = make_split(interactions, "user_last_fraction", EvaluationSettings())
+    split.describe()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from recsys_pipeline.models.validation import split_last_fraction_per_user
+
+__all__ = [
+    "PROTOCOLS",
+    "EvaluationSettings",
+    "Split",
+    "make_split",
+    "split_user_last_fraction",
+    "split_temporal",
+    "split_item_cold_start",
+]
+
+PROTOCOLS = ("user_last_fraction", "item_cold_start", "temporal")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Which protocols are evaluated and how (the defaults of ``model_evaluation``, written once).
+
+    Attributes:
+        protocols: names from :data:`PROTOCOLS`.
+        holdout_fraction: ``user_last_fraction``: per-user latest fraction held out.
+        cold_fraction: ``item_cold_start``: fraction of items held out.
+        temporal_cutoff: ``temporal``: naive UTC datetime; train is before it, test from it on.
+        k: list length (Recall@k, NDCG@k; Recall@10 and NDCG@10 are always computed too).
+        seed: split seed.
+
+    Raises:
+        ValueError: an unknown protocol, a fraction outside (0, 1), ``k < 1``, or ``temporal`` without a cutoff.
+    """
+
+    protocols: tuple[str, ...] = ("user_last_fraction", "item_cold_start")
+    holdout_fraction: float = 0.2
+    cold_fraction: float = 0.2
+    temporal_cutoff: datetime | None = None
+    k: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "protocols", tuple(self.protocols))
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols:
+            raise ValueError(f"unknown or no protocols {list(unknown)}; choose from {PROTOCOLS}")
+        for name in ("holdout_fraction", "cold_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if "temporal" in self.protocols and self.temporal_cutoff is None:
+            raise ValueError("protocol 'temporal' needs temporal_cutoff (a UTC date)")
+
+
+@dataclass
+class Split:
+    """A train/test partition of interactions; ``cold_items`` = items held out entirely (item cold start)."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    cold_items: set[str] | None = None
+
+    def describe(self) -> dict[str, int]:
+        return {
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+            "n_test_users": int(self.test["user_id"].nunique()),
+            "n_cold_items": len(self.cold_items) if self.cold_items is not None else 0,
+        }
+
+
+def split_user_last_fraction(interactions: pd.DataFrame, fraction: float = 0.2, min_interactions: int = 5) -> Split:
+    """Per user (by timestamp) the last ``fraction`` is test; users with < ``min_interactions`` stay all-train."""
+    train, test = split_last_fraction_per_user(interactions, fraction, min_interactions)
+    return Split(train.reset_index(drop=True), test.reset_index(drop=True))
+
+
+def split_temporal(interactions: pd.DataFrame, cutoff: datetime) -> Split:
+    """Global time split: train ``timestamp < cutoff <=`` test; test keeps only users with train history."""
+    ts = interactions["timestamp"]
+    train = interactions[ts < pd.Timestamp(cutoff)]
+    test = interactions[(ts >= pd.Timestamp(cutoff)) & interactions["user_id"].isin(train["user_id"].unique())]
+    return Split(train.reset_index(drop=True), test.reset_index(drop=True))
+
+
+def split_item_cold_start(interactions: pd.DataFrame, fraction: float = 0.2, seed: int = 0) -> Split:
+    """A random ``fraction`` of items (``seed``) moves to test with ALL of its interactions.
+
+    Test may contain users with no train history; scorers treat them as unknown users.
+    """
+    items = np.sort(interactions["item_id"].astype(str).unique())
+    n_cold = int(round(fraction * len(items)))
+    rng = np.random.default_rng(seed)
+    cold = set(rng.choice(items, size=n_cold, replace=False).tolist()) if n_cold else set()
+    is_cold = interactions["item_id"].astype(str).isin(cold)
+    return Split(interactions[~is_cold].reset_index(drop=True), interactions[is_cold].reset_index(drop=True), cold)
+
+
+def make_split(interactions: pd.DataFrame, protocol: str, settings: EvaluationSettings) -> Split:
+    """The train/test split of ``protocol`` under ``settings``.
+
+    Raises:
+        ValueError: unknown protocol, or ``temporal`` without a cutoff.
+    """
+    if protocol == "user_last_fraction":
+        return split_user_last_fraction(interactions, fraction=settings.holdout_fraction)
+    if protocol == "item_cold_start":
+        return split_item_cold_start(interactions, fraction=settings.cold_fraction, seed=settings.seed)
+    if protocol == "temporal":
+        if settings.temporal_cutoff is None:
+            raise ValueError("protocol 'temporal' needs temporal_cutoff (a UTC date)")
+        return split_temporal(interactions, settings.temporal_cutoff)
+    raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")

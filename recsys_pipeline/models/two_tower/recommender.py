@@ -1,0 +1,366 @@
+"""``TwoTowerRecommender``: the multimodal two-tower model behind the :class:`~recsys_pipeline.models.base.Recommender`
+contract: ``fit`` trains it with Lightning, ``score`` / ``recommend`` rank, ``save`` / ``load`` persist it without
+pickle (safetensors weights, JSON config and id maps, ``.npz`` item features, Parquet seen items).
+
+Example::
+
+    model = TwoTowerRecommender(ModelConfig(max_epochs=5)).fit(train, item_features)
+    model.recommend(["1", "2"], k=10)            # user_id, rank, item_id, score; seen items excluded
+    model.with_features(new_catalog).score(...)  # same weights; items new since training ranked from content
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys_pipeline.content.features import ItemFeatures
+from recsys_pipeline.models.base import Recommender, SeenItems
+from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
+from recsys_pipeline.models.two_tower.item_tensors import item_table
+from recsys_pipeline.models.two_tower.lightning_module import (
+    BestStateCallback,
+    RecommenderModule,
+    compute_item_vectors,
+)
+from recsys_pipeline.models.two_tower.modules import TwoTowerModel
+
+__all__ = ["TwoTowerRecommender", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 2  # 2: history head (``user_tower.folded_history``, ``next_item_emb``); 1: plain two-tower
+_READABLE_FORMATS = (1, 2)
+_HISTORY_PREFIX = "user_tower.history."  # the pooling module: training only
+_FOLDED_KEY = "user_tower.folded_history"
+
+
+class TwoTowerRecommender(Recommender):
+    """Two-tower recommender: user id (+ history head) against item id + fused content (+ genres, year).
+
+    Args:
+        config: model and optimisation settings (:class:`ModelConfig`; its defaults are the product's).
+        trainer: Lightning ``Trainer`` settings (:class:`TrainerConfig`).
+        logger: a Lightning logger (e.g. ``MLFlowLogger``) for per-epoch ``train_loss``, ``val_ndcg_at_10``,
+            ``val_recall_at_20``; ``None`` = no logging.
+        callbacks: extra Lightning callbacks.
+
+    After :meth:`fit`:
+        ``item_ids``: the catalog (``features.item_ids``); ``trained_item_ids``: items with a trained id embedding
+        (index ``i + 1``), any other catalog item is a cold item ranked from its content. ``user_ids``: users with
+        an embedding (index ``i + 1``); another user scores as the unknown user, i.e. by the learned,
+        content-aware item bias alone. ``train_stats``: see :meth:`fit`.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        trainer: TrainerConfig | None = None,
+        logger=None,
+        callbacks: Sequence = (),
+    ) -> None:
+        self.config = config or ModelConfig()
+        self.trainer_config = trainer or TrainerConfig()
+        self.logger = logger
+        self.callbacks = tuple(callbacks)
+        self.model: TwoTowerModel | None = None
+        self.train_stats: dict = {}
+
+    # ------------------------------------------------------------------ fitted state
+    def _set_state(
+        self,
+        model: TwoTowerModel,
+        user_ids: list[str],
+        trained_item_ids: list[str],
+        features: ItemFeatures,
+        modality_dims: dict[str, int],
+        genre_names: list[str],
+        seen: SeenItems,
+    ) -> TwoTowerRecommender:
+        self.model = model.eval()
+        self.user_ids = list(user_ids)
+        self.trained_item_ids = list(trained_item_ids)
+        self.modality_dims = dict(modality_dims)
+        self.genre_names = list(genre_names)
+        self.user_index = {u: i + 1 for i, u in enumerate(self.user_ids)}
+        self.item_index = {it: i + 1 for i, it in enumerate(self.trained_item_ids)}
+        features.validate()
+        self.features = features
+        self.item_ids = list(features.item_ids)
+        self.seen = seen
+        self._table = item_table(features, self.item_index, self.genre_names, self.modality_dims)
+        self._item_vecs: torch.Tensor | None = None
+        return self
+
+    @property
+    def known_users(self) -> Collection[str]:
+        return self.user_index.keys()
+
+    def with_features(self, features: ItemFeatures) -> TwoTowerRecommender:
+        """The same weights and seen items over another catalog (e.g. one with new, cold items)."""
+        other = TwoTowerRecommender(self.config, self.trainer_config)
+        other.train_stats = dict(self.train_stats)
+        return other._set_state(
+            self.model, self.user_ids, self.trained_item_ids, features, self.modality_dims, self.genre_names, self.seen
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> TwoTowerRecommender:
+        """Move the weights (and drop cached item vectors) to ``device``; returns self."""
+        self.model.to(device)
+        self._item_vecs = None
+        return self
+
+    def item_vectors(self) -> torch.Tensor:
+        """``(n_catalog_items, model.out_dim)`` float32 item vectors, computed once per catalog and cached."""
+        if self._item_vecs is None:
+            self._item_vecs = compute_item_vectors(self.model, self._table)
+        return self._item_vecs
+
+    @torch.no_grad()
+    def user_vectors(self, user_ids: Sequence[str]) -> torch.Tensor:
+        """``(len(user_ids), model.out_dim)`` float32; an unknown user is row 0 (zeros but the bias coordinate)."""
+        idx = torch.tensor([self.user_index.get(str(u), 0) for u in user_ids], dtype=torch.long, device=self.device)
+        return self.model.user_vectors(idx)
+
+    def _item_rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        rows = self.features.rows([str(i) for i in item_ids])
+        if (rows < 0).any():
+            missing = [str(i) for i, r in zip(item_ids, rows) if r < 0]
+            raise ValueError(
+                f"{len(missing)} of {len(rows)} item_ids are not in this model's item features "
+                f"(e.g. {missing[:5]}); pass features that have them via with_features()"
+            )
+        return rows
+
+    @torch.no_grad()
+    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        """``(n_users, n_items)`` float32 scores; unknown users get the item-bias (popularity-like) score."""
+        if self.model is None:
+            raise RuntimeError("TwoTowerRecommender.score called before fit or load")
+        rows = torch.from_numpy(self._item_rows(item_ids)).to(self.device)
+        return (self.user_vectors(user_ids) @ self.item_vectors()[rows].T).float().cpu().numpy()
+
+    # ------------------------------------------------------------------ training
+    def fit(self, interactions: pd.DataFrame, features: ItemFeatures | None = None) -> TwoTowerRecommender:
+        """Train with early stopping on validation NDCG@10 (the latest ``val_fraction`` of each user), restore
+        the best weights, then (``refit``) retrain on everything for the best epoch count.
+
+        Args:
+            interactions: ``user_id, item_id, timestamp[, value]`` implicit positives.
+            features: item features covering every interacted item (may hold more items: they rank as cold
+                items). Required.
+
+        Sets ``train_stats``: ``best_val_ndcg_at_10, epochs_trained, best_epoch, train_seconds,
+        samples_per_second, n_train_interactions, n_val_users, refit, history_items_trained``.
+
+        Raises:
+            ValueError: no features, empty interactions, missing columns, or interacted items absent from the
+                features.
+        """
+        import lightning as L
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        from recsys_pipeline.models.two_tower.datamodule import InteractionDataModule
+
+        if features is None:
+            raise ValueError("TwoTowerRecommender.fit needs item features (the content the item tower reads)")
+        config, trainer_config = self.config, self.trainer_config
+        _check_inputs(interactions, features)
+        if trainer_config.num_threads:
+            torch.set_num_threads(trainer_config.num_threads)
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        modality_dims = features.modality_dims
+
+        def make_strategy():
+            if trainer_config.strategy != "ddp":
+                return trainer_config.strategy
+            from lightning.pytorch.strategies import DDPStrategy
+
+            # every buffer is the same on all ranks (item table, histories) or unused in training (folded_history):
+            # DDP's default broadcast of all buffers from rank 0 before every step would only cost traffic
+            return DDPStrategy(forward_sync_buffers=False)
+
+        def make_trainer(max_epochs: int, cbs: list, with_val: bool):
+            return L.Trainer(
+                accelerator=trainer_config.accelerator,
+                devices=trainer_config.devices,
+                strategy=make_strategy(),
+                precision=trainer_config.precision,
+                num_nodes=trainer_config.num_nodes,
+                max_epochs=max_epochs,
+                logger=self.logger if self.logger is not None else False,
+                callbacks=cbs,
+                enable_checkpointing=False,
+                enable_progress_bar=trainer_config.enable_progress_bar,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                log_every_n_steps=1,
+                limit_val_batches=1.0 if with_val else 0,
+            )
+
+        def make_module(dm):
+            table = item_table(features, dm.item_index, features.genre_names, modality_dims)
+            return RecommenderModule(
+                dm.n_users, dm.n_items, modality_dims, len(features.genre_names), config, table, dm.train_history
+            )
+
+        dm = InteractionDataModule(interactions, features, config.val_fraction, config.batch_size, config.seed)
+        module = make_module(dm)
+        best = BestStateCallback("val_ndcg_at_10", "max")
+        cbs = list(self.callbacks)
+        if dm.has_validation:
+            cbs += [best, EarlyStopping(monitor="val_ndcg_at_10", mode="max", patience=config.patience)]
+        trainer = make_trainer(config.max_epochs, cbs, dm.has_validation)
+        t0 = time.perf_counter()
+        trainer.fit(module, datamodule=dm)
+        epochs = int(trainer.current_epoch)
+        best.restore(module)
+        best_epoch = best.best_epoch if best.best_epoch is not None else epochs - 1
+        n_samples = len(dm.train_pairs[0]) * epochs
+        n_val_users = int(len(dm.val_users))
+        if config.refit and dm.has_validation:
+            # the validation holdout is each user's most recent activity: retrain on everything for the best epochs
+            L.seed_everything(config.seed, workers=True, verbose=False)
+            dm = InteractionDataModule(interactions, features, 0.0, config.batch_size, config.seed)
+            module = make_module(dm)
+            refit = make_trainer(best_epoch + 1, list(self.callbacks), False)
+            refit.fit(module, datamodule=dm)
+            n_samples += len(dm.train_pairs[0]) * (best_epoch + 1)
+        elif module.use_history and dm.has_validation:
+            # serve from every interaction: the folded history ends with the user's latest (validation) items,
+            # except items seen only in validation (no id embedding, so padding)
+            module.set_history(*InteractionDataModule(interactions, features, 0.0, config.batch_size).train_history)
+        module.fold_history()
+        seconds = time.perf_counter() - t0
+        self.train_stats = {
+            "best_val_ndcg_at_10": float(best.best_score) if best.best_state is not None else float("nan"),
+            "epochs_trained": epochs,
+            "best_epoch": best_epoch,
+            "train_seconds": seconds,
+            "samples_per_second": n_samples / max(seconds, 1e-9),
+            "n_train_interactions": len(dm.train_pairs[0]),
+            "n_val_users": n_val_users,
+            "refit": bool(config.refit and n_val_users > 0),
+            # item ids whose history embedding was trained (merged over DDP ranks); the rest pool as padding
+            "history_items_trained": int(module.h_trained[1:].sum()) if hasattr(module, "h_trained") else 0,
+        }
+        return self._set_state(
+            module.model,
+            dm.user_ids,
+            dm.item_ids,
+            features,
+            modality_dims,
+            list(features.genre_names),
+            SeenItems(interactions[["user_id", "item_id"]]),
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> None:
+        """Write ``model.safetensors`` (weights), ``config.json`` (config, widths, genres), ``id_maps.json``,
+        ``item_features.npz``, ``seen.parquet`` and ``recommender.json``; no pickle anywhere."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        self._save_common(d, {"format_version": FORMAT_VERSION})
+        # the user-history pooling is folded into ``user_tower.folded_history`` after training: its weights are
+        # dead in the served model and not saved
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in self.model.state_dict().items()
+            if not k.startswith(_HISTORY_PREFIX)
+        }
+        save_file(state, str(d / "model.safetensors"), metadata={"format_version": str(FORMAT_VERSION)})
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "model_config": self.config.to_dict(),
+            "modality_dims": self.modality_dims,
+            "genre_names": self.genre_names,
+            "n_users": len(self.user_ids),
+            "n_items": len(self.trained_item_ids),
+        }
+        (d / "config.json").write_text(json.dumps(meta, indent=2))
+        (d / "id_maps.json").write_text(json.dumps({"user_ids": self.user_ids, "item_ids": self.trained_item_ids}))
+        self.features.to_npz(d / "item_features.npz")
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        features: ItemFeatures | None = None,
+        seen: pd.DataFrame | None = None,
+        map_location: str = "cpu",
+    ) -> TwoTowerRecommender:
+        """Rebuild what :meth:`save` wrote, with identical scores.
+
+        Args:
+            directory: the saved model.
+            features: the catalog to rank (e.g. today's, with new items); default the saved ``item_features.npz``.
+            seen: ``user_id, item_id`` pairs to exclude; default the saved ``seen.parquet`` (none when absent).
+            map_location: device for the weights.
+
+        Raises:
+            ValueError: an unknown ``format_version``, or no features given and none saved.
+        """
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        meta = json.loads((d / "config.json").read_text())
+        if meta.get("format_version") not in _READABLE_FORMATS:
+            raise ValueError(f"unsupported model format_version {meta.get('format_version')!r} in {d}")
+        maps = json.loads((d / "id_maps.json").read_text())
+        config = ModelConfig.from_dict(meta["model_config"])
+        if features is None:
+            if not (d / "item_features.npz").exists():
+                raise ValueError(f"{d} holds no item_features.npz: pass the item features to rank")
+            features = ItemFeatures.from_npz(d / "item_features.npz")
+        if seen is None:
+            path = d / "seen.parquet"
+            seen = pd.read_parquet(path) if path.exists() else pd.DataFrame({"user_id": [], "item_id": []})
+        state = load_file(str(d / "model.safetensors"), device=map_location)
+        # the pooling was folded before saving: rebuild without it, with the history head if the file has one
+        # (models saved before the history head existed have none)
+        module = RecommenderModule(
+            len(maps["user_ids"]),
+            len(maps["item_ids"]),
+            meta["modality_dims"],
+            len(meta["genre_names"]),
+            replace(config, history_length=0),
+            history_head=_FOLDED_KEY in state,
+        )
+        module.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(_HISTORY_PREFIX)})
+        module.model.to(map_location)  # load_state_dict copies into the CPU-built module
+        return cls(config)._set_state(
+            module.model,
+            maps["user_ids"],
+            maps["item_ids"],
+            features,
+            meta["modality_dims"],
+            meta["genre_names"],
+            SeenItems(seen),
+        )
+
+
+def _check_inputs(interactions: pd.DataFrame, features: ItemFeatures) -> None:
+    if interactions is None or len(interactions) == 0:
+        raise ValueError("interactions is empty: nothing to train on")
+    missing_cols = {"user_id", "item_id", "timestamp"} - set(interactions.columns)
+    if missing_cols:
+        raise ValueError(f"interactions lacks columns {sorted(missing_cols)}")
+    features.validate()
+    items = pd.Index(interactions["item_id"].astype(str).unique())
+    absent = items[~items.isin(features.item_ids)]
+    if len(absent):
+        n_rows = int(interactions["item_id"].astype(str).isin(absent).sum())
+        raise ValueError(
+            f"{len(absent)} of {len(items)} interacted items ({n_rows} interactions) are absent from the item "
+            f"features, e.g. {list(absent[:5])}; filter interactions to the catalog or add their features"
+        )

@@ -1,0 +1,32 @@
+"""MLflow pyfunc "model from code" for a trained recommender (loaded by ``mlflow.pyfunc.load_model``).
+
+Input: a DataFrame with a ``user_id`` column (str). Params: ``k`` (int, default 10).
+Output: DataFrame ``user_id, rank, item_id, score`` (``rank`` 1..k; seen items excluded; unknown users get the
+model's cold-user fallback).
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+
+
+class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
+    """Loads the saved ``TwoTowerRecommender`` folder (safetensors, JSON, npz, Parquet: no pickle)."""
+
+    def load_context(self, context) -> None:
+        from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
+
+        self.model = TwoTowerRecommender.load(context.artifacts["model"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        if "user_id" not in model_input.columns:
+            raise ValueError("input needs a 'user_id' column")
+        k = int((params or {}).get("k", 10))
+        n_items = len(self.model.item_ids)
+        if not 1 <= k <= n_items:
+            raise ValueError(f"param k must be in 1..{n_items} (the catalog size), got {k}")
+        return self.model.recommend(model_input["user_id"].astype(str).tolist(), k=k, exclude_seen=True)
+
+
+mlflow.models.set_model(RecommenderPyfunc())

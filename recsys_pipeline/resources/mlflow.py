@@ -1,0 +1,43 @@
+"""The MLflow tracking store, the experiment, the registered model and the champion / challenger policy."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from recsys_pipeline.settings import get_settings
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow store (unset: the SQLite store ``<home>/mlflow.db`` with artifacts under ``<home>/mlartifacts``),
+    experiment and registry name, and the gate: ``champion_metric`` (``{protocol}.{model}.{metric}`` of
+    ``model_evaluation``, higher = better) and ``champion_min_margin`` decide when a new model version takes the
+    ``champion`` alias (``registry.gate.ChampionPolicy``; unset: its defaults).
+    """
+
+    tracking_uri: str | None = None
+    artifact_location: str | None = None
+    experiment_name: str = "recsys_pipeline"
+    registered_model_name: str = "recsys_ranker"
+    champion_metric: str | None = None
+    champion_min_margin: float | None = None
+
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or get_settings().paths.mlflow_tracking_uri
+
+    def champion_policy(self):
+        from recsys_pipeline.registry.gate import ChampionPolicy
+
+        given = {
+            k: v
+            for k, v in {"metric": self.champion_metric, "min_margin": self.champion_min_margin}.items()
+            if v is not None
+        }
+        return ChampionPolicy(**given)
+
+    def experiment_id(self) -> str:
+        """The experiment's id, created (with the artifact location) when missing."""
+        from recsys_pipeline.registry import tracking
+
+        tracking.quiet()
+        location = self.artifact_location or str(get_settings().paths.mlflow_artifacts)
+        return tracking.experiment_id(self.resolved_tracking_uri(), self.experiment_name, location)

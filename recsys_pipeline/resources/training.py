@@ -1,0 +1,70 @@
+"""Model hyperparameters and Lightning ``Trainer`` settings (GPU / DDP by configuration)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dagster as dg
+import pydantic
+
+from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
+from recsys_pipeline.settings import get_settings
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+# Every ModelConfig field as an optional override; the defaults stay in ModelConfig (shown in each description).
+ModelOverrides = pydantic.create_model(
+    "ModelOverrides",
+    __base__=dg.Config,
+    __doc__="ModelConfig overrides: a field left unset keeps ModelConfig's default.",
+    **{
+        f.name: (
+            (_TYPES[f.type] if isinstance(f.type, str) else f.type) | None,
+            pydantic.Field(None, description=f"ModelConfig.{f.name} (default {f.default!r})"),
+        )
+        for f in dataclasses.fields(ModelConfig)
+    },
+)
+
+
+class TrainingResource(dg.ConfigurableResource):
+    """``model``: ``ModelConfig`` overrides (unset fields keep its defaults; ``RECSYS_MAX_EPOCHS`` caps epochs).
+    Trainer: ``accelerator`` (``auto`` uses a GPU when present), ``devices`` (``auto``, a count ``"2"`` or a list
+    ``"0,1"``), ``strategy`` (``ddp`` with ``devices`` > 1 trains data-parallel), ``precision``, ``num_nodes``,
+    ``num_threads``; unset: ``RECSYS_ACCELERATOR`` etc., else ``TrainerConfig``'s defaults.
+    """
+
+    accelerator: str | None = None
+    devices: str | None = None
+    strategy: str | None = None
+    precision: str | None = None
+    num_nodes: int | None = None
+    num_threads: int | None = None
+    model: ModelOverrides = pydantic.Field(default_factory=ModelOverrides)
+
+    def build_model_config(self) -> ModelConfig:
+        """``ModelConfig`` with the overrides set here (and ``RECSYS_MAX_EPOCHS`` when ``max_epochs`` is not).
+
+        Raises:
+            ValueError: an override outside its range.
+        """
+        overrides = self.model.model_dump(exclude_none=True)
+        max_epochs = get_settings().max_epochs
+        if max_epochs is not None and "max_epochs" not in overrides:
+            overrides["max_epochs"] = max_epochs
+        return ModelConfig(**overrides)
+
+    def build_trainer_config(self) -> TrainerConfig:
+        s = get_settings()
+        devices: object = self.devices or s.devices
+        if isinstance(devices, str) and devices.isdigit():
+            devices = int(devices)
+        given = {
+            "accelerator": self.accelerator or s.accelerator,
+            "devices": devices,
+            "strategy": self.strategy or s.strategy,
+            "precision": self.precision or s.precision,
+            "num_nodes": self.num_nodes or s.num_nodes,
+            "num_threads": self.num_threads,
+        }
+        return TrainerConfig(**{k: v for k, v in given.items() if v is not None})

@@ -1,0 +1,90 @@
+"""The modality ablation: each distinct variant trained once on the evaluation's splits, logged in MLflow."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from recsys_pipeline.content.features import ItemFeatures
+from recsys_pipeline.evaluation.ablation import ablation_table, run_ablation
+from recsys_pipeline.evaluation.evaluate import modality_groups
+from recsys_pipeline.evaluation.protocols import EvaluationSettings
+from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
+from recsys_pipeline.registry import tracking
+from recsys_pipeline.registry.runs import ablation_and_log
+
+
+def _toy_data(n_users=40, n_items=60, seed=0):
+    """Users in two taste groups; item 'image' vectors carry the group, text vectors are noise; half the items
+    have an image."""
+    rng = np.random.default_rng(seed)
+    group = np.arange(n_items) % 2
+    rows = []
+    for u in range(n_users):
+        liked = rng.choice(np.flatnonzero(group == u % 2), size=12, replace=False)
+        rows += [(f"u{u}", f"i{i}", pd.Timestamp("2020-01-01") + pd.Timedelta(hours=t)) for t, i in enumerate(liked)]
+    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).assign(value=1.0)
+    image = np.eye(2, 8, dtype=np.float32)[group] + 0.01 * rng.standard_normal((n_items, 8)).astype(np.float32)
+    present = np.stack([np.ones(n_items, bool), np.arange(n_items) % 4 < 2], axis=1)
+    content = ItemFeatures(
+        item_ids=[f"i{i}" for i in range(n_items)],
+        modalities={"text": rng.standard_normal((n_items, 6)).astype(np.float32), "image": image * present[:, 1:]},
+        present=present,
+        genres=np.zeros((n_items, 0), np.float32),
+        genre_names=[],
+        year=np.zeros(n_items, np.int64),
+    )
+    return interactions, content
+
+
+def test_ablation_trains_each_distinct_variant_and_logs_it(tmp_path):
+    interactions, content = _toy_data()
+    groups = modality_groups(content, "image")
+    assert len(groups["with_image"]) == 30 and groups["with_image"].isdisjoint(groups["without_image"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.experiment_id(uri, "ablation-test", str(tmp_path / "art"))
+    config = ModelConfig(
+        embedding_dim=8, mlp_hidden=16, max_epochs=1, refit=False, val_fraction=0.0, num_negatives=16, batch_size=64
+    )
+    settings = EvaluationSettings(protocols=("item_cold_start",), k=10)
+    table = ablation_and_log(
+        interactions,
+        content,
+        config,
+        TrainerConfig(accelerator="cpu", devices=1),
+        settings,
+        ["text", "text_image", "all", "all_concat"],
+        uri,
+        exp,
+    )
+    status = table.drop_duplicates("variant").set_index("variant")["status"].to_dict()
+    # text_image is every modality here: "all" reuses it; concat is a different model
+    assert status == {"text": "trained", "text_image": "trained", "all": "same as text_image", "all_concat": "trained"}
+    got = table.pivot_table(index="variant", columns="metric", values="value", aggfunc="first")
+    assert got.loc["all", "recall_at_10"] == got.loc["text_image", "recall_at_10"]
+    assert {
+        "with_image_recall_at_10",
+        "cold_candidates_with_image_recall_at_10",
+        "cold_candidates_without_image_recall_at_10",
+    } <= set(got.columns)
+    run = MlflowClient(uri).get_run(table["mlflow_run_id"].iloc[0])
+    assert "text.item_cold_start.cold_candidates_recall_at_10" in run.data.metrics
+    assert "all_concat.item_cold_start.cold_candidates_recall_at_10" in run.data.metrics
+    md = ablation_table(table, ["cold_candidates_recall_at_10"])
+    assert md.count("\n") == 5 and "all_concat" in md  # header, rule, four variants
+    # the variant equal to the evaluated model (every modality, same fusion) reuses its figures: nothing trained
+    reference = pd.DataFrame(
+        {
+            "protocol": "item_cold_start",
+            "model": ["ours", "popularity"],
+            "metric": "recall_at_10",
+            "value": [0.25, 0.125],
+        }
+    )
+    reused = run_ablation(config, TrainerConfig(), interactions, content, settings, ["text_image", "all"], reference)
+    assert reused[["variant", "status", "metric", "value"]].values.tolist() == [
+        ["text_image", "evaluation model", "recall_at_10", 0.25],
+        ["all", "same as text_image", "recall_at_10", 0.25],
+    ]
+    with pytest.raises(ValueError, match="unknown ablation"):
+        run_ablation(config, TrainerConfig(), interactions, content, settings, ["video"])

@@ -1,0 +1,132 @@
+"""Protocols (splits without leakage, their settings) and evaluation through ``Recommender.recommend``."""
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_pipeline.evaluation.evaluate import evaluate
+from recsys_pipeline.evaluation.protocols import (
+    EvaluationSettings,
+    Split,
+    make_split,
+    split_item_cold_start,
+    split_temporal,
+    split_user_last_fraction,
+)
+from recsys_pipeline.models.base import Recommender
+from recsys_pipeline.models.popularity import PopularityRecommender
+from recsys_pipeline.models.random import RandomRecommender
+
+
+@pytest.fixture
+def interactions():
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(30):
+        n = 3 + u % 10  # 3..12 interactions
+        items = rng.choice(50, size=n, replace=False)
+        times = pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.permutation(n) * 3600 + u, unit="s")
+        rows += [(f"u{u}", f"i{i}", t, 4.0) for i, t in zip(items, times)]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "value"])
+
+
+def test_user_last_fraction_takes_latest(interactions):
+    sp = split_user_last_fraction(interactions, fraction=0.2, min_interactions=5)
+    assert len(sp.train) + len(sp.test) == len(interactions)
+    counts = interactions.groupby("user_id").size()
+    small = set(counts[counts < 5].index)
+    assert not set(sp.test["user_id"]) & small  # users below the minimum stay all-train
+    for u, t in sp.test.groupby("user_id"):
+        tr = sp.train[sp.train["user_id"] == u]
+        assert t["timestamp"].min() >= tr["timestamp"].max()  # test = the latest timestamps
+        assert len(t) == max(1, int(np.floor(counts[u] * 0.2)))
+    assert sp.cold_items is None
+
+
+def test_temporal_split(interactions):
+    cutoff = datetime(2021, 1, 1, 5)
+    sp = split_temporal(interactions, cutoff)
+    assert (sp.train["timestamp"] < pd.Timestamp(cutoff)).all()
+    assert (sp.test["timestamp"] >= pd.Timestamp(cutoff)).all()
+    assert set(sp.test["user_id"]) <= set(sp.train["user_id"])
+
+
+def test_item_cold_start_no_leakage(interactions):
+    sp = split_item_cold_start(interactions, fraction=0.2, seed=0)
+    n_items = interactions["item_id"].nunique()
+    assert len(sp.cold_items) == round(0.2 * n_items)
+    assert not set(sp.train["item_id"]) & sp.cold_items  # cold items absent from train
+    assert set(sp.test["item_id"]) == sp.cold_items & set(interactions["item_id"])
+    assert len(sp.train) + len(sp.test) == len(interactions)
+    again = split_item_cold_start(interactions, fraction=0.2, seed=0)
+    assert again.cold_items == sp.cold_items  # seeded
+
+
+class Catalog:
+    def __init__(self, interactions):
+        self.item_ids = sorted(interactions["item_id"].unique())
+
+
+def test_evaluation_ranks_with_recommend_masking_train_items_and_respecting_candidates(interactions):
+    sp = split_user_last_fraction(interactions, 0.2, 5)
+    pop = PopularityRecommender().fit(sp.train, Catalog(interactions))
+    result = evaluate(pop, sp, k=5)
+    ranked = result.ranked
+    assert list(ranked.columns) == ["user_id", "rank", "item_id", "score"]
+    assert set(ranked["user_id"]) == set(sp.test["user_id"])
+    seen = set(zip(sp.train["user_id"], sp.train["item_id"]))
+    assert not any((u, i) in seen for u, i in zip(ranked["user_id"], ranked["item_id"]))
+    assert (ranked.groupby("user_id")["rank"].apply(list).map(lambda r: r == list(range(1, 6)))).all()
+    # scores are non-increasing within a list, and the lists are what recommend serves
+    assert (ranked.groupby("user_id")["score"].apply(lambda s: (np.diff(s.to_numpy()) <= 0).all())).all()
+    served = pop.recommend(sorted(sp.test["user_id"].unique()), k=5)
+    pd.testing.assert_frame_equal(ranked, served)
+    assert result.ranked_cold is None
+
+    cold = split_item_cold_start(interactions, 0.3, seed=1)
+    random = RandomRecommender(0).fit(cold.train, Catalog(interactions))
+    ranked_c = evaluate(random, cold, k=5).ranked_cold
+    assert set(ranked_c["item_id"]) <= cold.cold_items and len(ranked_c)
+
+
+def test_evaluate_keys_and_oracle(interactions):
+    sp = split_item_cold_start(interactions, 0.2, seed=0)
+    truth = set(zip(sp.test["user_id"], sp.test["item_id"]))
+
+    class Oracle(Recommender):  # knows the test set: must score perfectly
+        def fit(self, data, features=None):
+            self._remember(features.item_ids, data)
+            return self
+
+        def score(self, user_ids, item_ids):
+            return np.array([[float((u, i) in truth) for i in item_ids] for u in user_ids], dtype=np.float32)
+
+    res = evaluate(Oracle().fit(sp.train, Catalog(interactions)), sp, k=20).metrics
+    for key in ["recall_at_10", "recall_at_20", "ndcg_at_10", "ndcg_at_20", "coverage", "n_users"]:
+        assert key in res and f"warm_{key}" in res and f"cold_{key}" in res
+    assert res["ndcg_at_20"] == pytest.approx(1.0)
+    assert res["cold_candidates_recall_at_20"] == pytest.approx(1.0)
+    assert res["cold_candidates_random_recall_at_20"] == pytest.approx(min(20, len(sp.cold_items)) / len(sp.cold_items))
+    assert res["warm_n_users"] == 0  # every test item is cold in an item-cold-start split
+    pop = evaluate(PopularityRecommender().fit(sp.train, Catalog(interactions)), sp).metrics
+    assert pop["ndcg_at_10"] < res["ndcg_at_10"]
+
+
+def test_settings_are_validated_and_choose_the_split(interactions):
+    settings = EvaluationSettings(protocols=["user_last_fraction"], holdout_fraction=0.25)
+    assert settings.protocols == ("user_last_fraction",)
+    split = make_split(interactions, "user_last_fraction", settings)
+    assert len(split.test) == len(split_user_last_fraction(interactions, 0.25).test)
+    with pytest.raises(ValueError, match="unknown or no protocols"):
+        EvaluationSettings(protocols=["random"])
+    with pytest.raises(ValueError, match="temporal_cutoff"):
+        EvaluationSettings(protocols=["temporal"])
+    with pytest.raises(ValueError, match="cold_fraction"):
+        EvaluationSettings(cold_fraction=1.5)
+
+
+def test_split_dataclass_describe(interactions):
+    sp = Split(interactions.iloc[:10], interactions.iloc[10:20])
+    assert sp.describe()["n_train"] == 10

@@ -1,0 +1,50 @@
+"""Fusion over text / image / audio with missing modalities, and modality dropout."""
+
+import torch
+
+from recsys_pipeline.models.two_tower.config import ModelConfig
+from recsys_pipeline.models.two_tower.modules import ConcatFusion, ItemTower, ModalityAttentionFusion, drop_modalities
+
+DIMS = {"text": 8, "image": 6, "audio": 4}
+
+
+def _batch(present):
+    torch.manual_seed(0)
+    feats = {m: torch.randn(len(present), d) for m, d in DIMS.items()}
+    return feats, torch.tensor(present)
+
+
+def test_modality_dropout_never_empties_an_item():
+    g = torch.Generator().manual_seed(0)
+    present = torch.rand(4000, 3, generator=g) < 0.7
+    for p in (0.2, 0.5, 0.95):
+        kept = drop_modalities(present, p, generator=g)
+        assert not (kept & ~present).any()  # never invents a modality
+        assert torch.equal(kept.any(dim=1), present.any(dim=1))  # never removes all of an item's
+        dropped = (present & ~kept).sum().item() / present.sum().item()
+        assert 0.5 * p < dropped <= p + 0.02  # about p, a little less where one is given back
+    full = torch.ones(2000, 3, dtype=torch.bool)
+    kept = drop_modalities(full, 0.5, generator=g)
+    assert (kept.sum(dim=1) == 1).float().mean() > 0.3  # many items train with a single modality
+
+
+def test_absent_modalities_do_not_change_the_fusion_output():
+    for cls in (ModalityAttentionFusion, ConcatFusion):
+        torch.manual_seed(1)
+        fusion = cls(DIMS, width=16, n_heads=4, dropout=0.0).eval()
+        feats, present = _batch([[True, False, True], [True, True, True], [False, False, False]])
+        out, has = fusion(feats, present)
+        garbage = {m: v.clone() for m, v in feats.items()}
+        garbage["image"][0] = 1e3  # item 0 has no image: its values must not matter
+        out2, _ = fusion(garbage, present)
+        assert torch.allclose(out[0], out2[0]) and has.tolist() == [True, True, False]
+        assert torch.equal(out[2], torch.zeros(16))  # nothing present: zeros, not NaN
+        assert not torch.allclose(out[0], out[1])
+
+
+def test_item_tower_trains_with_modality_dropout_and_keeps_content():
+    config = ModelConfig(embedding_dim=16, modality_dropout=0.9, id_dropout=0.0)
+    tower = ItemTower(5, DIMS, n_genres=2, config=config).train()
+    feats, present = _batch([[True, True, True]] * 5)
+    out = tower(torch.arange(1, 6), feats, present, torch.zeros(5, 2), torch.full((5,), 2000))
+    assert out.shape == (5, 17) and torch.isfinite(out).all()
