@@ -1,10 +1,13 @@
 """Benchmark the pipeline: the full demo, and the hot paths one by one. Prints its figures; asserts nothing.
 
-Usage: ``.venv/bin/python benchmarks/pipeline.py [--section demo|text|scoring|training|all] [--threads N]
-[--n-texts N] [--home DIR] [--start YYYY-MM-DD --end YYYY-MM-DD]``
+Usage: ``.venv/bin/python benchmarks/pipeline.py [--section demo|events|text|scoring|training|all] [--threads N]
+[--n-texts N] [--partitions N] [--home DIR] [--start YYYY-MM-DD --end YYYY-MM-DD]``
 
 * ``demo``: the full demo (fresh temporary home by default): wall time per asset, text items/s, training samples/s,
   peak memory.
+* ``events``: Dagster's bookkeeping alone: one single-run range of ``--partitions`` daily partitions of two empty
+  assets, on Dagster's default SQLite event log and on the home's ``BatchedSqliteEventLogStorage``: seconds and
+  events/s (the cost ingestion pays per partition, whatever the rows).
 * ``text``: items/s of the project's ``TextEncoder`` (length-sorted batches, dynamic padding, ``--threads``) vs
   ``sentence-transformers``' ``encode`` on the same catalog texts and model, same thread count, in the same run,
   plus the min cosine between the two embeddings of each text.
@@ -29,11 +32,14 @@ def main() -> int:
     parser.add_argument("--home")
     parser.add_argument("--start")
     parser.add_argument("--end")
-    parser.add_argument("--section", default="demo", choices=["demo", "text", "scoring", "training", "all"])
+    parser.add_argument("--section", default="demo", choices=["demo", "events", "text", "scoring", "training", "all"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for text/scoring/training sections")
     parser.add_argument("--n-texts", type=int, default=None, help="encode only the first N catalog texts")
+    parser.add_argument("--partitions", type=int, default=8215, help="daily partitions for --section events")
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}   load average: {os.getloadavg()}   threads: {args.threads}", flush=True)
+    if args.section in ("events", "all"):
+        bench_events(args.partitions)
     if args.section in ("text", "all"):
         bench_text(args.threads, args.n_texts)
     if args.section in ("scoring", "all"):
@@ -79,6 +85,53 @@ def _quality():
     import quality
 
     return quality
+
+
+def bench_events(n_partitions: int) -> None:
+    import datetime as dt
+
+    import dagster as dg
+
+    from recsys_pipeline.instance import EVENT_BATCH_SIZE
+
+    start = dt.date(1996, 3, 29)
+    parts = dg.DailyPartitionsDefinition(
+        start_date=start.isoformat(), end_date=(start + dt.timedelta(days=n_partitions)).isoformat()
+    )
+
+    @dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run())
+    def events_a() -> None:
+        return None
+
+    @dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run(), deps=[events_a])
+    def events_b() -> None:
+        return None
+
+    job = dg.Definitions(assets=[events_a, events_b], jobs=[dg.define_asset_job("events")]).resolve_job_def("events")
+    keys = parts.get_partition_keys()
+    tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    storage = "event_log_storage:\n  module: recsys_pipeline.instance\n  class: BatchedSqliteEventLogStorage\n"
+    for name, yaml_extra, batch in (("dagster default", "", "0"), ("batched", storage, str(EVENT_BATCH_SIZE))):
+        home = tempfile.mkdtemp(prefix="recsys-events-")
+        with open(os.path.join(home, "dagster.yaml"), "w") as f:
+            f.write("telemetry:\n  enabled: false\n" + yaml_extra)
+        os.environ.update(
+            DAGSTER_HOME=home, DAGSTER_EVENT_BATCH_SIZE=batch, DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS="1"
+        )
+        from recsys_pipeline.instance import relax_sqlite_sync
+
+        relax_sqlite_sync()  # as the home's instance does
+        with dg.DagsterInstance.get() as instance:
+            t0 = time.perf_counter()
+            quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the demo prints no event lines
+            assert job.execute_in_process(instance=instance, tags=tags, run_config=quiet).success
+            seconds = time.perf_counter() - t0
+        n_events = 2 * len(keys)
+        print(
+            f"events[{name}]: {len(keys)} partitions x 2 assets, {seconds:.1f} s, "
+            f"{n_events / seconds:.0f} materializations/s, load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
 
 
 def bench_text(threads: int, n_texts: int | None) -> None:

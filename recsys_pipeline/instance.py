@@ -17,6 +17,12 @@ events (8,215 daily partitions x 2 assets x planned + materialized), which took 
 OS crash or power loss (not a process crash) can lose or corrupt the latest run history; the warehouse (DuckDB)
 and MLflow store are not affected. ``RECSYS_DAGSTER_SQLITE_SYNC=full`` keeps SQLite's default; a production
 instance uses Postgres storage instead (another ``dagster.yaml``).
+
+Batched event writes: even with ``synchronous=OFF``, Dagster's SQLite event log opens a new engine and compiles a
+new INSERT for every event (about 16 ms per partition materialization, 8,215 x 2 of them for the bundled data).
+Dagster hands the materializations of a partition range to ``store_event_batch`` when ``DAGSTER_EVENT_BATCH_SIZE``
+is set (:func:`prepare` sets it), but its SQLite storage stores them one by one;
+:class:`BatchedSqliteEventLogStorage` (the template's ``event_log_storage``) writes a batch in two transactions.
 """
 
 from __future__ import annotations
@@ -27,14 +33,28 @@ import sqlite3
 import sys
 
 import dagster as dg
+from dagster._config import Field, StringSource
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from recsys_pipeline.settings import HomePaths, ensure_home, get_settings
 
-__all__ = ["DUCKDB_POOL", "prepare", "relax_sqlite_sync", "free_slots_of_dead_steps", "step_lines"]
+__all__ = [
+    "DUCKDB_POOL",
+    "EVENT_BATCH_SIZE",
+    "BatchedSqliteEventLogStorage",
+    "prepare",
+    "relax_sqlite_sync",
+    "free_slots_of_dead_steps",
+    "step_lines",
+]
 
 DUCKDB_POOL = "duckdb"
+# Events per store_event_batch call (Dagster buffers a step's partition materializations up to this many).
+EVENT_BATCH_SIZE = 1000
 
 
 def prepare(paths: HomePaths | None = None) -> HomePaths:
@@ -46,6 +66,7 @@ def prepare(paths: HomePaths | None = None) -> HomePaths:
     # One planned event per asset for a single-run backfill instead of one per partition (Dagster's switch);
     # the cost: partitions of a failed run are not marked failed, the run is.
     os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
+    os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
     relax_sqlite_sync()
     return paths
 
@@ -69,6 +90,62 @@ def relax_sqlite_sync() -> None:
             dbapi_connection.execute("PRAGMA synchronous=OFF")
 
     _installed = True
+
+
+_BATCHABLE = {
+    DagsterEventType.ASSET_MATERIALIZATION,
+    DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+    DagsterEventType.ASSET_OBSERVATION,
+}
+
+
+class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
+    """Dagster's SQLite event log storage with a real ``store_event_batch``: a batch of asset materializations or
+    observations, planned or done, of one run (what Dagster batches: one step's partition events) is written in one
+    transaction on the run's shard and one on the index shard, with the same rows as one ``store_event`` per event.
+    Anything else goes through ``store_event``. Measured (``benchmarks/pipeline.py --section events --partitions
+    2000``, 2 cores, load 3.4): 2,000 daily partitions x 2 assets in one run, 85.6 s -> 1.2 s.
+
+    Config (``dagster.yaml``): ``base_dir`` (default ``$DAGSTER_HOME/history/runs``, where Dagster's default
+    SQLite storage keeps its event logs, so a home's history stays readable).
+    """
+
+    def __init__(self, base_dir: str | None = None, inst_data=None):
+        home = os.environ.get("DAGSTER_HOME")
+        if base_dir is None and not home:
+            raise ValueError("BatchedSqliteEventLogStorage needs base_dir or DAGSTER_HOME")
+        super().__init__(base_dir or os.path.join(home, "history", "runs"), inst_data=inst_data)
+
+    @classmethod
+    def config_type(cls):
+        return {"base_dir": Field(StringSource, is_required=False)}
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value) -> BatchedSqliteEventLogStorage:
+        return cls(inst_data=inst_data, **config_value)
+
+    def store_event_batch(self, events) -> None:
+        if not events:
+            return
+        run_ids = {e.run_id for e in events}
+        if len(run_ids) != 1 or not all(
+            e.is_dagster_event and e.dagster_event_type in _BATCHABLE and e.dagster_event.asset_key for e in events
+        ):
+            for e in events:
+                self.store_event(e)
+            return
+        rows = [self._event_to_row(e) for e in events]
+        with self.run_connection(next(iter(run_ids))) as conn:
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
+        insert = SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True)
+        with self.index_transaction() as conn:
+            ids = [row[0] for row in conn.execute(insert, rows)]
+            self._store_asset_event_tags(conn, events, ids)
+            last: dict = {}  # asset key -> (event, id): the asset row keeps the latest event only
+            for e, event_id in zip(events, ids):
+                last[e.dagster_event.asset_key] = (e, event_id)
+            for e, event_id in last.values():
+                self._store_asset_event(conn, e, event_id)
 
 
 def _alive(pid: int) -> bool:

@@ -15,7 +15,7 @@ from recsys_pipeline.data.schema import (
     EVALUATION_RANKED_LISTS,
     RECOMMENDATIONS,
 )
-from recsys_pipeline.evaluation.ablation import ABLATION_VARIANTS
+from recsys_pipeline.evaluation.ablation import MASKED_VARIANTS
 from recsys_pipeline.evaluation.protocols import EvaluationSettings
 from recsys_pipeline.instance import DUCKDB_POOL
 from recsys_pipeline.resources import HomeResource, MLflowResource, TrainingResource, WarehouseResource
@@ -41,7 +41,8 @@ class TrainConfig(dg.Config):
 
 class EvaluationConfig(dg.Config):
     """Evaluation protocols (``evaluation.protocols.EvaluationSettings``; its defaults) and the modality ablation:
-    one more training per distinct variant and protocol (``[]`` turns it off)."""
+    each protocol's model ranks again with only the variant's modalities visible (nothing trained; ``[]`` turns it
+    off). The ablation that retrains per variant and fusion is ``benchmarks/ablation.py``."""
 
     protocols: list[str] = list(_EVALUATION_DEFAULTS.protocols)
     holdout_fraction: float = _EVALUATION_DEFAULTS.holdout_fraction
@@ -49,7 +50,7 @@ class EvaluationConfig(dg.Config):
     temporal_cutoff: str | None = None
     k: int = _EVALUATION_DEFAULTS.k
     seed: int = _EVALUATION_DEFAULTS.seed
-    ablation_variants: list[str] = list(ABLATION_VARIANTS)
+    ablation_variants: list[str] = list(MASKED_VARIANTS)
 
     def settings(self) -> EvaluationSettings:
         """The protocol settings (``temporal_cutoff``: the start of that UTC day).

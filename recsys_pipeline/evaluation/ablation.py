@@ -1,8 +1,16 @@
 """Modality ablation of the two-tower model on the evaluation's splits: which modalities and which fusion help.
 
-Each variant (:data:`ABLATION_VARIANTS`) retrains the given ``ModelConfig`` with a subset of the modalities and a
-fusion, on the same splits as ``evaluate_protocols``, and is evaluated with warm / cold and with / without-image
-groups. No MLflow here (``registry.runs.ablation_and_log`` tracks it).
+Two forms, same long table (:data:`ABLATION_COLUMNS`) and the same warm / cold and with / without-image figures:
+
+- :func:`masked_ablation` (every ``model_evaluation`` run): each protocol's evaluated model ranks again with some
+  modalities hidden at inference (:data:`MASKED_VARIANTS`). The model was trained with modality dropout
+  (``ModelConfig.modality_dropout``), so a hidden modality is an input it has learned to do without. Nothing is
+  trained: it costs two rankings per variant and protocol.
+- :func:`retrained_ablation` (``benchmarks/ablation.py``): each variant of :data:`ABLATION_VARIANTS` (modalities and
+  fusion) is trained from scratch on the same splits; the answer to "would a model built without the posters do
+  better", at one training per variant and protocol.
+
+No MLflow here (``registry.runs.ablation_and_log`` tracks the masked one).
 """
 
 from __future__ import annotations
@@ -14,13 +22,24 @@ import numpy as np
 import pandas as pd
 
 from recsys_pipeline.content.features import ItemFeatures
-from recsys_pipeline.evaluation.evaluate import evaluate, modality_groups
+from recsys_pipeline.evaluation.evaluate import EvaluationResult, evaluate, modality_groups
 from recsys_pipeline.evaluation.protocols import EvaluationSettings, make_split
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
 
-__all__ = ["ABLATION_VARIANTS", "ABLATION_METRICS", "ABLATION_COLUMNS", "run_ablation", "ablation_table"]
+__all__ = [
+    "MASKED_VARIANTS",
+    "ABLATION_VARIANTS",
+    "ABLATION_METRICS",
+    "ABLATION_COLUMNS",
+    "masked_ablation",
+    "retrained_ablation",
+    "ablation_table",
+]
 
-# name -> (modalities, fusion); ``None`` = every modality the features have.
+# name -> modalities visible at inference; ``None`` = every modality the features have.
+MASKED_VARIANTS: dict[str, tuple[str, ...] | None] = {"text": ("text",), "text_image": ("text", "image"), "all": None}
+
+# name -> (modalities, fusion) of a retrained variant; ``None`` = every modality the features have.
 ABLATION_VARIANTS: dict[str, tuple[tuple[str, ...] | None, str]] = {
     "text": (("text",), "attention"),
     "text_image": (("text", "image"), "attention"),
@@ -42,7 +61,74 @@ ABLATION_METRICS = (
 ABLATION_COLUMNS = ["variant", "modalities", "fusion", "status", "protocol", "metric", "value"]
 
 
-def run_ablation(
+def _skipped(base: dict, lacking: Sequence[str]) -> dict:
+    return {
+        **base,
+        "status": f"skipped: no {', '.join(lacking)} vectors",
+        "protocol": "",
+        "metric": "",
+        "value": np.nan,
+    }
+
+
+def _reference_rows(base: dict, reference: pd.DataFrame, protocols: Sequence[str]) -> list[dict]:
+    ref = reference[(reference["model"] == "ours") & reference["protocol"].isin(protocols)]
+    return [
+        {**base, "status": "evaluation model", "protocol": r.protocol, "metric": r.metric, "value": float(r.value)}
+        for r in ref.itertuples()
+    ]
+
+
+def masked_ablation(
+    evaluation: EvaluationResult,
+    features: ItemFeatures,
+    k: int = 20,
+    variants: Sequence[str] = tuple(MASKED_VARIANTS),
+) -> pd.DataFrame:
+    """Rank again with each protocol's evaluated model (``evaluation.models``, on ``evaluation.splits``) and only the
+    modalities of each variant visible; returns the long table :data:`ABLATION_COLUMNS`.
+
+    A variant with every modality is the evaluated model itself: its figures come from ``evaluation.metrics``
+    (``status = "evaluation model"``); one equal to an earlier variant is ``"same as ..."``; one naming a modality the
+    features lack is ``"skipped: no image vectors"``. ``fusion`` is the evaluated model's.
+
+    Raises:
+        ValueError: an unknown variant name, or a model without ``with_features`` (it cannot hide modalities).
+    """
+    unknown = [v for v in variants if v not in MASKED_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown ablation variants {unknown}; choose from {list(MASKED_VARIANTS)}")
+    groups = modality_groups(features, "image")
+    rows: list[dict] = []
+    done: dict[tuple, str] = {}
+    for variant in variants:
+        wanted = MASKED_VARIANTS[variant]
+        names = tuple(features.modality_names) if wanted is None else wanted
+        lacking = [n for n in names if n not in features.modalities]
+        fusions = {getattr(getattr(m, "config", None), "fusion", "") for m in evaluation.models.values()}
+        base = {"variant": variant, "modalities": "+".join(names), "fusion": "/".join(sorted(fusions))}
+        if lacking:
+            rows.append(_skipped(base, lacking))
+            continue
+        if names in done:
+            rows += [dict(r, **base, status=f"same as {done[names]}") for r in rows if r["variant"] == done[names]]
+        elif names == tuple(features.modality_names):
+            rows += _reference_rows(base, evaluation.metrics, list(evaluation.models))
+        else:
+            visible = features.with_modalities(names)
+            for protocol, model in evaluation.models.items():
+                if not hasattr(model, "with_features"):
+                    raise ValueError(f"{type(model).__name__} cannot rank with modalities hidden (no with_features)")
+                figures = evaluate(model.with_features(visible), evaluation.splits[protocol], k, groups).metrics
+                rows += [
+                    {**base, "status": "masked at inference", "protocol": protocol, "metric": m, "value": float(v)}
+                    for m, v in figures.items()
+                ]
+        done.setdefault(names, variant)
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+
+
+def retrained_ablation(
     model_config: ModelConfig,
     trainer_config: TrainerConfig,
     interactions: pd.DataFrame,
@@ -76,30 +162,12 @@ def run_ablation(
         key = (names, fusion)
         base = {"variant": variant, "modalities": "+".join(names), "fusion": fusion}
         if lacking:
-            rows.append(
-                {
-                    **base,
-                    "status": f"skipped: no {', '.join(lacking)} vectors",
-                    "protocol": "",
-                    "metric": "",
-                    "value": float("nan"),
-                }
-            )
+            rows.append(_skipped(base, lacking))
             continue
         if key in done:
             rows += [dict(r, **base, status=f"same as {done[key]}") for r in rows if r["variant"] == done[key]]
         elif reference is not None and key == (tuple(features.modality_names), model_config.fusion):
-            ref = reference[(reference["model"] == "ours") & reference["protocol"].isin(settings.protocols)]
-            rows += [
-                {
-                    **base,
-                    "status": "evaluation model",
-                    "protocol": r.protocol,
-                    "metric": r.metric,
-                    "value": float(r.value),
-                }
-                for r in ref.itertuples()
-            ]
+            rows += _reference_rows(base, reference, settings.protocols)
         else:
             subset = features.with_modalities(names)
             config = replace(model_config, fusion=fusion)
@@ -123,7 +191,7 @@ def ablation_table(table: pd.DataFrame, metrics: Sequence[str] = ABLATION_METRIC
     keys = ["protocol", "variant", "modalities", "fusion", "status"]
     wide = t.drop_duplicates(keys + ["metric"]).set_index(keys + ["metric"])["value"].unstack("metric")
     wide = wide[[m for m in metrics if m in wide.columns]].dropna(axis=1, how="all")
-    order = {v: i for i, v in enumerate(ABLATION_VARIANTS)}
+    order = {v: i for i, v in enumerate([*MASKED_VARIANTS, *ABLATION_VARIANTS])}
     wide = wide.reset_index().sort_values(
         ["protocol", "variant"], key=lambda c: c.map(order) if c.name == "variant" else c
     )

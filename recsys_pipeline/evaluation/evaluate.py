@@ -112,12 +112,17 @@ class EvaluationResult:
             ``item_cold_start``, the whole catalog otherwise).
         truth: ``protocol, user_id, item_id``.
         details: per protocol: train seconds, test users and interactions, epochs.
+        models: per protocol, our model fitted on that protocol's train part (for figures at inference only,
+            such as :func:`~recsys_pipeline.evaluation.ablation.masked_ablation`; not saved anywhere).
+        splits: per protocol, the split it was fitted and evaluated on.
     """
 
     metrics: pd.DataFrame
     ranked: pd.DataFrame
     truth: pd.DataFrame
     details: dict = field(default_factory=dict)
+    models: dict[str, Recommender] = field(default_factory=dict, repr=False, compare=False)
+    splits: dict[str, Split] = field(default_factory=dict, repr=False, compare=False)
 
 
 def evaluate_protocols(
@@ -137,11 +142,12 @@ def evaluate_protocols(
         settings: protocols, fractions, ``k``, seed.
         item_groups: extra per-group figures (e.g. :func:`modality_groups`).
     """
-    rows, ranked_all, truth_all, details = [], [], [], {}
+    rows, ranked_all, truth_all, details, models, splits = [], [], [], {}, {}, {}
     for protocol in settings.protocols:
         split = make_split(interactions, protocol, settings)
         started = time.perf_counter()
         ours = make_model().fit(split.train, features)
+        models[protocol], splits[protocol] = ours, split
         details[protocol] = {
             "train_seconds": round(time.perf_counter() - started, 1),
             "test_users": int(split.test["user_id"].nunique()),
@@ -158,4 +164,4 @@ def evaluate_protocols(
     metrics = pd.DataFrame(rows, columns=["protocol", "model", "metric", "value"])
     ranked = pd.concat(ranked_all, ignore_index=True)[["protocol", "model", "user_id", "rank", "item_id", "score"]]
     truth = pd.concat(truth_all, ignore_index=True)[["protocol", "user_id", "item_id"]]
-    return EvaluationResult(metrics, ranked, truth, details)
+    return EvaluationResult(metrics, ranked, truth, details, models, splits)

@@ -3,7 +3,7 @@
 - :func:`train_and_log`: fit a ``TwoTowerRecommender``, log params, per-epoch curves and the pyfunc, register a
   version.
 - :func:`evaluate_and_log`: ``evaluation.evaluate_protocols`` in one MLflow run; :func:`ablation_and_log` the
-  modality ablation in another.
+  modality ablation (modalities hidden at inference, nothing trained) in another.
 - :func:`evaluate_and_gate`: what ``model_evaluation`` does: evaluate a registered version's config, optionally the
   ablation, then the champion / challenger gate.
 
@@ -13,14 +13,14 @@ Used by the assets and usable from a notebook.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 
 import mlflow
 import pandas as pd
 
 from recsys_pipeline.content.features import ItemFeatures
-from recsys_pipeline.evaluation.ablation import ablation_table, finite_figures, run_ablation
+from recsys_pipeline.evaluation.ablation import ablation_table, finite_figures, masked_ablation
 from recsys_pipeline.evaluation.evaluate import EvaluationResult, evaluate_protocols, modality_groups
 from recsys_pipeline.evaluation.protocols import EvaluationSettings
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
@@ -146,23 +146,21 @@ def evaluate_and_log(
         mlflow.log_dict(result.details, "evaluation_details.json")
         mlflow.log_text(metrics_table(result.metrics), "evaluation.md")
         tracking.log_evaluation_chart(mlflow.MlflowClient(tracking_uri), run.info.run_id, result.metrics)
-    return TrackedEvaluation(result.metrics, result.ranked, result.truth, result.details, run.info.run_id)
+    return TrackedEvaluation(**{f.name: getattr(result, f.name) for f in fields(result)}, run_id=run.info.run_id)
 
 
 def ablation_and_log(
-    interactions: pd.DataFrame,
+    evaluation: EvaluationResult,
     features: ItemFeatures,
-    model_config: ModelConfig,
-    trainer_config: TrainerConfig,
     settings: EvaluationSettings,
     variants: Sequence[str],
     tracking_uri: str,
     experiment_id: str,
-    reference: pd.DataFrame | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """:func:`~recsys_pipeline.evaluation.ablation.run_ablation` in one MLflow run ``ablation`` (metrics
-    ``{variant}.{protocol}.{metric}``, ``ablation.md``); returns its table with ``mlflow_run_id``."""
+    """:func:`~recsys_pipeline.evaluation.ablation.masked_ablation` of ``evaluation``'s models in one MLflow run
+    ``ablation`` (metrics ``{variant}.{protocol}.{metric}``, ``ablation.md``); returns its table with
+    ``mlflow_run_id``. Trains nothing."""
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name="ablation", tags=dict(tags or {})) as run:
         mlflow.log_params(
@@ -171,9 +169,10 @@ def ablation_and_log(
                 "protocols": ",".join(settings.protocols),
                 "seed": settings.seed,
                 "modalities": ",".join(features.modality_names),
+                "method": "modalities hidden at inference",
             }
         )
-        table = run_ablation(model_config, trainer_config, interactions, features, settings, variants, reference)
+        table = masked_ablation(evaluation, features, settings.k, variants)
         mlflow.log_metrics(finite_figures(table))
         mlflow.log_text(ablation_table(table), "ablation.md")
     return table.assign(mlflow_run_id=run.info.run_id)
@@ -218,16 +217,7 @@ def evaluate_and_gate(
     ablation = None
     if ablation_variants:
         ablation = ablation_and_log(
-            interactions,
-            features,
-            model_config,
-            trainer_config,
-            settings,
-            ablation_variants,
-            tracking_uri,
-            experiment_id,
-            evaluation.metrics,
-            tags,
+            evaluation, features, settings, ablation_variants, tracking_uri, experiment_id, tags
         )
     rescore = partial(
         score_config, interactions, features, trainer_config=trainer_config, policy=policy, settings=settings

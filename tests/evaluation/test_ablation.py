@@ -1,4 +1,4 @@
-"""The modality ablation: each distinct variant trained once on the evaluation's splits, logged in MLflow."""
+"""The modality ablation: hidden at inference on the evaluated models (logged in MLflow), or retrained per variant."""
 
 import numpy as np
 import pandas as pd
@@ -6,10 +6,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from recsys_pipeline.content.features import ItemFeatures
-from recsys_pipeline.evaluation.ablation import ablation_table, run_ablation
-from recsys_pipeline.evaluation.evaluate import modality_groups
+from recsys_pipeline.evaluation.ablation import ablation_table, masked_ablation, retrained_ablation
+from recsys_pipeline.evaluation.evaluate import evaluate_protocols, modality_groups
 from recsys_pipeline.evaluation.protocols import EvaluationSettings
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
+from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
 from recsys_pipeline.registry import tracking
 from recsys_pipeline.registry.runs import ablation_and_log
 
@@ -37,25 +38,58 @@ def _toy_data(n_users=40, n_items=60, seed=0):
     return interactions, content
 
 
-def test_ablation_trains_each_distinct_variant_and_logs_it(tmp_path):
+SMALL = dict(
+    embedding_dim=8, mlp_hidden=16, max_epochs=2, refit=False, val_fraction=0.0, num_negatives=16, batch_size=64
+)
+
+
+def test_masked_ablation_hides_modalities_of_the_evaluated_models_and_logs_it(tmp_path):
+    interactions, content = _toy_data()
+    settings = EvaluationSettings(protocols=("user_last_fraction", "item_cold_start"), k=10)
+    config = ModelConfig(**SMALL)
+    trainer = TrainerConfig(accelerator="cpu", devices=1)
+    evaluation = evaluate_protocols(
+        lambda: TwoTowerRecommender(config, trainer), interactions, content, settings, modality_groups(content)
+    )
+    assert set(evaluation.models) == set(evaluation.splits) == set(settings.protocols)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.experiment_id(uri, "ablation-test", str(tmp_path / "art"))
+    table = ablation_and_log(evaluation, content, settings, ["text", "text_image", "all"], uri, exp)
+    status = table.drop_duplicates("variant").set_index("variant")["status"].to_dict()
+    # text+image is every modality here: the evaluated model itself; "all" is the same
+    assert status == {"text": "masked at inference", "text_image": "evaluation model", "all": "same as text_image"}
+    assert set(table["protocol"]) == set(settings.protocols) and set(table["fusion"]) == {"attention"}
+    ours = evaluation.metrics[evaluation.metrics["model"] == "ours"]
+    reused = table[table["variant"] == "text_image"].merge(ours, on=["protocol", "metric"])
+    assert len(reused) == len(ours)
+    np.testing.assert_array_equal(reused["value_x"], reused["value_y"])
+    run = MlflowClient(uri).get_run(table["mlflow_run_id"].iloc[0])
+    assert "text.item_cold_start.cold_candidates_recall_at_10" in run.data.metrics
+    assert run.data.params["method"] == "modalities hidden at inference"
+    # hiding the image changes the vectors of items that have one, and only theirs
+    model = evaluation.models["user_last_fraction"]
+    full = model.item_vectors().numpy()
+    text_only = model.with_features(content.with_modalities(["text"])).item_vectors().numpy()
+    has_image = content.present[:, 1]
+    changed = np.abs(full - text_only).max(axis=1) > 1e-6
+    assert changed[has_image].all() and not changed[~has_image].any()
+    with pytest.raises(ValueError, match="unknown ablation"):
+        masked_ablation(evaluation, content, 10, ["all_concat"])
+
+
+def test_retrained_ablation_trains_each_distinct_variant_once():
     interactions, content = _toy_data()
     groups = modality_groups(content, "image")
     assert len(groups["with_image"]) == 30 and groups["with_image"].isdisjoint(groups["without_image"])
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp = tracking.experiment_id(uri, "ablation-test", str(tmp_path / "art"))
-    config = ModelConfig(
-        embedding_dim=8, mlp_hidden=16, max_epochs=1, refit=False, val_fraction=0.0, num_negatives=16, batch_size=64
-    )
+    config = ModelConfig(**{**SMALL, "max_epochs": 1})
     settings = EvaluationSettings(protocols=("item_cold_start",), k=10)
-    table = ablation_and_log(
-        interactions,
-        content,
+    table = retrained_ablation(
         config,
         TrainerConfig(accelerator="cpu", devices=1),
+        interactions,
+        content,
         settings,
         ["text", "text_image", "all", "all_concat"],
-        uri,
-        exp,
     )
     status = table.drop_duplicates("variant").set_index("variant")["status"].to_dict()
     # text_image is every modality here: "all" reuses it; concat is a different model
@@ -67,9 +101,6 @@ def test_ablation_trains_each_distinct_variant_and_logs_it(tmp_path):
         "cold_candidates_with_image_recall_at_10",
         "cold_candidates_without_image_recall_at_10",
     } <= set(got.columns)
-    run = MlflowClient(uri).get_run(table["mlflow_run_id"].iloc[0])
-    assert "text.item_cold_start.cold_candidates_recall_at_10" in run.data.metrics
-    assert "all_concat.item_cold_start.cold_candidates_recall_at_10" in run.data.metrics
     md = ablation_table(table, ["cold_candidates_recall_at_10"])
     assert md.count("\n") == 5 and "all_concat" in md  # header, rule, four variants
     # the variant equal to the evaluated model (every modality, same fusion) reuses its figures: nothing trained
@@ -81,10 +112,12 @@ def test_ablation_trains_each_distinct_variant_and_logs_it(tmp_path):
             "value": [0.25, 0.125],
         }
     )
-    reused = run_ablation(config, TrainerConfig(), interactions, content, settings, ["text_image", "all"], reference)
+    reused = retrained_ablation(
+        config, TrainerConfig(), interactions, content, settings, ["text_image", "all"], reference
+    )
     assert reused[["variant", "status", "metric", "value"]].values.tolist() == [
         ["text_image", "evaluation model", "recall_at_10", 0.25],
         ["all", "same as text_image", "recall_at_10", 0.25],
     ]
     with pytest.raises(ValueError, match="unknown ablation"):
-        run_ablation(config, TrainerConfig(), interactions, content, settings, ["video"])
+        retrained_ablation(config, TrainerConfig(), interactions, content, settings, ["video"])
