@@ -77,24 +77,32 @@ def sensors(partitions: dg.DailyPartitionsDefinition) -> list:
     def landing_events(context: dg.SensorEvaluationContext, source: SourceResource):
         """One ``RunRequest`` per day whose files are new or changed since the last request.
 
-        The cursor is JSON ``{"requested": {day: signature}, "skipped": {day: signature}}``; the run key is the day
-        plus a hash of its files' names, mtimes and sizes, so an unchanged file never runs twice and a rewritten one
-        runs again. Days outside the partitions (before the first, or today and later) are skipped with one log line
-        per file state and looked at again on later ticks (today's file is ingested once the day is over). Files
-        younger than ``SETTLE_SECONDS`` wait for a later tick.
+        The cursor is JSON ``{"requested": {day: signature}, "skipped": {day: signature}, "rejected": {name:
+        reason}}``; the run key is the day plus a hash of its files' names, mtimes and sizes, so an unchanged file
+        never runs twice and a rewritten one runs again. Entries that cannot be ingested (``DailyFileSource.scan``:
+        an impossible or future date, an empty file, an unreadable or other name) never stop the other days: each
+        is logged once per reason, and their count is in the tick (the skip reason, or the
+        ``recsys/landing_rejections`` tag of the run requests); the ingestion run records them in
+        ``landing_rejections``. Days before the first partition are skipped with one log line per file state and
+        looked at again on later ticks. Files younger than ``SETTLE_SECONDS`` wait for a later tick.
         """
         kind = source.resolved_kind()
         if kind != "daily_files":
             return dg.SkipReason(f"source kind is {kind!r}: no landing folder to watch (use daily_files)")
         try:
-            files = source.build().files_by_day()
+            scan = source.build().scan()
         except SourceError as exc:
             return dg.SkipReason(str(exc))
         cursor = json.loads(context.cursor) if context.cursor else {}
         requested, skipped = cursor.get("requested", {}), cursor.get("skipped", {})
+        rejected = {r.name: r.reason for r in scan.rejections}
+        for r in scan.rejections:
+            if cursor.get("rejected", {}).get(r.name) != r.reason:
+                context.log.warning(f"rejected landing file {r.name}: {r.reason}: {r.detail}")
+        counts = scan.reason_counts()
         now = time.time()
         requests = []
-        for day, paths in sorted(files.items()):
+        for day, paths in sorted(scan.files.items()):
             key, signature = day.isoformat(), _signature(paths)
             if requested.get(key) == signature:
                 continue
@@ -114,13 +122,16 @@ def sensors(partitions: dg.DailyPartitionsDefinition) -> list:
             skipped.pop(key, None)
             requested[key] = signature
             digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"{key}:{digest}", partition_key=key, tags={"recsys/landing_files": signature[:200]}
-                )
+            tags = {"recsys/landing_files": signature[:200], "recsys/landing_rejections": str(len(scan.rejections))}
+            requests.append(dg.RunRequest(run_key=f"{key}:{digest}", partition_key=key, tags=tags))
+        state = json.dumps({"requested": requested, "skipped": skipped, "rejected": rejected}, sort_keys=True)
+        if requests:
+            return dg.SensorResult(run_requests=requests, cursor=state)
+        reason = "no new or changed day"
+        if scan.rejections:
+            reason += f"; {len(scan.rejections)} landing file(s) rejected: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(counts.items())
             )
-        return dg.SensorResult(
-            run_requests=requests, cursor=json.dumps({"requested": requested, "skipped": skipped}, sort_keys=True)
-        )
+        return dg.SensorResult(skip_reason=reason, cursor=state)
 
     return [landing_events]

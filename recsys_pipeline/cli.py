@@ -124,6 +124,26 @@ def _day(text: str | None, flag: str):
         raise ValueError(f"{flag} {text!r} is not a YYYY-MM-DD date") from None
 
 
+def _partition_range(first, last) -> tuple[str, str]:
+    """``first..last`` (dates) as partition keys, checked against the code location's daily partitions (what
+    ``recsys demo`` and ``recsys backfill`` both run over: never past yesterday, UTC).
+
+    Raises:
+        ValueError: a reversed range, or a day that is not a partition.
+    """
+    from recsys_pipeline.assets.partitions import daily_partitions
+
+    if first > last:
+        raise ValueError(f"--start {first} is after --end {last}")
+    partitions = daily_partitions(get_settings())
+    for flag, day in (("--start", first), ("--end", last)):
+        if not partitions.has_partition_key(day.isoformat()):
+            raise ValueError(
+                f"{flag} {day} is not a daily partition: they run from {partitions.start.date()} to yesterday (UTC)"
+            )
+    return first.isoformat(), last.isoformat()
+
+
 def run_demo(home: str | None = None, start: str | None = None, end: str | None = None) -> dict[str, float]:
     """Materialize every asset of ``recsys_pipeline_job`` on the Dagster instance under the home, as one run over
     the partitions ``start..end`` (default: every day of the data).
@@ -137,9 +157,7 @@ def run_demo(home: str | None = None, start: str | None = None, end: str | None 
     if first_day is None or last_day is None:
         source = SourceResource().build()
         first_day, last_day = first_day or source.first_date(), last_day or source.last_date()
-    if first_day > last_day:
-        raise ValueError(f"--start {first_day} is after --end {last_day}")
-    first, last = first_day.isoformat(), last_day.isoformat()
+    first, last = _partition_range(first_day, last_day)
     print(f"recsys demo: home {paths.root}\n    data {first} .. {last} (UTC days)", flush=True)
     return _run(None, f"{PIPELINE_JOB}: every asset, daily partitions {first} .. {last} as one run", first, last)
 
@@ -147,17 +165,7 @@ def run_demo(home: str | None = None, start: str | None = None, end: str | None 
 def backfill(args: argparse.Namespace) -> int:
     """Re-ingest ``--start..--end`` (inclusive UTC days) and the catalog as one run, optionally with everything
     downstream. Raises ValueError for a bad date, a reversed range or a day outside the partitions."""
-    first, last = _day(args.start, "--start"), _day(args.end, "--end")
-    if first > last:
-        raise ValueError(f"--start {first} is after --end {last}")
-    from recsys_pipeline.assets.partitions import daily_partitions
-
-    partitions = daily_partitions(get_settings())
-    for flag, day in (("--start", first), ("--end", last)):
-        if not partitions.has_partition_key(day.isoformat()):
-            raise ValueError(
-                f"{flag} {day} is not a daily partition: they run from {partitions.start.date()} to yesterday (UTC)"
-            )
+    first, last = _partition_range(_day(args.start, "--start"), _day(args.end, "--end"))
     paths = _prepare_home(args.home)
     print(f"recsys backfill: home {paths.root}", flush=True)
     # item_catalog too: interactions quarantines events of items the catalog does not know yet
@@ -166,8 +174,8 @@ def backfill(args: argparse.Namespace) -> int:
     _run(
         selection,
         f"{what}: daily partitions {first} .. {last} (one single-run backfill)",
-        first.isoformat(),
-        last.isoformat(),
+        first,
+        last,
     )
     return 0
 

@@ -1,6 +1,7 @@
 """Ingestion assets and their checks: raw_events -> interactions (daily partitions), and item_catalog."""
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -9,7 +10,7 @@ from recsys_pipeline.assets.partitions import window
 from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.catalog import build_item_catalog
 from recsys_pipeline.data.cleaning import clean_catalog_items, clean_events
-from recsys_pipeline.data.schema import INTERACTIONS, ITEM_CATALOG
+from recsys_pipeline.data.schema import INTERACTIONS, ITEM_CATALOG, LANDING_REJECTIONS
 from recsys_pipeline.data.sources import DailyFileSource, MovieLensSource
 from recsys_pipeline.instance import DUCKDB_POOL
 from recsys_pipeline.resources import SourceResource, WarehouseResource
@@ -31,10 +32,28 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
         backfill_policy=dg.BackfillPolicy.single_run(),
     )
     def raw_events(context: dg.AssetExecutionContext, source: SourceResource, warehouse_db: WarehouseResource):
-        """Events as the source gave them (text columns), one UTC day per partition; a re-run replaces the window."""
+        """Events as the source gave them (text columns), one UTC day per partition; a re-run replaces the window.
+        For a ``daily_files`` source the landing folder's entries that cannot be ingested (impossible or future
+        date, empty file, unreadable name, other names) replace ``landing_rejections`` with their reasons and are
+        counted in the metadata; they never stop the other days."""
         started = time.perf_counter()
         start, end = window(context)
         src = source.build()
+        rejected: dict = {}
+        if isinstance(src, DailyFileSource):
+            scan = src.scan()
+            with warehouse_db.session() as con:
+                warehouse.replace_table(
+                    con, LANDING_REJECTIONS, scan.rejections_frame(datetime.now(UTC).replace(tzinfo=None))
+                )
+            for rejection in scan.rejections:
+                context.log.warning(
+                    f"landing file {rejection.name} not ingested: {rejection.reason}: {rejection.detail}"
+                )
+            rejected = {
+                "landing_rejections": len(scan.rejections),
+                "landing_rejection_reasons": dg.MetadataValue.json(scan.reason_counts()),
+            }
         first = partitions.start.date()
         if isinstance(src, MovieLensSource) and src.first_date() < first:
             raise dg.Failure(
@@ -52,6 +71,7 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
                 "window_start_utc": start.isoformat(),
                 "window_end_utc": end.isoformat(),
                 "days_with_events": int(events["partition_date"].nunique()) if n else 0,
+                **rejected,
             }
         )
 

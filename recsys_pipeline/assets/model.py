@@ -135,8 +135,9 @@ def model_assets() -> list[dg.AssetsDefinition]:
     ):
         """Offline evaluation of the newest model version's config next to a popularity baseline (ranked lists and
         ground truth saved for recomputation), the modality ablation, then the champion / challenger gate: that
-        version takes the ``champion`` alias only if it beats the champion on ``mlflow.champion_metric`` on this
-        same split; the decision and reason are in the metadata and the ``gate.*`` MLflow tags."""
+        version takes the ``champion`` alias only if it clears the popularity floor (the verdict of the blocking
+        check ``model_beats_popularity`` on the same figures) and beats the champion on ``mlflow.champion_metric`` on
+        this same split; the decision and reason are in the metadata and the ``gate.*`` MLflow tags."""
         from recsys_pipeline.content.features import load_item_features
         from recsys_pipeline.evaluation.ablation import ablation_table
         from recsys_pipeline.registry.model_registry import latest_version

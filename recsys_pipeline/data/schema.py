@@ -23,6 +23,7 @@ __all__ = [
     "QUARANTINE",
     "ITEM_CATALOG",
     "MEDIA_FAILURES",
+    "LANDING_REJECTIONS",
     "RECOMMENDATIONS",
     "EVALUATION_METRICS",
     "EVALUATION_RANKED_LISTS",
@@ -159,6 +160,18 @@ MEDIA_FAILURES = Table(
     "catalog items without a usable image or audio file, with the reason",
 )
 
+LANDING_REJECTIONS = Table(
+    "landing_rejections",
+    (
+        _col("file_name", "VARCHAR", False, "as listed; bytes that are not UTF-8 as \\x.. escapes"),
+        _col("reason", "VARCHAR", False, "unreadable_name, not_a_daily_file, impossible_date, future_date, empty_file"),
+        _col("detail", "VARCHAR", False),
+        _col("size_bytes", "BIGINT"),
+        _col("recorded_at", "TIMESTAMP", False, "UTC time of the listing"),
+    ),
+    "entries of the daily_files landing folder that were not ingested, with the reason (the latest listing)",
+)
+
 RECOMMENDATIONS = Table(
     "recommendations",
     (
@@ -234,6 +247,7 @@ TABLES: dict[str, Table] = {
         QUARANTINE,
         ITEM_CATALOG,
         MEDIA_FAILURES,
+        LANDING_REJECTIONS,
         RECOMMENDATIONS,
         EVALUATION_METRICS,
         EVALUATION_RANKED_LISTS,

@@ -28,13 +28,13 @@ import csv
 import functools
 import json
 import re
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
-from recsys_pipeline.data.schema import RAW_EVENTS
+from recsys_pipeline.data.schema import LANDING_REJECTIONS, RAW_EVENTS
 from recsys_pipeline.settings import BUNDLED_FIRST_DAY, BUNDLED_MOVIELENS_DIR, Settings
 
 RAW_EVENT_COLUMNS = RAW_EVENTS.column_names
@@ -42,6 +42,8 @@ MAX_RAW_LINE_CHARS = 1000  # text of an unparseable line kept for diagnosis; the
 CATALOG_COLUMNS = ["item_id", "title", "genres", "extra_text", "image_uri", "audio_uri"]
 EVENT_FILE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 _DATE_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(csv|parquet|jsonl)$")
+# Why a landing file is not ingested (``landing_rejections.reason``).
+LANDING_REJECTION_REASONS = ("unreadable_name", "not_a_daily_file", "impossible_date", "future_date", "empty_file")
 
 
 class SourceError(ValueError):
@@ -323,6 +325,98 @@ def _bad_utf8_offset(raw: bytes) -> int:
     return -1
 
 
+@dataclass(frozen=True)
+class LandingRejection:
+    """A landing-folder entry that is not ingested: ``name`` (printable: bytes that are not UTF-8 as ``\\x..``
+    escapes), ``reason`` (one of ``LANDING_REJECTION_REASONS``), a human ``detail`` and the size in bytes (``None``
+    when it could not be read)."""
+
+    name: str
+    reason: str
+    detail: str
+    size_bytes: int | None = None
+
+
+@dataclass
+class LandingScan:
+    """One listing of a landing folder: the ingestable files by UTC day (sorted by name) and the rejections."""
+
+    files: dict[date, list[Path]] = field(default_factory=dict)
+    rejections: list[LandingRejection] = field(default_factory=list)
+
+    def reason_counts(self) -> dict[str, int]:
+        """``reason -> number of files`` of the rejections."""
+        counts: dict[str, int] = {}
+        for r in self.rejections:
+            counts[r.reason] = counts.get(r.reason, 0) + 1
+        return counts
+
+    def rejections_frame(self, recorded_at: datetime) -> pd.DataFrame:
+        """The rejections as ``landing_rejections`` rows (``data.schema.LANDING_REJECTIONS``), stamped
+        ``recorded_at`` (naive UTC)."""
+        frame = pd.DataFrame(
+            {
+                "file_name": pd.Series([r.name for r in self.rejections], dtype=object),
+                "reason": pd.Series([r.reason for r in self.rejections], dtype=object),
+                "detail": pd.Series([r.detail for r in self.rejections], dtype=object),
+                "size_bytes": pd.array([r.size_bytes for r in self.rejections], dtype="Int64"),
+                "recorded_at": pd.Series([recorded_at] * len(self.rejections), dtype="datetime64[us]"),
+            }
+        )
+        return frame[LANDING_REJECTIONS.column_names]
+
+
+def _printable(name: str) -> str:
+    """``name`` as UTF-8 text: undecodable bytes (surrogate escapes from the file system) become ``\\x..``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def scan_landing_folder(folder: str | Path, today: date | None = None) -> LandingScan:
+    """List ``folder`` (no file is opened): every ``YYYY-MM-DD.csv|parquet|jsonl`` file of a real UTC day before
+    ``today`` (default: today, UTC; so at most yesterday) that is not empty is ingestable; every other entry is a
+    :class:`LandingRejection` with its reason (``unreadable_name``: the name is not UTF-8; ``not_a_daily_file``:
+    another name, or not a regular file; ``impossible_date``: e.g. ``2024-02-30.csv``; ``future_date``: today or
+    later, ingested once the day is over; ``empty_file``: 0 bytes). A missing folder gives an empty scan.
+    """
+    today = today or datetime.now(UTC).date()
+    scan = LandingScan()
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except OSError:
+        return scan
+    for path in entries:
+        name = _printable(path.name)
+        try:
+            size = int(path.stat().st_size)
+        except OSError as exc:
+            scan.rejections.append(LandingRejection(name, "not_a_daily_file", f"cannot stat: {exc.strerror}"))
+            continue
+        if name != path.name:
+            detail = "the file name is not valid UTF-8; rename it YYYY-MM-DD.csv|parquet|jsonl"
+            scan.rejections.append(LandingRejection(name, "unreadable_name", detail, size))
+            continue
+        match = _DATE_FILE.match(path.name)
+        if not match or not path.is_file():
+            detail = "not a regular file" if match else "the name is not YYYY-MM-DD.csv|parquet|jsonl"
+            scan.rejections.append(LandingRejection(name, "not_a_daily_file", detail, size))
+            continue
+        try:
+            day = date.fromisoformat(match.group(1))
+        except ValueError:
+            detail = f"{match.group(1)} is not a real date (YYYY-MM-DD)"
+            scan.rejections.append(LandingRejection(name, "impossible_date", detail, size))
+            continue
+        if day >= today:
+            detail = f"{day} is not over yet (UTC today is {today}): ingested once the day is over"
+            scan.rejections.append(LandingRejection(name, "future_date", detail, size))
+            continue
+        if size == 0:
+            scan.rejections.append(LandingRejection(name, "empty_file", "the file is empty (0 bytes)", 0))
+            continue
+        scan.files.setdefault(day, []).append(path)
+    return scan
+
+
 @dataclass
 class DailyFileSource(EventSource):
     """A folder of daily event files (``YYYY-MM-DD.csv|.parquet|.jsonl``, one UTC day each) and a catalog file.
@@ -334,30 +428,39 @@ class DailyFileSource(EventSource):
     events_dir: str | Path
     catalog_path: str | Path
 
-    def files_by_day(self) -> dict[date, list[Path]]:
-        """The event files by UTC day, sorted by name (what the landing-folder sensor watches).
+    def scan(self, today: date | None = None) -> LandingScan:
+        """The folder's ingestable files by UTC day and its rejected entries (:func:`scan_landing_folder`; the
+        catalog file, when it sits in that folder, is not a rejection).
 
         Raises:
-            SourceError: the folder is missing, holds no daily file, or a file name is not a real date.
+            SourceError: the folder is missing.
+        """
+        folder = Path(self.events_dir)
+        if not folder.is_dir():
+            raise SourceError(f"events folder not found: {folder}")
+        scan = scan_landing_folder(folder, today)
+        catalog = Path(self.catalog_path)
+        if catalog.parent.resolve() == folder.resolve():
+            scan.rejections = [r for r in scan.rejections if r.name != catalog.name]
+        return scan
+
+    def files_by_day(self) -> dict[date, list[Path]]:
+        """The ingestable event files by UTC day (at most yesterday), sorted by name; an entry that cannot be
+        ingested is left out here and listed by :meth:`scan` with its reason.
+
+        Raises:
+            SourceError: the folder is missing or holds no ingestable daily file.
         """
         return self._files()
 
     def _files(self) -> dict[date, list[Path]]:
-        folder = Path(self.events_dir)
-        if not folder.is_dir():
-            raise SourceError(f"events folder not found: {folder}")
-        files: dict[date, list[Path]] = {}
-        for path in sorted(folder.iterdir()):
-            match = _DATE_FILE.match(path.name)
-            if match:
-                try:
-                    day = date.fromisoformat(match.group(1))
-                except ValueError:
-                    raise SourceError(f"{path}: file name is not a real date (YYYY-MM-DD)") from None
-                files.setdefault(day, []).append(path)
-        if not files:
-            raise SourceError(f"{folder}: no daily event files named YYYY-MM-DD.csv|.parquet|.jsonl")
-        return files
+        scan = self.scan()
+        if not scan.files:
+            rejected = f" ({len(scan.rejections)} rejected: {scan.reason_counts()})" if scan.rejections else ""
+            raise SourceError(
+                f"{self.events_dir}: no ingestable daily event files named YYYY-MM-DD.csv|.parquet|.jsonl{rejected}"
+            )
+        return scan.files
 
     def first_date(self) -> date:
         return min(self._files())
@@ -472,19 +575,7 @@ def partitions_start(settings: Settings) -> date:
     return BUNDLED_FIRST_DAY
 
 
-def listed_days(folder: str | Path) -> list[date]:
-    """The UTC days named by ``YYYY-MM-DD.csv|parquet|jsonl`` files in ``folder``, sorted (a listing, no file is
-    opened; names that are not real dates are left out; a missing folder gives ``[]``)."""
-    days = set()
-    try:
-        names = [p.name for p in Path(folder).iterdir()]
-    except OSError:
-        return []
-    for name in names:
-        match = _DATE_FILE.match(name)
-        if match:
-            try:
-                days.add(date.fromisoformat(match.group(1)))
-            except ValueError:
-                continue
-    return sorted(days)
+def listed_days(folder: str | Path, today: date | None = None) -> list[date]:
+    """The UTC days with an ingestable file in ``folder`` (:func:`scan_landing_folder`: real dates before
+    ``today``, UTC, non-empty), sorted; a listing, no file is opened; a missing folder gives ``[]``."""
+    return sorted(scan_landing_folder(folder, today).files)

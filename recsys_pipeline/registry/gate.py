@@ -1,7 +1,10 @@
 """The champion / challenger gate as pure functions of figures (no MLflow here; ``model_registry`` applies them).
 
 A new model version replaces the champion when its figure on one configured metric (:class:`ChampionPolicy`) is at
-least ``min_margin`` above the champion's on the same split (:func:`decide`). The outcome, with its reason, is a
+least ``min_margin`` above the champion's on the same split, and only when it clears the popularity floor (our
+NDCG@10 at least popularity's on every evaluated protocol, :func:`ndcg_against_popularity`: the same verdict as the
+blocking asset check ``model_beats_popularity``, so the alias never moves to a model that check stops)
+(:func:`decide`). The outcome, with its reason, is a
 :class:`GateDecision`, whose :meth:`GateDecision.tags` are written on the model version and its runs.
 """
 
@@ -89,6 +92,7 @@ class GateDecision:
     comparison: str
     evaluation_run_id: str | None = None
     min_margin: float = 0.0
+    floor: str = ""
 
     @property
     def decision(self) -> str:
@@ -106,13 +110,28 @@ class GateDecision:
             "gate.champion_value": "" if self.champion_value is None else f"{self.champion_value:.6f}",
             "gate.comparison": self.comparison,
             "gate.evaluation_run_id": self.evaluation_run_id or "",
+            "gate.popularity_floor": self.floor,
         }
 
 
-def decide(value: float, champion_value: float | None, min_margin: float = 0.0) -> tuple[bool, str]:
+def decide(
+    value: float, champion_value: float | None, min_margin: float = 0.0, floor: dict | None = None
+) -> tuple[bool, str]:
     """``(promote, reason)`` for a challenger scoring ``value`` against a champion scoring ``champion_value``
     (``None``: no champion). Promote when ``value - champion_value >= min_margin``; a non-finite ``value`` never
-    wins; a non-finite champion figure always loses."""
+    wins; a non-finite champion figure always loses.
+
+    ``floor``: the popularity-floor verdict of this evaluation (:func:`ndcg_against_popularity`, keys ``passed``
+    and ``reason``). When given and not passed the version is never promoted, whatever the champion's figure
+    (also when there is no champion yet): the reason starts with ``below the popularity floor``."""
+    promote, reason = _versus_champion(value, champion_value, min_margin)
+    if floor is not None and not floor["passed"]:
+        versus = "no champion yet" if champion_value is None else reason
+        return False, f"below the popularity floor ({floor['reason']}): kept as challenger; {versus}"
+    return promote, reason
+
+
+def _versus_champion(value: float, champion_value: float | None, min_margin: float) -> tuple[bool, str]:
     if champion_value is None:
         return True, "no champion yet: the first evaluated version becomes champion"
     if not math.isfinite(value):

@@ -2,7 +2,8 @@
 
 Every trained model is a new version of the registered model (``recsys_ranker``). :func:`gate_model_version`
 applies the champion / challenger gate (``registry.gate``): it moves the ``champion`` alias only when the new
-version is at least ``min_margin`` better on the same split; otherwise the version gets the ``challenger`` alias.
+version clears the popularity floor (the blocking check's verdict on the same figures) and is at least
+``min_margin`` better than the champion on the same split; otherwise the version gets the ``challenger`` alias.
 The decision and its reason are tags (``gate.*``) on the version, its training run and the evaluation run.
 ``recommendations`` and everything that reads them use ``models:/recsys_ranker@champion`` only.
 """
@@ -21,7 +22,14 @@ from recsys_pipeline.evaluation.evaluate import evaluate
 from recsys_pipeline.evaluation.protocols import EvaluationSettings, make_split
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
 from recsys_pipeline.registry import tracking
-from recsys_pipeline.registry.gate import CHALLENGER, CHAMPION, ChampionPolicy, GateDecision, decide
+from recsys_pipeline.registry.gate import (
+    CHALLENGER,
+    CHAMPION,
+    ChampionPolicy,
+    GateDecision,
+    decide,
+    ndcg_against_popularity,
+)
 
 __all__ = [
     "champion_version",
@@ -147,8 +155,14 @@ def gate_model_version(
         evaluation_run_id: the evaluation's MLflow run; the decision is also tagged there, and the champion's
             re-scored figure logged there as ``{protocol}.champion.{metric}``.
 
+    The version is promoted only when ``evaluation_metrics`` clears the popularity floor
+    (:func:`~recsys_pipeline.registry.gate.ndcg_against_popularity`, the verdict of the blocking check
+    ``model_beats_popularity`` on the same rows) and beats the champion by ``policy.min_margin``; so the alias never
+    moves to a version that check would stop.
+
     Effects: alias ``champion`` (promoted) or ``challenger`` (kept) on ``version``; ``gate.*`` tags
-    (:meth:`GateDecision.tags`) on the version, its training run and the evaluation run.
+    (:meth:`GateDecision.tags`, including ``gate.popularity_floor``) on the version, its training run and the
+    evaluation run.
 
     Raises:
         ValueError: ``policy.metric`` is not in ``evaluation_metrics`` (its protocol was not evaluated).
@@ -186,9 +200,12 @@ def gate_model_version(
             comparison = "recorded"
             recorded = champion.tags.get("gate.value") if champion.tags.get("gate.metric") == policy.metric else None
             champion_value = float(recorded) if recorded else float("nan")
-    promoted, reason = decide(value, champion_value if champion is not None else None, policy.min_margin)
-    if comparison == "already_champion":
+    floor = ndcg_against_popularity(evaluation_metrics)
+    promoted, reason = decide(value, champion_value if champion is not None else None, policy.min_margin, floor)
+    if comparison == "already_champion":  # the alias does not move; a failed floor still stops publishing
         promoted, reason = True, f"v{version} already holds the champion alias; re-evaluated at {value:.4f}"
+        if not floor["passed"]:
+            reason += f"; below the popularity floor ({floor['reason']})"
     elif champion is not None:
         reason = f"{policy.metric}: {reason}; champion v{champion.version}, {comparison.replace('_', ' ')}"
     decision = GateDecision(
@@ -202,6 +219,7 @@ def gate_model_version(
         comparison,
         evaluation_run_id,
         policy.min_margin,
+        ("passed: " if floor["passed"] else "failed: ") + floor["reason"],
     )
     if promoted:
         client.set_registered_model_alias(registered_model_name, CHAMPION, version)

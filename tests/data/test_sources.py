@@ -101,5 +101,8 @@ def test_daily_files_edge_cases_are_clear(tmp_path):
         [None, "not UTF-8 (byte 3)", "caf\\xe9,a,2024-01-06T10:00:00Z"]
     ]
     (events / "2024-13-01.csv").write_text("user_id,item_id,timestamp\n")
-    with pytest.raises(SourceError, match="2024-13-01.csv: file name is not a real date"):
-        source.first_date()
+    assert source.first_date() == date(2024, 1, 6)  # the empty day and the impossible date are not ingestable
+    assert {r.name: r.reason for r in source.scan().rejections} == {
+        "2024-01-05.csv": "empty_file",
+        "2024-13-01.csv": "impossible_date",
+    }

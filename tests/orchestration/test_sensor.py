@@ -47,7 +47,8 @@ def test_new_days_are_requested_once_and_changed_files_again(tmp_path, capfd, ti
     assert all(r.run_key.startswith(r.partition_key + ":") for r in first.run_requests)
     logged = capfd.readouterr().err
     assert "skipping 1990-01-01.csv: 1990-01-01 is not a partition" in logged
-    assert "skipping 2999-01-01.csv: 2999-01-01 is not a partition" in logged
+    assert "rejected landing file 2999-01-01.csv: future_date: 2999-01-01 is not over yet" in logged
+    assert "rejected landing file notes.txt: not_a_daily_file" in logged
     assert "2018-09-03: ['2018-09-03.csv'] modified in the last 30 s" in logged
     for request in first.run_requests:  # the partition keys and job resolve against the real job
         assert definitions.resolve_job_def("ingest_events_job").partitions_def.has_partition_key(request.partition_key)
@@ -55,7 +56,8 @@ def test_new_days_are_requested_once_and_changed_files_again(tmp_path, capfd, ti
     write_day(tmp_path, "2018-09-03.csv")  # finished writing
     second = tick(tmp_path, first.cursor)
     assert [r.partition_key for r in second.run_requests] == ["2018-09-03"]
-    assert "skipping" not in capfd.readouterr().err  # the out-of-range files are logged once, not every tick
+    logged = capfd.readouterr().err
+    assert "skipping" not in logged and "rejected" not in logged  # logged once, not every tick
 
     third = tick(tmp_path, second.cursor)
     assert third.run_requests == [] and json.loads(third.cursor) == json.loads(second.cursor)

@@ -2,7 +2,7 @@
 that leaves the previous tables as they were. Nothing is dropped silently and no value reaches SQL as text."""
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 
 import dagster as dg
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from recsys_pipeline.assets import daily_partitions, ingestion_assets
 from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.catalog import MAX_TEXT_CHARS
-from recsys_pipeline.data.sources import DailyFileSource, SourceError
+from recsys_pipeline.data.sources import DailyFileSource
 from recsys_pipeline.resources import SourceResource, WarehouseResource
 from recsys_pipeline.settings import get_settings
 
@@ -203,9 +203,10 @@ def test_values_that_are_not_dates_are_clear_errors(tmp_path, monkeypatch):
     assert _day_end("2024-02-28", "cutoff_date") == datetime(2024, 2, 29)
     with pytest.raises(ValueError, match="--start 'soon' is not a YYYY-MM-DD date"):
         _day("soon", "--start")
-    with pytest.raises(SourceError, match="2024-02-30.csv: file name is not a real date"):
-        (tmp_path / "events" / "2024-02-30.csv").write_text("user_id,item_id,timestamp\n")
-        DailyFileSource(tmp_path / "events", tmp_path / "items.csv").first_date()
+    (tmp_path / "events" / "2024-02-30.csv").write_text("user_id,item_id,timestamp\n")
+    source = DailyFileSource(tmp_path / "events", tmp_path / "items.csv")
+    assert source.first_date() == date(2024, 1, 5)  # an impossible date is a rejection, never an error
+    assert [(r.name, r.reason) for r in source.scan().rejections] == [("2024-02-30.csv", "impossible_date")]
 
 
 def test_media_uris_outside_the_roots_are_refused_and_never_read(tmp_path, monkeypatch):
