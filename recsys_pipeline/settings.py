@@ -183,7 +183,8 @@ class HomePaths:
 
 def ensure_home(paths: HomePaths) -> HomePaths:
     """Create the home's folders (idempotent) and write ``dagster/dagster.yaml`` from the package's template
-    when missing (an existing file is the user's: never overwritten). Returns ``paths``.
+    (``{dagster_home}`` replaced by this home's absolute ``dagster`` folder) when missing (an existing file is the
+    user's: never overwritten). Returns ``paths``.
 
     Called by the commands and by a run that needs the home, never at import.
     """
@@ -191,5 +192,6 @@ def ensure_home(paths: HomePaths) -> HomePaths:
     paths.dagster_home.mkdir(parents=True, exist_ok=True)
     config = paths.dagster_home / "dagster.yaml"
     if not config.exists():
-        config.write_text(DAGSTER_YAML_TEMPLATE.read_text())
+        text = DAGSTER_YAML_TEMPLATE.read_text().replace("{dagster_home}", str(paths.dagster_home.resolve()))
+        config.write_text(text)
     return paths

@@ -197,6 +197,11 @@ class _ImageFiles(torch.utils.data.Dataset):
             return None, i, MediaFailure("decode_error", f"{type(exc).__name__}: {exc}"[:200])
 
 
+def _one_thread(_worker_id: int) -> None:
+    # a decoding worker's small tensor ops on several threads only compete with the forward pass
+    torch.set_num_threads(1)
+
+
 def _collate(batch):
     ok = [(x, i) for x, i, f in batch if f is None]
     failed = {i: f for _, i, f in batch if f is not None}
@@ -249,7 +254,8 @@ class ImageEncoder:
             cache_dir = Path(home) / "models" if home else Path.home() / ".cache" / "recsys"
         self.net, self.model_id = build_timm_model(model, weights_file, cache_dir, 0, local_files_only)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.net.to(self.device)
+        # NHWC: the CPU convolution kernels (oneDNN) run it faster (measured 79 -> 60 ms per image at batch 32)
+        self.net.to(self.device, memory_format=torch.channels_last)
         self.data_config = resolve_data_config({}, model=self.net)
         self.transform = create_transform(**self.data_config, is_training=False)
         self.dim = int(self.net.num_features)
@@ -271,13 +277,14 @@ class ImageEncoder:
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_collate,
+            worker_init_fn=_one_thread if self.num_workers else None,
         )
         vectors, positions, failures = [], [], {}
         for images, ok, failed in loader:
             failures.update(failed)
             if images is None:
                 continue
-            feats = self.net(images.to(self.device))
+            feats = self.net(images.to(self.device, memory_format=torch.channels_last))
             vectors.append(torch.nn.functional.normalize(feats.float(), dim=1).cpu().numpy())
             positions += ok
         out = np.concatenate(vectors) if vectors else np.zeros((0, self.dim), dtype=np.float32)

@@ -22,6 +22,7 @@ def _run_range(dagster_home, monkeypatch, batched: bool):
     """Materialize the 30 partitions of both assets in one run; returns what the instance then reads back."""
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "7" if batched else "0")  # 7: batches end mid-range too
+    monkeypatch.delenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", raising=False)  # one planned per partition
     dagster_home.mkdir()
     storage = (
         "event_log_storage:\n  module: recsys_pipeline.instance\n  class: BatchedSqliteEventLogStorage\n"
@@ -90,3 +91,15 @@ def test_batched_storage_defaults_to_dagster_home_and_needs_one(tmp_path, monkey
     monkeypatch.delenv("DAGSTER_HOME")
     with pytest.raises(ValueError, match="DAGSTER_HOME"):
         BatchedSqliteEventLogStorage()
+
+
+def test_the_home_instance_uses_the_batched_storage_without_dagster_home(tmp_path, monkeypatch):
+    from recsys_pipeline.settings import HomePaths, ensure_home
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    paths = ensure_home(HomePaths.at(tmp_path / "home"))
+    assert "{dagster_home}" not in (paths.dagster_home / "dagster.yaml").read_text()
+    with dg.DagsterInstance.from_config(str(paths.dagster_home)) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, BatchedSqliteEventLogStorage)
+        assert storage._base_dir == str((paths.dagster_home / "history" / "runs").resolve())
