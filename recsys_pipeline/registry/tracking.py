@@ -188,3 +188,25 @@ def log_evaluation_chart(
     client.log_figure(run_id, fig, EVALUATION_CHART)
     plt.close(fig)
     return True
+
+
+def kill_orphaned_runs(tracking_uri: str, is_dead) -> list[str]:
+    """Mark ``KILLED`` every MLflow run still ``RUNNING`` whose Dagster run is dead: its tag ``dagster.run_id``
+    names a run for which ``is_dead(dagster_run_id) -> bool`` is true (e.g. a training killed by ``kill -9``,
+    which never ended its MLflow run). Runs without that tag are left alone.
+
+    Returns:
+        the MLflow run ids marked ``KILLED``, sorted.
+    """
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    killed = []
+    for run in client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        dagster_run_id = run.data.tags.get("dagster.run_id")
+        if dagster_run_id and is_dead(dagster_run_id):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            client.set_tag(run.info.run_id, "recsys.killed_reason", f"its Dagster run {dagster_run_id} is dead")
+            killed.append(run.info.run_id)
+    return sorted(killed)
