@@ -116,6 +116,14 @@ def _first(frame: pd.DataFrame, column: str):
     return None if pd.isna(value) else str(value)
 
 
+MAX_ECHO_CHARS = 200  # at most this much of a caller's id is echoed in an error body
+
+
+def _echo(text: str) -> str:
+    """``text`` cut to ``MAX_ECHO_CHARS`` characters (marked with ``…``) for an error body."""
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"
+
+
 def create_app(paths: HomePaths):
     """The FastAPI app serving ``paths``' published snapshots (see the module docstring for the contract)."""
     from fastapi import FastAPI, Query
@@ -193,7 +201,7 @@ def create_app(paths: HomePaths):
                 status_code=404,
                 content={
                     "error": "unknown_user",
-                    "user_id": user_id,
+                    "user_id": _echo(user_id),
                     "detail": "no interactions for this user_id in the published recommendations; for a new user "
                     "without history, ask again with ?fallback=true for the popularity list",
                 },
