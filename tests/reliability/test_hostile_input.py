@@ -307,3 +307,9 @@ def test_error_bodies_echo_at_most_200_characters_of_an_id(tmp_path):
     assert response.status_code == 404
     assert response.json()["user_id"] == "x" * 200 + "…"
     assert len(response.content) < 1_000
+
+    guarded = TestClient(create_app(paths, api_key="s3cret"))  # RECSYS_API_KEY
+    assert guarded.get("/recommendations/1").status_code == 401
+    assert guarded.get("/health", headers={"X-API-Key": "wrong"}).json()["error"] == "unauthorized"
+    answer = guarded.get("/recommendations/1", headers={"X-API-Key": "s3cret"})
+    assert answer.status_code == 200 and answer.json()["items"][0]["item_id"] == "a"
