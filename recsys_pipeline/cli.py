@@ -72,11 +72,13 @@ def _run(
     step. Raises SystemExit naming the failed step or blocking check."""
     import dagster as dg
 
-    from recsys_pipeline.instance import free_slots_of_dead_steps
+    from recsys_pipeline.instance import free_slots_of_dead_steps, kill_orphaned_mlflow_runs
 
     instance = dg.DagsterInstance.get()
     for run_id in free_slots_of_dead_steps(instance):  # else a killed earlier run blocks every DuckDB step
         print(f"    run {run_id[:8]} was killed mid-step: marked failed, its duckdb pool slot freed", flush=True)
+    for run_id in kill_orphaned_mlflow_runs(instance):
+        print(f"    MLflow run {run_id[:8]} of a dead Dagster run marked KILLED", flush=True)
     job = _definitions().resolve_job_def(PIPELINE_JOB)
     tags = {}
     if first is not None:

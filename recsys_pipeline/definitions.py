@@ -48,7 +48,7 @@ def build_definitions(
         schedules=automation.schedules(jobs[0], settings),
         sensors=automation.sensors(partitions),
         resources=dict(resources) if resources is not None else default_resources(),
-        executor=dg.in_process_executor,
+        executor=instance.pool_aware_in_process_executor,
         loggers={"step_lines": instance.step_lines},
     )
 

@@ -9,6 +9,13 @@
   step whose process was killed (SIGKILL, OOM killer, power cut) never ends: its run stays "started" and the slot
   stays claimed, so every later DuckDB step would wait for it forever. The default run launcher cannot check run
   workers (Dagster's run monitoring does not cover it), so this does it for this local, single-machine instance.
+- :data:`pool_aware_in_process_executor`: the code location's executor (Dagster's in-process executor, wrapped), so
+  every run that Dagster starts with it (``dagster asset materialize``, a UI launch with or without the daemon, a
+  schedule or sensor run) frees dead runs' slots when it starts and, while one of its steps waits for the pool,
+  every few seconds; a step that waits longer than ``RECSYS_POOL_WAIT_TIMEOUT`` for a live run fails its run with a
+  message naming the holding run; SIGTERM ends a waiting run at once. ``recsys`` (``execute_in_process``, which
+  always uses Dagster's own in-process executor) frees dead slots itself before each run. Either way, MLflow runs
+  left ``RUNNING`` by a dead Dagster run are marked ``KILLED`` (:func:`kill_orphaned_mlflow_runs`).
 
 SQLite sync: Dagster's SQLite storage opens a connection per event and commits each one; with the default
 ``synchronous=FULL`` every event costs two fsyncs. A single-run backfill of the bundled data logs about 33,000
@@ -31,6 +38,8 @@ import logging
 import os
 import sqlite3
 import sys
+import threading
+import time
 
 import dagster as dg
 from dagster._config import Field, StringSource
@@ -46,9 +55,12 @@ __all__ = [
     "DUCKDB_POOL",
     "EVENT_BATCH_SIZE",
     "BatchedSqliteEventLogStorage",
+    "PoolWaitError",
     "prepare",
     "relax_sqlite_sync",
     "free_slots_of_dead_steps",
+    "kill_orphaned_mlflow_runs",
+    "pool_aware_in_process_executor",
     "step_lines",
 ]
 
@@ -194,6 +206,157 @@ def free_slots_of_dead_steps(instance: dg.DagsterInstance, pool: str = DUCKDB_PO
         storage.free_concurrency_slots_for_run(run_id)
         freed.append(run_id)
     return freed
+
+
+def _run_is_dead(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """The Dagster run is finished, or started but none of its processes exist any more. A run this instance does
+    not know (another instance's, e.g. a test's) is not judged: ``False``."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        return False
+    if run.is_finished:
+        return True
+    if run.status != dg.DagsterRunStatus.STARTED:
+        return False  # queued or starting: not ours to judge
+    events = instance.all_logs(run_id, of_type={dg.DagsterEventType.RUN_START, dg.DagsterEventType.STEP_START})
+    pids = {e.dagster_event.pid for e in events if e.dagster_event is not None and e.dagster_event.pid}
+    return bool(pids) and not any(_alive(pid) for pid in pids)
+
+
+def kill_orphaned_mlflow_runs(instance: dg.DagsterInstance, tracking_uri: str | None = None) -> list[str]:
+    """Mark ``KILLED`` the MLflow runs (tag ``dagster.run_id``) still ``RUNNING`` whose Dagster run is dead
+    (:func:`~recsys_pipeline.registry.tracking.kill_orphaned_runs`); ``tracking_uri`` defaults to the home's
+    store, and a home without an MLflow store is left alone. Returns the MLflow run ids marked."""
+    from recsys_pipeline.registry import tracking
+
+    if tracking_uri is None:
+        paths = get_settings().paths
+        if not paths.mlflow_db.exists():
+            return []
+        tracking_uri = paths.mlflow_tracking_uri
+    tracking.quiet()
+    return tracking.kill_orphaned_runs(tracking_uri, lambda run_id: _run_is_dead(instance, run_id))
+
+
+class PoolWaitError(RuntimeError):
+    """A step of this run waited too long for a pool slot held by a live run, or the run was terminated (SIGTERM)
+    while waiting; the message names the holding runs."""
+
+
+class _PoolWatchdog:
+    """While the run executes, every ``interval`` s: when one of its steps waits for ``pool``, free the slots of
+    dead runs; when it has waited ``timeout`` s for a live run, or a SIGTERM / SIGINT arrived while it waits, end the
+    run with :class:`PoolWaitError` naming the holders.
+
+    Why a thread: Dagster's in-process wait loop sleeps on the main thread and only records a signal (its
+    interrupt capture, which SIGTERM is mapped to) without looking at it, so a waiting run ignored SIGTERM. The
+    thread reads that record and raises the error in the main thread (``PyThreadState_SetAsyncExc``): it surfaces
+    when the main thread wakes from its current sleep (at most 15 s, Dagster's longest claim interval).
+    """
+
+    def __init__(self, instance: dg.DagsterInstance, run_id: str, pool: str, timeout: float, interval: float = 1.0):
+        self.instance, self.run_id, self.pool, self.timeout, self.interval = instance, run_id, pool, timeout, interval
+        self.waiting_since: float | None = None
+        self.holders: list[str] = []
+        self.error: str | None = None
+        self._main = threading.main_thread().ident if threading.current_thread() is threading.main_thread() else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="recsys-pool-watchdog", daemon=True)
+
+    def __enter__(self) -> _PoolWatchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def message(self) -> str:
+        holders = ", ".join(self.holders) or "none recorded"
+        waited = 0.0 if self.waiting_since is None else time.monotonic() - self.waiting_since
+        return (
+            f"{self.error or 'stopped'} while waiting {waited:.0f} s for the {self.pool!r} pool slot held by run(s) "
+            f"{holders}; nothing of the waiting step was written (cancel the holding run, or raise "
+            "RECSYS_POOL_WAIT_TIMEOUT)"
+        )
+
+    def _raise_in_main(self) -> None:
+        import ctypes
+
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._main), ctypes.py_object(PoolWaitError))
+
+    def _watch(self) -> None:
+        from dagster._utils.interrupts import check_captured_interrupt  # Dagster's record of SIGINT / SIGTERM
+
+        storage = self.instance.event_log_storage
+        while not self._stop.wait(self.interval):
+            try:
+                info = storage.get_concurrency_info(self.pool)
+            except Exception:  # the instance is closing: nothing to watch
+                return
+            mine_claimed = any(s.run_id == self.run_id for s in info.claimed_slots)
+            mine_pending = any(s.run_id == self.run_id for s in info.pending_steps)
+            if not mine_pending or mine_claimed:
+                self.waiting_since = None
+                continue
+            self.waiting_since = self.waiting_since or time.monotonic()
+            self.holders = sorted({s.run_id for s in info.claimed_slots if s.run_id != self.run_id})
+            if free_slots_of_dead_steps(self.instance, self.pool):
+                kill_orphaned_mlflow_runs(self.instance)
+                self.waiting_since = None
+                continue
+            if check_captured_interrupt():
+                self.error = "terminated (SIGTERM or SIGINT)"
+            elif time.monotonic() - self.waiting_since > self.timeout:
+                self.error = f"gave up after RECSYS_POOL_WAIT_TIMEOUT={self.timeout:g} s"
+            if self.error and self._main is not None:
+                self._raise_in_main()
+                return
+
+
+class _PoolAwareExecutor(dg.Executor):
+    """Dagster's in-process executor, with dead slots freed at run start and a :class:`_PoolWatchdog` around it."""
+
+    def __init__(self, inner: dg.Executor, timeout: float) -> None:
+        self._inner, self._timeout = inner, timeout
+
+    @property
+    def retries(self):
+        return self._inner.retries
+
+    @property
+    def step_dependency_config(self):
+        return self._inner.step_dependency_config
+
+    def execute(self, plan_context, execution_plan):
+        instance = plan_context.instance
+        freed = free_slots_of_dead_steps(instance)
+        if freed:
+            plan_context.log.warning(
+                f"runs {', '.join(freed)} were killed mid-step: marked failed, their {DUCKDB_POOL!r} slots freed"
+            )
+        killed = kill_orphaned_mlflow_runs(instance)
+        if killed:
+            plan_context.log.warning(f"MLflow runs {', '.join(killed)} of dead Dagster runs marked KILLED")
+        with _PoolWatchdog(instance, plan_context.run_id, DUCKDB_POOL, self._timeout) as watchdog:
+            try:
+                yield from self._inner.execute(plan_context, execution_plan)
+            except (PoolWaitError, dg.DagsterExecutionInterruptedError):
+                # Dagster may turn the recorded SIGTERM into its own interruption while ours unwinds
+                if watchdog.error is None:
+                    raise
+                raise PoolWaitError(watchdog.message()) from None
+
+
+@dg.executor(
+    name="in_process",
+    config_schema=dg.in_process_executor.config_schema,
+)
+def pool_aware_in_process_executor(init_context) -> dg.Executor:
+    """Dagster's ``in_process`` executor (same config) that never lets a dead run's ``duckdb`` slot block this run,
+    and never waits for a live run's slot longer than ``RECSYS_POOL_WAIT_TIMEOUT`` (see the module docstring)."""
+    inner = dg.in_process_executor.executor_creation_fn(init_context)
+    return _PoolAwareExecutor(inner, get_settings().pool_wait_timeout)
 
 
 class _StepLineHandler(logging.Handler):

@@ -97,6 +97,18 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="seconds a process waits for another's DuckDB write lock before a clear error",
     )
+    pool_wait_timeout: float = Field(
+        3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds a Dagster step waits for the duckdb pool slot of a live run before its run fails, "
+        "naming the holding run (slots of dead runs are freed at once)",
+    )
+    api_key: str | None = Field(
+        None,
+        description="when set, `recsys serve` answers only requests with header X-API-Key equal to it (401 otherwise)",
+        repr=False,
+    )
     dagster_sqlite_sync: Literal["off", "full"] = Field(
         "off", description="SQLite fsync of the local Dagster instance (off: faster, see README Known limits)"
     )

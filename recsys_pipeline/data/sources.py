@@ -310,6 +310,25 @@ def _read_event_lines(path: Path) -> pd.DataFrame:
     return frame.sort_values("source_row", kind="stable").reset_index(drop=True)
 
 
+def _flag_non_scalar_ids(raw: pd.DataFrame) -> None:
+    """Set ``parse_error`` (where none yet) on rows whose ``user_id`` or ``item_id`` is not a scalar (a JSON object
+    or array, a Parquet struct or list): an id must be one value, never the text of a container."""
+    for col in ("user_id", "item_id"):
+        kind = raw[col].map(_container_kind)
+        mask = kind.notna() & raw["parse_error"].isna()
+        if mask.any():
+            raw["parse_error"] = raw["parse_error"].astype(object)
+            raw.loc[mask, "parse_error"] = "id not a scalar: " + col + " is " + kind[mask]
+
+
+def _container_kind(value: object) -> str | None:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) >= 1:
+        return "an array"
+    return None
+
+
 def _decode_or_none(raw: bytes) -> str | None:
     try:
         return raw.decode("utf-8")
@@ -485,6 +504,7 @@ class DailyFileSource(EventSource):
                 for col in ("user_id", "item_id", "timestamp", "value", "parse_error", "raw_line"):
                     if col not in raw.columns:
                         raw[col] = None
+                _flag_non_scalar_ids(raw)
                 rows = raw["source_row"] if "source_row" in raw.columns else pd.RangeIndex(len(raw))
                 value = raw["value"]
                 frames.append(

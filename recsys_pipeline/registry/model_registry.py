@@ -94,13 +94,22 @@ def load_version(tracking_uri: str, model_uri: str, features: ItemFeatures | Non
 
     Reads the artifacts of this release (one ``model`` folder) and of the previous one (``weights`` +
     ``item_content.npz`` + ``seen.parquet``), so a home written before the redesign still serves.
+
+    Raises:
+        recsys_pipeline.registry.tracking.ArtifactIntegrityError: a registered version's files differ from the
+            sha256 digests recorded at registration (tag ``integrity.sha256``; versions without it are older).
     """
     import mlflow
 
     from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
 
     mlflow.set_tracking_uri(tracking_uri)
-    artifacts = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri)) / "artifacts"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    client = MlflowClient(tracking_uri)
+    registered = tracking.resolve_version(client, model_uri)
+    if registered is not None:  # the files must be those recorded at registration
+        tracking.verify_model_artifacts(client, registered.name, registered.version, local)
+    artifacts = local / "artifacts"
     if (artifacts / "model").is_dir():
         return TwoTowerRecommender.load(artifacts / "model", features)
     return TwoTowerRecommender.load(  # previous release's layout

@@ -8,6 +8,8 @@ objects.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -63,7 +65,69 @@ def log_recommender(
             input_example=_input_example(model.seen.pairs()),
         )
     version = str(info.registered_model_version) if info.registered_model_version is not None else None
+    if version is not None:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri))
+        digests = json.dumps(artifact_digests(local), sort_keys=True)
+        MlflowClient().set_model_version_tag(registered_model_name, version, INTEGRITY_TAG, digests)
     return info.model_uri, version
+
+
+INTEGRITY_TAG = "integrity.sha256"
+# written by MLflow into a downloaded copy (which name and version it came from): not part of the model
+_DOWNLOAD_ONLY = {"registered_model_meta"}
+
+
+class ArtifactIntegrityError(RuntimeError):
+    """A registered model's files differ from the sha256 digests recorded when it was registered."""
+
+
+def artifact_digests(model_dir: str | Path) -> dict[str, str]:
+    """``relative path -> sha256 hex`` of every file under a logged model's folder (the weights and item tensors
+    under ``artifacts/model``, the config ``MLmodel`` and ``recommender.json``, the code file ``pyfunc_model.py``)."""
+    root = Path(model_dir)
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in _DOWNLOAD_ONLY):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        out[path.relative_to(root).as_posix()] = digest.hexdigest()
+    return out
+
+
+def verify_model_artifacts(client: MlflowClient, name: str, version: str, model_dir: str | Path) -> bool:
+    """Compare the files under ``model_dir`` (a downloaded copy of version ``version`` of ``name``) with the
+    digests in its ``integrity.sha256`` tag. Returns ``False`` when the version has no such tag (registered by an
+    older release: nothing to compare), ``True`` when every file matches.
+
+    Raises:
+        ArtifactIntegrityError: a file was changed, added or removed since registration (the message names them).
+    """
+    recorded = client.get_model_version(name, str(version)).tags.get(INTEGRITY_TAG)
+    if not recorded:
+        return False
+    expected, found = json.loads(recorded), artifact_digests(model_dir)
+    changed = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    missing, added = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    if changed or missing or added:
+        raise ArtifactIntegrityError(
+            f"model {name!r} version {version}: its files differ from the sha256 digests recorded at registration "
+            f"(changed: {changed}, missing: {missing}, added: {added}); refusing to load it. Someone with write "
+            "access to the home changed them: re-train, or restore the files"
+        )
+    return True
+
+
+def resolve_version(client: MlflowClient, model_uri: str):
+    """The ``ModelVersion`` a ``models:/name/N`` or ``models:/name@alias`` URI names; ``None`` for other URIs."""
+    if not model_uri.startswith("models:/"):
+        return None
+    ref = model_uri.removeprefix("models:/").rstrip("/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, _, number = ref.rpartition("/")
+    return client.get_model_version(name, number) if name and number.isdigit() else None
 
 
 def _signature():
@@ -82,9 +146,20 @@ def _input_example(seen: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 
 
 def load_pyfunc(tracking_uri: str, model_uri: str):
-    """Load a logged recommender as an MLflow pyfunc (``predict(DataFrame[user_id]) -> ranked items``)."""
+    """Load a logged recommender as an MLflow pyfunc (``predict(DataFrame[user_id]) -> ranked items``), after
+    checking a registered version's files against its recorded digests (before any of its code runs).
+
+    Raises:
+        ArtifactIntegrityError: the files differ from those registered.
+    """
     mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(model_uri)
+    client = MlflowClient(tracking_uri)
+    version = resolve_version(client, model_uri)
+    if version is None:
+        return mlflow.pyfunc.load_model(model_uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+    verify_model_artifacts(client, version.name, version.version, local)
+    return mlflow.pyfunc.load_model(local)
 
 
 def quiet() -> None:
@@ -188,3 +263,25 @@ def log_evaluation_chart(
     client.log_figure(run_id, fig, EVALUATION_CHART)
     plt.close(fig)
     return True
+
+
+def kill_orphaned_runs(tracking_uri: str, is_dead) -> list[str]:
+    """Mark ``KILLED`` every MLflow run still ``RUNNING`` whose Dagster run is dead: its tag ``dagster.run_id``
+    names a run for which ``is_dead(dagster_run_id) -> bool`` is true (e.g. a training killed by ``kill -9``,
+    which never ended its MLflow run). Runs without that tag are left alone.
+
+    Returns:
+        the MLflow run ids marked ``KILLED``, sorted.
+    """
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    killed = []
+    for run in client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        dagster_run_id = run.data.tags.get("dagster.run_id")
+        if dagster_run_id and is_dead(dagster_run_id):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            client.set_tag(run.info.run_id, "recsys.killed_reason", f"its Dagster run {dagster_run_id} is dead")
+            killed.append(run.info.run_id)
+    return sorted(killed)

@@ -116,13 +116,40 @@ def _first(frame: pd.DataFrame, column: str):
     return None if pd.isna(value) else str(value)
 
 
-def create_app(paths: HomePaths):
-    """The FastAPI app serving ``paths``' published snapshots (see the module docstring for the contract)."""
-    from fastapi import FastAPI, Query
+MAX_ECHO_CHARS = 200  # at most this much of a caller's id is echoed in an error body
+
+
+def _echo(text: str) -> str:
+    """``text`` cut to ``MAX_ECHO_CHARS`` characters (marked with ``…``) for an error body."""
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"
+
+
+def create_app(paths: HomePaths, api_key: str | None = None):
+    """The FastAPI app serving ``paths``' published snapshots (see the module docstring for the contract).
+
+    ``api_key``: when given, every request must carry the header ``X-API-Key`` with that value, else ``401
+    {"error": "unauthorized"}`` (compared in constant time); ``recsys serve`` passes ``RECSYS_API_KEY``.
+    """
+    import hmac
+
+    from fastapi import FastAPI, Query, Request
     from fastapi.responses import JSONResponse
 
     state = PublishedSnapshots(paths)
     app = FastAPI(title="recsys_pipeline recommendations", description=__doc__)
+
+    if api_key:
+        expected = api_key.encode()
+
+        @app.middleware("http")
+        async def require_api_key(request: Request, call_next):
+            given = request.headers.get("x-api-key", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return JSONResponse(
+                    status_code=401, content={"error": "unauthorized", "detail": "missing or wrong X-API-Key header"}
+                )
+            return await call_next(request)
+
     app.state.snapshots = state
 
     def not_published() -> JSONResponse:
@@ -193,7 +220,7 @@ def create_app(paths: HomePaths):
                 status_code=404,
                 content={
                     "error": "unknown_user",
-                    "user_id": user_id,
+                    "user_id": _echo(user_id),
                     "detail": "no interactions for this user_id in the published recommendations; for a new user "
                     "without history, ask again with ?fallback=true for the popularity list",
                 },
@@ -220,4 +247,6 @@ def serve(paths: HomePaths, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(paths), host=host, port=port, log_level="info")
+    from recsys_pipeline.settings import get_settings
+
+    uvicorn.run(create_app(paths, get_settings().api_key), host=host, port=port, log_level="info")

@@ -250,3 +250,66 @@ def test_media_uris_outside_the_roots_are_refused_and_never_read(tmp_path, monke
     assert rows == sorted((item, "outside_roots") for item in hostile)
     assert report.metadata()["missing_outside_roots"] == len(hostile) and report.metadata()["rows"] == 0
     assert not [p for p in opened if not p.is_relative_to(root.resolve()) and p.suffix != ".duckdb"]
+
+
+def test_ids_that_are_json_objects_or_arrays_are_quarantined(tmp_path):
+    import pandas as pd
+
+    lines = [
+        json.dumps({"user_id": {"nested": 1}, "item_id": "a", "timestamp": "2024-01-05T10:00:00Z"}),
+        json.dumps({"user_id": "u1", "item_id": ["a", "b"], "timestamp": "2024-01-05T10:00:00Z"}),
+        json.dumps({"user_id": "u2", "item_id": "a", "timestamp": "2024-01-05T11:00:00Z"}),
+    ]
+    resources = setup(
+        tmp_path,
+        {"2024-01-05.jsonl": "\n".join(lines).encode(), "2024-01-06.csv": b""},  # and a 0-byte day
+    )
+    pd.DataFrame(
+        {"user_id": [["u3"], ["u4", "u5"]], "item_id": ["a", "b"], "timestamp": ["2024-01-07T10:00:00Z"] * 2}
+    ).to_parquet(tmp_path / "events" / "2024-01-07.parquet")
+    assert dg.materialize([item_catalog], resources=resources).success
+    ingest(resources, "2024-01-05")
+    assert query(tmp_path, "SELECT user_id, item_id FROM interactions") == [("u2", "a")]
+    assert query(tmp_path, "SELECT source_row, reason FROM quarantine ORDER BY source_row") == [
+        (0, "id not a scalar: user_id is an object"),
+        (1, "id not a scalar: item_id is an array"),
+    ]
+    ingest(resources, "2024-01-07")
+    assert query(tmp_path, "SELECT count(*) FROM interactions WHERE timestamp >= '2024-01-07'") == [(0,)]
+    assert (
+        query(tmp_path, "SELECT reason FROM quarantine WHERE source = '2024-01-07.parquet'")
+        == [("id not a scalar: user_id is an array",)] * 2
+    )
+    empty = ingest(resources, "2024-01-06")  # the empty file: a rejection with its reason, not silently 0 rows
+    assert empty.asset_materializations_for_node("raw_events")[0].metadata["landing_rejections"].value == 1
+    assert query(tmp_path, "SELECT file_name, reason, size_bytes FROM landing_rejections") == [
+        ("2024-01-06.csv", "empty_file", 0)
+    ]
+
+
+def test_error_bodies_echo_at_most_200_characters_of_an_id(tmp_path):
+    import pandas as pd
+    from fastapi.testclient import TestClient
+
+    from recsys_pipeline.serving.app import create_app
+    from recsys_pipeline.serving.snapshot import ITEMS, publish_snapshot
+    from recsys_pipeline.settings import HomePaths
+
+    paths = HomePaths.at(tmp_path / "home")
+    recs = pd.DataFrame(
+        {"user_id": ["1"], "rank": [1], "item_id": ["a"], "score": [1.0], "strategy": ["personalized"]}
+    ).assign(model_run_id="r", model_version="1", produced_on=date(2024, 1, 1))
+    items = pd.DataFrame({"item_id": ["a"], "title": ["Alpha"], "users": [1], "rank": [1]})
+    publish_snapshot(paths, items, ITEMS)
+    publish_snapshot(paths, recs)
+    long_id = "x" * 20_000
+    response = TestClient(create_app(paths)).get(f"/recommendations/{long_id}")
+    assert response.status_code == 404
+    assert response.json()["user_id"] == "x" * 200 + "…"
+    assert len(response.content) < 1_000
+
+    guarded = TestClient(create_app(paths, api_key="s3cret"))  # RECSYS_API_KEY
+    assert guarded.get("/recommendations/1").status_code == 401
+    assert guarded.get("/health", headers={"X-API-Key": "wrong"}).json()["error"] == "unauthorized"
+    answer = guarded.get("/recommendations/1", headers={"X-API-Key": "s3cret"})
+    assert answer.status_code == 200 and answer.json()["items"][0]["item_id"] == "a"
