@@ -29,6 +29,7 @@ __all__ = [
     "split_user_last_fraction",
     "split_temporal",
     "split_item_cold_start",
+    "evaluation_fingerprint",
 ]
 
 PROTOCOLS = ("user_last_fraction", "item_cold_start", "temporal")
@@ -130,3 +131,23 @@ def make_split(interactions: pd.DataFrame, protocol: str, settings: EvaluationSe
             raise ValueError("protocol 'temporal' needs temporal_cutoff (a UTC date)")
         return split_temporal(interactions, settings.temporal_cutoff)
     raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+
+
+def evaluation_fingerprint(interactions: pd.DataFrame, features, settings: EvaluationSettings) -> str:
+    """sha256 (hex, 16 characters) of what an evaluation's figures depend on besides the model config: the
+    interactions (``user_id, item_id, timestamp``, in any row order), the item features (ids, vectors, presence,
+    genres, years) and the protocol ``settings``. Equal fingerprints mean the same splits and inputs, so the same
+    config, seed and code give the same figures (training is deterministic on CPU)."""
+    import hashlib
+
+    h = hashlib.sha256(repr(settings).encode())
+    frame = interactions[["user_id", "item_id", "timestamp"]].astype({"user_id": str, "item_id": str})
+    rows = np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy())
+    h.update(rows.tobytes())
+    h.update("\x1f".join(features.item_ids).encode())
+    for name, vectors in features.modalities.items():
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(vectors).tobytes())
+    for array in (features.present, features.genres, features.year):
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:16]

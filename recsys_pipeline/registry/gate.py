@@ -76,6 +76,9 @@ class GateDecision:
     - ``already_champion``: the gated version already holds the alias (re-evaluation);
     - ``same_config``: the champion was trained with the same ``ModelConfig``; on the same split the same recipe
       gives the same figure, so it is not retrained;
+    - ``recorded_same_split``: the champion's own gate ran on inputs with this evaluation's fingerprint
+      (``split``: same interactions, features and protocol settings): its recorded figure is what retraining its
+      config would give, so it is not retrained;
     - ``retrained_same_split``: the champion's config was retrained on this evaluation's train part and scored on
       its test part (same split, same seed, same code: comparable);
     - ``recorded``: the champion has no readable config; its figure recorded at its own gate (another split, older
@@ -93,6 +96,7 @@ class GateDecision:
     evaluation_run_id: str | None = None
     min_margin: float = 0.0
     floor: str = ""
+    split: str = ""  # evaluation.protocols.evaluation_fingerprint of the evaluated inputs
 
     @property
     def decision(self) -> str:
@@ -111,6 +115,7 @@ class GateDecision:
             "gate.comparison": self.comparison,
             "gate.evaluation_run_id": self.evaluation_run_id or "",
             "gate.popularity_floor": self.floor,
+            "gate.split": self.split,
         }
 
 

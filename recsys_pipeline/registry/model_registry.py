@@ -151,6 +151,7 @@ def gate_model_version(
     policy: ChampionPolicy,
     rescore_champion: Callable[[ModelConfig], float] | None = None,
     evaluation_run_id: str | None = None,
+    split: str = "",
 ) -> GateDecision:
     """Decide whether ``version`` becomes champion, move the aliases and record the decision.
 
@@ -163,6 +164,9 @@ def gate_model_version(
             (``comparison="recorded"``).
         evaluation_run_id: the evaluation's MLflow run; the decision is also tagged there, and the champion's
             re-scored figure logged there as ``{protocol}.champion.{metric}``.
+        split: :func:`~recsys_pipeline.evaluation.protocols.evaluation_fingerprint` of this evaluation's inputs,
+            recorded as ``gate.split``. When the champion's own ``gate.split`` (and metric) is the same, its
+            recorded figure is used instead of ``rescore_champion`` (``comparison="recorded_same_split"``).
 
     The version is promoted only when ``evaluation_metrics`` clears the popularity floor
     (:func:`~recsys_pipeline.registry.gate.ndcg_against_popularity`, the verdict of the blocking check
@@ -199,8 +203,13 @@ def gate_model_version(
     else:
         mine = version_model_config(tracking_uri, registered_model_name, version)
         theirs = version_model_config(tracking_uri, registered_model_name, champion.version)
+        same_split = bool(split) and champion.tags.get("gate.split") == split
         if theirs is not None and mine is not None and theirs == mine:
             comparison, champion_value = "same_config", value
+        elif same_split and champion.tags.get("gate.metric") == policy.metric and champion.tags.get("gate.value"):
+            comparison, champion_value = "recorded_same_split", float(champion.tags["gate.value"])
+            if evaluation_run_id and math.isfinite(champion_value):
+                client.log_metric(evaluation_run_id, f"{policy.protocol}.champion.{policy.metric_name}", champion_value)
         elif theirs is not None and rescore_champion is not None:
             comparison, champion_value = "retrained_same_split", float(rescore_champion(theirs))
             if evaluation_run_id and math.isfinite(champion_value):
@@ -229,6 +238,7 @@ def gate_model_version(
         evaluation_run_id,
         policy.min_margin,
         ("passed: " if floor["passed"] else "failed: ") + floor["reason"],
+        split,
     )
     if promoted:
         client.set_registered_model_alias(registered_model_name, CHAMPION, version)

@@ -22,7 +22,7 @@ import pandas as pd
 from recsys_pipeline.content.features import ItemFeatures
 from recsys_pipeline.evaluation.ablation import ablation_table, finite_figures, masked_ablation
 from recsys_pipeline.evaluation.evaluate import EvaluationResult, evaluate_protocols, modality_groups
-from recsys_pipeline.evaluation.protocols import EvaluationSettings
+from recsys_pipeline.evaluation.protocols import EvaluationSettings, evaluation_fingerprint
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
 from recsys_pipeline.registry import tracking
 from recsys_pipeline.registry.gate import ChampionPolicy, GateDecision
@@ -205,7 +205,8 @@ def evaluate_and_gate(
 ) -> GatedEvaluation:
     """Evaluate registered ``version``'s ``ModelConfig`` (``default_config`` when its run logged none) on the
     protocols of ``settings``, run the ablation when ``ablation_variants`` is not empty, then gate the version
-    against the champion on the same split (:func:`~recsys_pipeline.registry.model_registry.gate_model_version`).
+    against the champion on the same split (:func:`~recsys_pipeline.registry.model_registry.gate_model_version`);
+    the champion's config is retrained for that only when its own gate saw other inputs (``gate.split``).
 
     Raises:
         ValueError: the gate metric's protocol is not among the evaluated protocols.
@@ -230,6 +231,7 @@ def evaluate_and_gate(
         policy,
         rescore_champion=lambda config: rescore(model_config=config),
         evaluation_run_id=evaluation.run_id,
+        split=evaluation_fingerprint(interactions, features, settings),
     )
     return GatedEvaluation(str(version), evaluation, gate, ablation)
 

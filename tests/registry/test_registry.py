@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recsys_pipeline.evaluation.protocols import EvaluationSettings
+from recsys_pipeline.evaluation.protocols import EvaluationSettings, evaluation_fingerprint
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
 from recsys_pipeline.registry import gate, model_registry, runs, tracking
 from recsys_pipeline.serving.publish import rank_all_users
@@ -86,9 +86,9 @@ def test_worse_challenger_keeps_the_champion_and_says_why(store):
     first_value = store["nights"][0][2].value
     _, evaluated, decision = store["nights"][1]
     assert not decision.promoted and decision.champion_version == "1"
-    # the champion's config was retrained on this evaluation's split: same data, seed and config as its own
-    # evaluation, so it reproduces its recorded figure (deterministic CPU training)
-    assert decision.comparison == "retrained_same_split"
+    # same interactions, features and settings as the champion's own gate (same fingerprint): its recorded figure
+    # is what retraining its config would give, so nothing is retrained
+    assert decision.comparison == "recorded_same_split"
     assert decision.champion_value == pytest.approx(first_value, abs=1e-6)
     assert decision.value < decision.champion_value
     assert store["aliases"][1] == {"champion": "1", "challenger": "2"}
@@ -102,6 +102,31 @@ def test_worse_challenger_keeps_the_champion_and_says_why(store):
     assert client.get_run(evaluated.run_id).data.metrics["user_last_fraction.champion.ndcg_at_10"] == pytest.approx(
         decision.champion_value
     )
+
+
+def test_the_champion_config_is_retrained_only_on_other_inputs(store):
+    uri, data, features = store["uri"], store["data"], store["features"]
+    champion = model_registry.champion_version(uri, NAME)
+    champion_config = model_registry.version_model_config(uri, NAME, champion.version)
+    fewer = data.iloc[: len(data) - 5]  # other inputs: another fingerprint
+    same = evaluation_fingerprint(data, features, SETTINGS)
+    assert same == evaluation_fingerprint(data.sample(frac=1.0, random_state=0), features, SETTINGS)  # row order
+    assert evaluation_fingerprint(fewer, features, SETTINGS) != same
+    assert version_tags(store, str(champion.version))["gate.split"] == same
+    retrained = []
+
+    def rescore(config):
+        retrained.append(config)
+        return 1.0  # the champion keeps the alias whatever happens here
+
+    metrics = store["nights"][1][1].metrics
+    decision = model_registry.gate_model_version(
+        uri, NAME, "2", metrics, POLICY, rescore, split=evaluation_fingerprint(fewer, features, SETTINGS)
+    )
+    assert decision.comparison == "retrained_same_split" and retrained == [champion_config]
+    again = model_registry.gate_model_version(uri, NAME, "2", metrics, POLICY, rescore, split=same)
+    assert again.comparison == "recorded_same_split" and len(retrained) == 1
+    assert not decision.promoted and not again.promoted  # v2 (the worse config) stays challenger
 
 
 def test_better_challenger_becomes_champion(store):

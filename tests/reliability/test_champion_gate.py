@@ -118,7 +118,7 @@ def test_a_model_below_the_popularity_floor_never_becomes_champion(tmp_path, toy
     tags = client.get_model_version(NAME, "2").tags
     assert tags["gate.decision"] == "challenger"
     assert "below the popularity floor (user_last_fraction: ours NDCG@10 0.0" in tags["gate.reason"]
-    assert tags["gate.reason"].endswith("champion v1, retrained same split")
+    assert tags["gate.reason"].endswith("champion v1, recorded same split")  # same inputs: not retrained
     assert tags["gate.popularity_floor"].startswith("failed: ")
     assert client.get_model_version(NAME, "1").tags["gate.popularity_floor"].startswith("passed: ")
 
