@@ -18,6 +18,7 @@ This is the lowest layer: it imports nothing else from the package.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "BUNDLED_FIRST_DAY",
     "BUNDLED_LAST_DAY",
     "DAGSTER_YAML_TEMPLATE",
+    "pause_point",
 ]
 
 BUNDLED_MOVIELENS_DIR = Path(__file__).parent / "data" / "ml-latest-small"
@@ -112,6 +114,12 @@ class Settings(BaseSettings):
     dagster_sqlite_sync: Literal["off", "full"] = Field(
         "off", description="SQLite fsync of the local Dagster instance (off: faster, see README Known limits)"
     )
+    fault_pause: str | None = Field(
+        None,
+        description="crash tests only: the pause point (e.g. raw_events.before_commit) where a write stops, "
+        "after touching RECSYS_FAULT_READY, until the process is killed",
+    )
+    fault_ready: Path | None = Field(None, description="crash tests only: file touched when the pause point is hit")
 
     @property
     def paths(self) -> HomePaths:
@@ -151,6 +159,25 @@ def get_settings(**overrides: object) -> Settings:
             value = os.environ.get(ENV_PREFIX + name.upper(), error.get("input"))
             problems.append(f"{ENV_PREFIX}{name.upper()}={value!r}: {error['msg']}")
         raise SettingsError("; ".join(problems)) from None
+
+
+def pause_point(name: str) -> None:
+    """Deterministic fault injection: when ``RECSYS_FAULT_PAUSE`` equals ``name``, touch ``RECSYS_FAULT_READY``
+    and block until the process is killed; otherwise return at once.
+
+    Writers call it at their most fragile moment: ``<table>.before_commit`` inside every warehouse transaction
+    (every statement run, nothing committed), ``published/<name>.before_replace`` after a snapshot's temporary
+    file is fsynced and before it is moved into place. A test SIGKILLs the paused process and checks that the
+    previous good state is intact (``tests/reliability/test_fault_injection.py``).
+    """
+    wanted = os.environ.get(ENV_PREFIX + "FAULT_PAUSE")  # read directly: this runs on every write
+    if not wanted or wanted != name:
+        return
+    ready = get_settings().fault_ready
+    if ready is not None:
+        ready.touch()
+    while True:  # pragma: no cover  (ends with the process)
+        time.sleep(3600)
 
 
 @dataclass(frozen=True)

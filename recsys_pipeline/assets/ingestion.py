@@ -97,7 +97,7 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
             ).df()
             items = con.execute("SELECT item_id FROM item_catalog").df()["item_id"]
             clean, quarantined = clean_events(raw, start, end, known_items=set(items))
-            with warehouse.transaction(con):
+            with warehouse.transaction(con, "interactions"):
                 con.execute("DELETE FROM interactions WHERE timestamp >= ? AND timestamp < ?", [start, end])
                 con.execute(
                     "DELETE FROM quarantine WHERE stage = 'interactions' AND partition_date >= ?::TIMESTAMP "
@@ -128,7 +128,7 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
         kept, quarantined = clean_catalog_items(items, source=name)
         catalog = build_item_catalog(kept, tags)
         # catalog and its quarantine rows change together
-        with warehouse_db.session() as con, warehouse.transaction(con):
+        with warehouse_db.session() as con, warehouse.transaction(con, "item_catalog"):
             warehouse.replace_table(con, ITEM_CATALOG, catalog, own_transaction=False)
             con.execute("DELETE FROM quarantine WHERE stage = 'item_catalog'")
             warehouse.insert_frame(con, "quarantine", quarantined)

@@ -169,7 +169,7 @@ def model_assets() -> list[dg.AssetsDefinition]:
         )
         evaluation, run_id = result.evaluation, result.evaluation.run_id
         # the tables of one evaluation change together
-        with warehouse_db.session() as con, warehouse.transaction(con):
+        with warehouse_db.session() as con, warehouse.transaction(con, "evaluation"):
             if result.ablation is not None:
                 warehouse.replace_table(con, EVALUATION_ABLATION, result.ablation, own_transaction=False)
             warehouse.replace_table(

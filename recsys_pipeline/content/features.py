@@ -283,7 +283,7 @@ def build_item_features(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         else:
             select += ["NULL", "FALSE"]
     select += ["c.genres", "c.year::INTEGER"]
-    with warehouse.transaction(con):
+    with warehouse.transaction(con, table.name):
         con.execute(f"CREATE OR REPLACE TABLE {table.name} ({table.ddl()})")
         con.execute(
             f"INSERT INTO {table.name} SELECT {', '.join(select)} FROM item_catalog AS c "

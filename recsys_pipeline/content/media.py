@@ -320,7 +320,7 @@ def sync_media_embeddings(
         columns=MEDIA_FAILURES.column_names,
     ).astype({"uri": object, "content_hash": object})
     con.execute(f"CREATE TABLE IF NOT EXISTS {FAILURES_TABLE} ({MEDIA_FAILURES.ddl()})")
-    with warehouse.transaction(con):
+    with warehouse.transaction(con, FAILURES_TABLE):
         con.execute(f"DELETE FROM {FAILURES_TABLE} WHERE modality = ?", [modality])
         warehouse.insert_frame(con, FAILURES_TABLE, rows)
 

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from recsys_pipeline.data.schema import EVENT_TABLES, INTERACTIONS, TABLES, Table, embedding_table
-from recsys_pipeline.settings import get_settings
+from recsys_pipeline.settings import get_settings, pause_point
 
 LOCK_TIMEOUT_ENV = "RECSYS_DUCKDB_LOCK_TIMEOUT"
 
@@ -113,11 +113,16 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @contextlib.contextmanager
-def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-    """BEGIN … COMMIT, with ROLLBACK on any exception (a crash mid-write leaves the previous state)."""
+def transaction(con: duckdb.DuckDBPyConnection, name: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN … COMMIT, with ROLLBACK on any exception (a crash mid-write leaves the previous state).
+
+    ``name`` (the table written, or the group of tables) names the fault-injection point
+    ``<name>.before_commit`` (:func:`recsys_pipeline.settings.pause_point`), hit after the body ran.
+    """
     con.execute("BEGIN TRANSACTION")
     try:
         yield con
+        pause_point(f"{name}.before_commit")
     except BaseException:
         con.execute("ROLLBACK")
         raise
@@ -160,7 +165,7 @@ def replace_window(
     Re-running with the same frame gives the same rows (no duplicates). ``start``/``end`` are naive UTC datetimes;
     ``column`` is a TIMESTAMP or DATE column, compared as a timestamp. Returns the number of rows inserted.
     """
-    with transaction(con):
+    with transaction(con, table):
         con.execute(
             f"DELETE FROM {table} WHERE CAST({column} AS TIMESTAMP) >= ? AND CAST({column} AS TIMESTAMP) < ?",
             [start, end],
@@ -184,7 +189,7 @@ def replace_table(
     missing = [c for c in table.column_names if c not in frame.columns]
     if missing:
         raise KeyError(f"{table.name}: frame lacks column(s) {missing}")
-    with transaction(con) if own_transaction else contextlib.nullcontext():
+    with transaction(con, table.name) if own_transaction else contextlib.nullcontext():
         con.execute(f"CREATE OR REPLACE TABLE {table.name} ({table.ddl()})")
         insert_frame(con, table.name, frame[table.column_names])
     return len(frame)
@@ -236,7 +241,7 @@ def sync_embeddings(
     if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != len(changed)):
         raise ValueError(f"{table}: expected ({len(changed)}, d) vectors, got {getattr(vectors, 'shape', None)}")
     dim = None if vectors is None else int(vectors.shape[1])
-    with transaction(con):
+    with transaction(con, table):
         if table_exists(con, table):
             stored_dim = con.execute(
                 "SELECT data_type FROM information_schema.columns WHERE table_name = ? AND column_name = 'embedding'",

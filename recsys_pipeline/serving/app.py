@@ -49,17 +49,29 @@ def _file_id(path: Path) -> tuple[int, int, int] | None:
 
 @dataclass
 class _Loaded:
+    """The snapshots as a request needs them: the lists' columns as arrays aligned with ``recs`` (a request slices
+    them, no pandas on the request path) and the popularity list as JSON-ready items."""
+
     recs: pd.DataFrame  # sorted by user_id, rank
     spans: dict[str, tuple[int, int]]  # user_id -> [start, stop) rows in recs
     titles: dict[str, str]
     popular: pd.DataFrame  # item_id, title, users, rank (by rank)
     file_ids: tuple
+    meta: dict[str, str | None]  # model_version, produced_on
+    ranks: np.ndarray  # (n_rows,) int
+    item_ids: np.ndarray  # (n_rows,) object (str)
+    item_titles: np.ndarray  # (n_rows,) object (str or None)
+    scores: np.ndarray  # (n_rows,) float64, rounded to 6 decimals
+    strategies: np.ndarray  # (n_rows,) object (str)
+    run_ids: np.ndarray  # (n_rows,) object (str or None)
+    popular_items: list[dict]  # {"rank", "item_id", "title", "score"} by rank
 
 
 class PublishedSnapshots:
     """The recommendations and item snapshots of one home, reloaded when either file changes on disk.
 
-    Thread-safe: uvicorn runs the (sync) endpoints in a thread pool.
+    Thread-safe (the lock guards a reload); the endpoints run on uvicorn's event loop, so a reload (reading the
+    Parquet files, once per publish) holds requests for its duration.
     """
 
     def __init__(self, paths: HomePaths):
@@ -106,7 +118,25 @@ class PublishedSnapshots:
         else:
             popular = pd.DataFrame({"item_id": [], "title": [], "users": [], "rank": []})
         titles = dict(zip(popular["item_id"], popular["title"]))
-        return _Loaded(recs, spans, titles, popular, ids)
+        run_ids = recs["model_run_id"] if "model_run_id" in recs.columns else pd.Series(None, index=recs.index)
+        return _Loaded(
+            recs=recs,
+            spans=spans,
+            titles=titles,
+            popular=popular,
+            file_ids=ids,
+            meta={"model_version": _first(recs, "model_version"), "produced_on": _first(recs, "produced_on")},
+            ranks=recs["rank"].to_numpy(dtype=np.int64),
+            item_ids=recs["item_id"].to_numpy(dtype=object),
+            item_titles=np.array([titles.get(i) for i in recs["item_id"]], dtype=object),
+            scores=recs["score"].to_numpy(dtype=np.float64).round(6),
+            strategies=recs["strategy"].astype(str).to_numpy(dtype=object),
+            run_ids=np.array([None if pd.isna(r) else str(r) for r in run_ids], dtype=object),
+            popular_items=[
+                {"rank": int(r.rank), "item_id": r.item_id, "title": r.title, "score": float(r.users)}
+                for r in popular.itertuples()
+            ],
+        )
 
 
 def _first(frame: pd.DataFrame, column: str):
@@ -163,8 +193,9 @@ def create_app(paths: HomePaths, api_key: str | None = None):
             },
         )
 
+    # async: the work is a dict lookup and a few array slices; a thread-pool hop per request would cost more
     @app.get("/health")
-    def health():
+    async def health():
         """Liveness plus what is loaded: users, model version, production date."""
         loaded = state.current()
         if loaded is None:
@@ -179,7 +210,7 @@ def create_app(paths: HomePaths, api_key: str | None = None):
         }
 
     @app.get("/recommendations/{user_id}")
-    def recommendations(
+    async def recommendations(
         user_id: str,
         k: int = Query(10, ge=1, le=MAX_K, description="list length (at most what was published per user)"),
         fallback: bool = Query(False, description="an id without history is a new user: popularity list, not 404"),
@@ -190,31 +221,29 @@ def create_app(paths: HomePaths, api_key: str | None = None):
         if loaded is None:
             return not_published()
         span = loaded.spans.get(user_id)
-        meta = {
-            "model_version": _first(loaded.recs, "model_version"),
-            "produced_on": _first(loaded.recs, "produced_on"),
-        }
         if span is not None:
-            rows = loaded.recs.iloc[span[0] : min(span[1], span[0] + k)]
+            start, stop = span[0], min(span[1], span[0] + k)
             items = [
-                {
-                    "rank": int(r.rank),
-                    "item_id": r.item_id,
-                    "title": loaded.titles.get(r.item_id),
-                    "score": round(float(r.score), 6),
-                }
-                for r in rows.itertuples()
+                {"rank": rank, "item_id": item, "title": title, "score": score}
+                for rank, item, title, score in zip(
+                    loaded.ranks[start:stop].tolist(),
+                    loaded.item_ids[start:stop].tolist(),
+                    loaded.item_titles[start:stop].tolist(),
+                    loaded.scores[start:stop].tolist(),
+                )
             ]
             # "k": what is returned (the published list may be shorter than requested_k)
-            return {
-                "user_id": user_id,
-                "strategy": str(rows["strategy"].iloc[0]),
-                "k": len(items),
-                "requested_k": k,
-                **meta,
-                "model_run_id": _first(rows, "model_run_id"),
-                "items": items,
-            }
+            return JSONResponse(
+                {
+                    "user_id": user_id,
+                    "strategy": loaded.strategies[start],
+                    "k": len(items),
+                    "requested_k": k,
+                    **loaded.meta,
+                    "model_run_id": loaded.run_ids[start],
+                    "items": items,
+                }
+            )
         if not fallback:
             return JSONResponse(
                 status_code=404,
@@ -225,20 +254,18 @@ def create_app(paths: HomePaths, api_key: str | None = None):
                     "without history, ask again with ?fallback=true for the popularity list",
                 },
             )
-        rows = loaded.popular.head(k)
-        items = [
-            {"rank": int(r.rank), "item_id": r.item_id, "title": r.title, "score": float(r.users)}
-            for r in rows.itertuples()
-        ]
-        return {
-            "user_id": user_id,
-            "strategy": POPULARITY_FALLBACK,
-            "k": len(items),
-            "requested_k": k,
-            **meta,
-            "score_unit": "distinct users who interacted with the item",
-            "items": items,
-        }
+        items = loaded.popular_items[:k]
+        return JSONResponse(
+            {
+                "user_id": user_id,
+                "strategy": POPULARITY_FALLBACK,
+                "k": len(items),
+                "requested_k": k,
+                **loaded.meta,
+                "score_unit": "distinct users who interacted with the item",
+                "items": items,
+            }
+        )
 
     return app
 

@@ -20,14 +20,14 @@ def test_checks_pass_on_clean_tables_and_fail_on_bad_ones(tmp_path, check):
     )
     unit = np.eye(2, 4, dtype=np.float32)
     with warehouse.session(path) as con:
-        with warehouse.transaction(con):
+        with warehouse.transaction(con, "interactions"):
             warehouse.insert_frame(con, "interactions", rows)
         warehouse.sync_embeddings(con, "text_embeddings", "m", ["a", "b"], ["h1", "h2"], lambda p: unit[p])
     assert interactions_keys_and_duplicates(warehouse_db=resource).passed
     assert text_embeddings_finite_unit_norm(warehouse_db=resource).passed
 
     with warehouse.session(path) as con:
-        with warehouse.transaction(con):
+        with warehouse.transaction(con, "interactions"):
             warehouse.insert_frame(con, "interactions", rows.head(1))  # an exact duplicate event
         warehouse.sync_embeddings(
             con,

@@ -40,7 +40,7 @@ def evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
 def insert_interactions(path, rows: list[tuple]) -> None:
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "value"])
     frame["timestamp"] = pd.to_datetime(frame["timestamp"])
-    with warehouse.session(path) as con, warehouse.transaction(con):
+    with warehouse.session(path) as con, warehouse.transaction(con, "interactions"):
         warehouse.insert_frame(con, "interactions", frame)
 
 

@@ -6,86 +6,20 @@ check stops the run, and the registry still says champion v1; a later ``recommen
 the HTTP app (what ``recsys serve`` runs) reports v1.
 """
 
-import dagster as dg
-import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
-from recsys_pipeline.content.features import build_item_features
-from recsys_pipeline.data import warehouse
-from recsys_pipeline.data.schema import ITEM_CATALOG
-from recsys_pipeline.definitions import build_definitions
 from recsys_pipeline.registry import gate
-from recsys_pipeline.resources import ModelOverrides, TrainingResource, resources_for_home
 from recsys_pipeline.serving.app import create_app
 from recsys_pipeline.serving.snapshot import read_snapshot
 from recsys_pipeline.settings import HomePaths, ensure_home
+from tests.reliability.support import definitions_training, materialize, toy_warehouse
 
 pytestmark = pytest.mark.reliability
 
 NAME = "recsys_ranker"
-EVALUATION = {"ops": {"model_evaluation": {"config": {"protocols": ["user_last_fraction"], "ablation_variants": []}}}}
-
-
-def with_hits(interactions: pd.DataFrame) -> pd.DataFrame:
-    """The toy interactions plus 4 of 6 globally popular items (i100..i105) per user at random hours, so that
-    popularity is a real floor (NDCG@10 0.241 on this split; 0.366 for 6 epochs of training, 0.049 untrained)."""
-    rng = np.random.default_rng(1)
-    start = pd.Timestamp("2020-01-01")
-    hits = [
-        (user, f"i{100 + i}", start + pd.Timedelta(hours=int(rng.integers(0, 15)), minutes=30), 1.0)
-        for user in interactions["user_id"].unique()
-        for i in rng.choice(6, size=4, replace=False)
-    ]
-    both = pd.concat([interactions, pd.DataFrame(hits, columns=interactions.columns)])
-    return both.drop_duplicates(["user_id", "item_id"]).sort_values(["user_id", "timestamp"]).reset_index(drop=True)
-
-
-def toy_warehouse(paths: HomePaths, toy) -> None:
-    """The toy interactions (with popular hits), a catalog of the toy items and their text vectors, and
-    ``item_features`` built from them, as the ingestion and content assets would leave the warehouse."""
-    features, interactions = toy.features(), with_hits(toy.interactions())
-    ids = features.item_ids
-    genres = [[f"g{int(row.argmax())}"] for row in features.genres]
-    catalog = pd.DataFrame(
-        {
-            "item_id": ids,
-            "title": [f"Toy {i}" for i in ids],
-            "genres": genres,
-            "year": features.year,
-            "tags_text": "",
-            "text": [f"Toy {i}" for i in ids],
-            "image_uri": None,
-            "audio_uri": None,
-        }
-    )
-    text = features.modalities["text"]
-    with warehouse.session(paths.warehouse) as con:
-        with warehouse.transaction(con):
-            warehouse.insert_frame(con, "interactions", interactions)
-        warehouse.replace_table(con, ITEM_CATALOG, catalog)
-        warehouse.sync_embeddings(con, "text_embeddings", "toy", ids, ids, lambda positions: text[positions])
-        build_item_features(con)
-
-
-def materialize(defs, names: list[str], with_check: bool) -> dg.ExecuteInProcessResult:
-    selection = dg.AssetSelection.assets(*names)
-    if with_check:
-        selection = selection | dg.AssetSelection.checks_for_assets("model_evaluation")
-    return dg.materialize(
-        [defs.get_assets_def(k) for k in defs.resolve_all_asset_keys()] + list(defs.asset_checks),
-        resources=defs.resources,
-        selection=selection,
-        run_config=EVALUATION if "model_evaluation" in names else {},
-        raise_on_error=False,
-    )
-
-
-def definitions_training(home, **model) -> dg.Definitions:
-    training = TrainingResource(model=ModelOverrides(**model), accelerator="cpu", devices="1", num_threads=1)
-    return build_definitions(resources=resources_for_home(str(home), training=training))
 
 
 @pytest.mark.slow

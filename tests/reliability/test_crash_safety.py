@@ -3,6 +3,7 @@ killed after its commit (before the checkpoint) leaves the new state (DuckDB rep
 published recommendations (DuckDB table and Parquet snapshot) only ever see one complete version; model artifacts
 load without unpickling anything."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -285,3 +286,20 @@ def test_no_torch_load_without_weights_only():
             ):
                 offenders.append(f"{source.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_publish_removes_temporaries_of_dead_writers_only(tmp_path):
+    paths = HomePaths.at(tmp_path / "home")
+    paths.published.mkdir(parents=True)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(finished.stdout), os.getpid()
+    dead = paths.published / f".recommendations-{dead_pid}-abc.parquet.tmp"
+    live = paths.published / f".recommendations-{live_pid}-def.parquet.tmp"
+    other = paths.published / f".items-{dead_pid}-ghi.parquet.tmp"  # another snapshot's: its own publish cleans it
+    for path in (dead, live, other):
+        path.write_bytes(b"partial")
+    publish_snapshot(paths, version(2, 3, 1), RECOMMENDATIONS)
+    assert sorted(p.name for p in paths.published.iterdir()) == sorted(
+        [live.name, other.name, "recommendations.parquet"]
+    )
+    assert read_snapshot(paths)["model_run_id"].unique().tolist() == ["run-1"]

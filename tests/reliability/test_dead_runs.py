@@ -9,29 +9,22 @@ The holding run is made to hold the slot by keeping its step waiting for DuckDB'
 it), which is where a slow or stuck write holds it in real life.
 """
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
 from mlflow.tracking import MlflowClient
 
 from recsys_pipeline.data import warehouse
-from recsys_pipeline.data.catalog import build_item_catalog
-from recsys_pipeline.data.schema import ITEM_CATALOG
-from recsys_pipeline.data.sources import MovieLensSource
 from recsys_pipeline.instance import DUCKDB_POOL
-from recsys_pipeline.settings import HomePaths, ensure_home
+from tests.reliability.support import PROJECT_ROOT, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DAGSTER = str(Path(sys.executable).with_name("dagster"))
 HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
@@ -44,68 +37,15 @@ HOLD_LOCK = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def home(tmp_path, movielens_slice):
-    """A home with a small MovieLens slice, its item_catalog written and the Dagster instance created; ``env``
-    for the child processes."""
-    data = movielens_slice(tmp_path / "ml", "2018-09-01", "2018-09-25")
-    paths = ensure_home(HomePaths.at(tmp_path / "home"))
-    env = {
-        **os.environ,
-        "RECSYS_HOME": str(paths.root),
-        "DAGSTER_HOME": str(paths.dagster_home),
-        "RECSYS_MOVIELENS_PATH": str(data),
-        "RECSYS_PARTITIONS_START": "2018-09-01",
-        "RECSYS_DUCKDB_LOCK_TIMEOUT": "300",
-        "PYTHONPATH": str(PROJECT_ROOT),
-    }
-    with warehouse.session(paths.warehouse) as con:
-        warehouse.replace_table(con, ITEM_CATALOG, build_item_catalog(*MovieLensSource(str(data)).read_catalog()))
-    with dg.DagsterInstance.from_config(str(paths.dagster_home)):  # create its SQLite storage before the children
-        pass
-    processes: list[subprocess.Popen] = []
-    yield paths, env, processes
-    for proc in processes:  # only the processes this test started
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def hold_lock(paths, tmp_path, processes) -> subprocess.Popen:
+def hold_lock(paths, tmp_path, children) -> subprocess.Popen:
     ready = tmp_path / f"lock-{time.monotonic_ns()}"
     proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(paths.warehouse), str(ready)], cwd=PROJECT_ROOT)
-    processes.append(proc)
+    children.processes.append(proc)
     deadline = time.monotonic() + 60
     while not ready.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "lock holder never took the lock"
         time.sleep(0.05)
     return proc
-
-
-def materialize(env, processes, day: str, **extra_env) -> subprocess.Popen:
-    """``dagster asset materialize`` of raw_events for ``day``, as a user types it."""
-    command = [DAGSTER, "asset", "materialize", "-m", "recsys_pipeline.definitions", "--select", "raw_events"]
-    proc = subprocess.Popen(
-        [*command, "--partition", day],
-        env={**env, **extra_env},
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    processes.append(proc)
-    return proc
-
-
-def wait_for(predicate, proc: subprocess.Popen, what: str, seconds: float = 240):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert proc.poll() is None, f"{what}: the process ended first: {proc.communicate()[0][-3000:]}"
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
 
 
 def slot_holder(instance) -> str | None:
@@ -118,10 +58,10 @@ def pending_run(instance, other_than: str) -> str | None:
     return next((s.run_id for s in pending if s.run_id != other_than), None)
 
 
-def test_a_killed_runs_slot_never_blocks_a_plain_dagster_run(home, tmp_path):
-    paths, env, processes = home
-    holder = hold_lock(paths, tmp_path, processes)
-    doomed = materialize(env, processes, "2018-09-16")
+def test_a_killed_runs_slot_never_blocks_a_plain_dagster_run(cli_home, tmp_path):
+    paths, children, _ = cli_home
+    holder = hold_lock(paths, tmp_path, children)
+    doomed = children.materialize("raw_events", "2018-09-16")
     with dg.DagsterInstance.from_config(str(paths.dagster_home)) as instance:
         run_id = wait_for(lambda: slot_holder(instance), doomed, "the first run never took the pool slot")
         time.sleep(1.0)  # its step is inside, waiting for the DuckDB lock
@@ -137,7 +77,7 @@ def test_a_killed_runs_slot_never_blocks_a_plain_dagster_run(home, tmp_path):
         assert slot_holder(instance) == run_id  # the dead step keeps its slot
 
         started = time.monotonic()
-        following = materialize(env, processes, "2018-09-17")
+        following = children.materialize("raw_events", "2018-09-17")
         out, _ = following.communicate(timeout=300)
         assert following.returncode == 0, out[-4000:]
         assert time.monotonic() - started < 200
@@ -151,20 +91,20 @@ def test_a_killed_runs_slot_never_blocks_a_plain_dagster_run(home, tmp_path):
     assert days == [("2018-09-17",)]
 
 
-def test_a_waiting_run_gives_up_naming_the_holder_and_ends_on_sigterm(home, tmp_path):
-    paths, env, processes = home
-    hold_lock(paths, tmp_path, processes)
-    live = materialize(env, processes, "2018-09-16")
+def test_a_waiting_run_gives_up_naming_the_holder_and_ends_on_sigterm(cli_home, tmp_path):
+    paths, children, _ = cli_home
+    hold_lock(paths, tmp_path, children)
+    live = children.materialize("raw_events", "2018-09-16")
     with dg.DagsterInstance.from_config(str(paths.dagster_home)) as instance:
         holder_run = wait_for(lambda: slot_holder(instance), live, "the first run never took the pool slot")
 
-        bounded = materialize(env, processes, "2018-09-17", RECSYS_POOL_WAIT_TIMEOUT="5")
+        bounded = children.materialize("raw_events", "2018-09-17", RECSYS_POOL_WAIT_TIMEOUT="5")
         out, _ = bounded.communicate(timeout=240)
         assert bounded.returncode != 0
         assert "gave up after RECSYS_POOL_WAIT_TIMEOUT=5 s while waiting" in out
         assert f"'duckdb' pool slot held by run(s) {holder_run}" in out
 
-        waiting = materialize(env, processes, "2018-09-18")
+        waiting = children.materialize("raw_events", "2018-09-18")
         wait_for(lambda: pending_run(instance, holder_run), waiting, "the second run never queued for the slot")
         time.sleep(3.0)  # the watchdog has seen it waiting
         sent = time.monotonic()

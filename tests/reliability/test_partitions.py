@@ -128,7 +128,7 @@ def test_replace_window_on_a_date_column_touches_only_that_day(tmp_path):
         }
     )
     with warehouse.session(tmp_path / "w.duckdb") as con:
-        with warehouse.transaction(con):
+        with warehouse.transaction(con, "raw_events"):
             warehouse.insert_frame(con, "raw_events", frame)
         n = warehouse.replace_window(
             con,
