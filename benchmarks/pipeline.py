@@ -3,8 +3,12 @@
 Usage: ``.venv/bin/python benchmarks/pipeline.py [--section demo|events|text|scoring|training|all] [--threads N]
 [--n-texts N] [--partitions N] [--home DIR] [--start YYYY-MM-DD --end YYYY-MM-DD]``
 
-* ``demo``: the full demo (fresh temporary home by default): wall time per asset, text items/s, training samples/s,
-  peak memory.
+* ``demo``: the full demo (fresh temporary home by default), as ``recsys demo`` runs it (one in-process Dagster run):
+  wall time and peak RSS per step and for the whole job, text items/s, training samples/s; written to
+  ``--results`` (default ``benchmarks/results/pipeline.md``) with the commit, cores and load average. Peak RSS of
+  a step is the highest resident set size sampled every 20 ms (``/proc/self/status``, Linux) between its
+  STEP_START and STEP_SUCCESS events. Posters are used as ``scripts/demo.sh`` uses them (``RECSYS_IMAGE_ROOT``,
+  else ``../shared/data/movielens-posters`` when present).
 * ``events``: Dagster's bookkeeping alone: one single-run range of ``--partitions`` daily partitions of two empty
   assets, on Dagster's default SQLite event log and on the home's ``BatchedSqliteEventLogStorage``: seconds and
   events/s (the cost ingestion pays per partition, whatever the rows).
@@ -20,11 +24,16 @@ Usage: ``.venv/bin/python benchmarks/pipeline.py [--section demo|events|text|sco
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import resource
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "pipeline.md"
 
 
 def main() -> int:
@@ -36,6 +45,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for text/scoring/training sections")
     parser.add_argument("--n-texts", type=int, default=None, help="encode only the first N catalog texts")
     parser.add_argument("--partitions", type=int, default=8215, help="daily partitions for --section events")
+    parser.add_argument("--results", default=str(RESULTS), help="where --section demo writes its table ('' = nowhere)")
+    parser.add_argument("--no-posters", action="store_true", help="--section demo: no item images")
+    parser.add_argument("--json", help="--section demo: also write the figures as JSON here (benchmarks/scale.py)")
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}   load average: {os.getloadavg()}   threads: {args.threads}", flush=True)
     if args.section in ("events", "all"):
@@ -48,16 +60,28 @@ def main() -> int:
         bench_training(args.threads)
     if args.section not in ("demo", "all"):
         return 0
+    posters = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-posters"
+    if args.no_posters:
+        os.environ.pop("RECSYS_IMAGE_ROOT", None)
+    elif not os.environ.get("RECSYS_IMAGE_ROOT") and posters.is_dir():  # as scripts/demo.sh does
+        os.environ["RECSYS_IMAGE_ROOT"] = str(posters)
+    print(f"images: {os.environ.get('RECSYS_IMAGE_ROOT') or 'none (no RECSYS_IMAGE_ROOT)'}", flush=True)
+    load_before = os.getloadavg()
     home = args.home or tempfile.mkdtemp(prefix="recsys-bench-")
     from recsys_pipeline.cli import run_demo
 
+    sampler = RssSampler()
+    sampler.start()
     started = time.perf_counter()
-    timings = run_demo(home, args.start, args.end)
+    run_demo(home, args.start, args.end)
     total = time.perf_counter() - started
+    sampler.stop()
 
     import dagster as dg
 
     instance = dg.DagsterInstance.get()
+    [run] = instance.get_runs(limit=1)
+    steps = step_windows(instance, run.run_id)
 
     def meta(asset: str) -> dict:
         event = instance.get_latest_materialization_event(dg.AssetKey(asset))
@@ -65,19 +89,103 @@ def main() -> int:
         return {k: v.value for k, v in (mat.metadata if mat else {}).items()}
 
     text, model = meta("text_embeddings"), meta("recommender_model")
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("\n== benchmarks/pipeline.py ==")
-    print(f"home: {home}   cores: {os.cpu_count()}   python: {sys.version.split()[0]}")
-    for name, seconds in timings.items():
-        print(f"wall_seconds[{name}] = {seconds:.1f}")
-    print(f"wall_seconds[total] = {total:.1f}")
-    print(f"text_items_encoded = {text.get('encoded')}   text_items_per_second = {text.get('items_per_second')}")
-    print(
-        f"train_samples_per_second = {model.get('samples_per_second')}   epochs = {model.get('epochs_trained')}"
-        f"   train_seconds = {model.get('train_seconds')}"
-    )
-    print(f"peak_rss_mib = {peak_mib:.0f}")
+    rows = [(name, end - start, sampler.peak(start, end)) for name, (start, end) in steps.items()]
+    rows.append(("whole job", total, sampler.peak()))
+    lines = [
+        "| step | wall s | peak RSS MiB |",
+        "|---|---|---|",
+        *(f"| {name} | {seconds:.1f} | {peak:.0f} |" for name, seconds, peak in rows),
+    ]
+    facts = [
+        f"commit `{commit()}`, {os.cpu_count()} cores, load average before {load_before[0]:.2f} / {load_before[1]:.2f}"
+        f" / {load_before[2]:.2f} (1/5/15 min), after {os.getloadavg()[0]:.2f}; python {sys.version.split()[0]}",
+        f"text: {text.get('encoded')} items encoded at {text.get('items_per_second')} items/s; training: "
+        f"{model.get('samples_per_second')} samples/s, {model.get('epochs_trained')} epochs, "
+        f"{model.get('train_seconds')} s",
+    ]
+    print("\n== benchmarks/pipeline.py --section demo ==")
+    print("\n".join([*facts, "", *lines]))
+    if args.json:
+        figures = {
+            "steps": {name: {"seconds": s, "peak_rss_mib": p} for name, s, p in rows},
+            "rows": {asset: meta(asset).get("rows") for asset in steps},
+            "training": {k: model.get(k) for k in ("train_seconds", "epochs_trained", "samples_per_second")},
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
+    if args.results:
+        command = "`.venv/bin/python benchmarks/pipeline.py --section demo" + (
+            f" --start {args.start} --end {args.end}`" if args.start else "`"
+        )
+        Path(args.results).write_text(
+            "# Pipeline wall time and memory per step\n\n"
+            f"Command: {command} (a fresh home; one in-process Dagster run, as `recsys demo`).\n\n"
+            + "\n".join(f"- {fact}" for fact in facts)
+            + "\n\n"
+            + "\n".join(lines)
+            + "\n\nThe whole job's wall time includes what runs outside the steps (run start, the code location, "
+            "Dagster's bookkeeping between steps). Peak RSS is the process's, sampled every 20 ms.\n"
+        )
+        print(f"wrote {args.results}")
     return 0
+
+
+class RssSampler(threading.Thread):
+    """Samples this process's resident set size (MiB) every ``interval`` seconds, with ``time.perf_counter`` time
+    stamps mapped to wall-clock time (the event log's clock)."""
+
+    def __init__(self, interval: float = 0.02):
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []  # (unix time, MiB)
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.samples.append((time.time(), rss_mib()))
+            self._done.wait(self.interval)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def peak(self, start: float = float("-inf"), end: float = float("inf")) -> float:
+        """Highest sample in ``[start, end]`` (unix seconds); the nearest earlier sample if none falls inside."""
+        inside = [mib for t, mib in self.samples if start <= t <= end]
+        if inside:
+            return max(inside)
+        before = [mib for t, mib in self.samples if t < start]
+        return before[-1] if before else float("nan")
+
+
+def rss_mib() -> float:
+    """Current VmRSS of this process in MiB (``/proc/self/status``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def step_windows(instance, run_id: str) -> dict[str, tuple[float, float]]:
+    """``step_key -> (start, end)`` unix seconds of the run's successful steps, in execution order."""
+    starts, windows = {}, {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[event.step_key] = entry.timestamp
+        elif event.event_type_value == "STEP_SUCCESS":
+            windows[event.step_key] = (starts.get(event.step_key, entry.timestamp), entry.timestamp)
+    return windows
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
 def _quality():

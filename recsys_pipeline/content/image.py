@@ -17,6 +17,12 @@ same tensors; Toy Story's poster is "comic book" at 0.96 (``tests/test_image_enc
 Other models: any timm architecture name (``"resnet18"``, ``"resnet50"``) with ``weights_file`` (a local
 ``.safetensors``/``.pth`` state dict in timm's key names), or a pretrained tag / hub name (``"resnet50.a1_in1k"``,
 ``"hf-hub:timm/resnet18.a1_in1k"``) fetched by timm when ``local_files_only=False`` and the network is allowed.
+
+Inference backend: on CPU the network is exported once to ONNX (``torch.onnx.export``, cached next to the converted
+weights) and run by ONNX Runtime, which is 3.6x faster than eager PyTorch here (2 cores, EfficientNet-Lite0, batch
+32: 10 vs 36 ms per image; ``benchmarks/encoders.py``); both give the same vectors (cosine > 0.99999, checked in
+``tests/content/test_image_encoder.py``), so stored embeddings stay valid across backends. On a GPU, or with
+``backend="torch"``, PyTorch runs it (``channels_last``, ``inference_mode``).
 """
 
 from __future__ import annotations
@@ -33,7 +39,15 @@ from PIL import Image, UnidentifiedImageError
 
 from recsys_pipeline.content.media import EncodeOutcome, MediaFailure
 
-__all__ = ["ImageEncoder", "packaged_efficientnet_lite0", "build_timm_model", "load_image", "DEFAULT_IMAGE_MODEL"]
+__all__ = [
+    "ImageEncoder",
+    "packaged_efficientnet_lite0",
+    "build_timm_model",
+    "export_onnx",
+    "load_image",
+    "DEFAULT_IMAGE_MODEL",
+    "BACKENDS",
+]
 
 DEFAULT_IMAGE_MODEL = "tf_efficientnet_lite0"
 # Formats a poster or cover can be in; anything else PIL recognises (e.g. a PDF, an ICO) is refused.
@@ -148,6 +162,42 @@ def build_timm_model(
     return net.eval(), model_id
 
 
+BACKENDS = ("auto", "onnxruntime", "torch")
+ONNX_OPSET = 17
+
+
+def export_onnx(net: torch.nn.Module, model_id: str, input_size: tuple[int, int, int], cache_dir: Path) -> Path:
+    """``net`` exported to ONNX (input ``images`` ``(n, *input_size)`` float32, output ``features`` ``(n, dim)``),
+    written once (atomically) to ``cache_dir/<model_id>.<timm version>.opset17.onnx`` and reused.
+
+    Raises:
+        ImportError: the ``onnx`` package (needed by the exporter) is not installed.
+    """
+    import timm
+
+    safe_id = "".join(c if c.isalnum() or c in "._-" else "_" for c in model_id)
+    target = Path(cache_dir) / f"{safe_id}.timm{timm.__version__}.opset{ONNX_OPSET}.onnx"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    example = torch.zeros(2, *input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notices are not this product's
+        torch.onnx.export(
+            net.to(memory_format=torch.contiguous_format),
+            example,
+            str(tmp),
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_axes={"images": {0: "n"}, "features": {0: "n"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    os.replace(tmp, target)
+    return target
+
+
 def load_image(path: str | os.PathLike[str], max_pixels: int) -> Image.Image | MediaFailure:
     """Decode ``path`` to an RGB ``PIL.Image`` or say why not.
 
@@ -221,14 +271,19 @@ class ImageEncoder:
         max_pixels: larger images are refused (``too_many_pixels``) before decoding.
         device: torch device; default CUDA when available.
         local_files_only: never download (for hub names).
+        backend: ``"onnxruntime"`` (the network exported to ONNX, run by ONNX Runtime on CPU), ``"torch"``, or
+            ``"auto"``: ONNX Runtime on a CPU device when ``onnxruntime`` is installed, else torch.
 
     Attributes:
         model_id: stored with each embedding (architecture + weights hash, or the hub name).
         dim: embedding width (1280 for EfficientNet-Lite0, 512 for ResNet-18, 2048 for ResNet-50).
         data_config: the resolved preprocessing (``input_size``, ``mean``, ``std``, ``crop_pct`` …).
+        backend: the backend in use, ``"onnxruntime"`` or ``"torch"``.
 
     Raises:
-        FileNotFoundError, OSError: see :func:`build_timm_model`. ValueError: a non-positive size argument.
+        FileNotFoundError, OSError: see :func:`build_timm_model`. ValueError: a non-positive size argument, an
+        unknown backend, or ``"onnxruntime"`` with a CUDA device. ImportError: ``"onnxruntime"`` asked for and not
+        installed.
     """
 
     def __init__(
@@ -242,9 +297,12 @@ class ImageEncoder:
         max_pixels: int = 40_000_000,
         device: str | None = None,
         local_files_only: bool = True,
+        backend: str = "auto",
     ) -> None:
         from timm.data import create_transform, resolve_data_config
 
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if batch_size < 1 or max_pixels < 1 or num_workers < 0:
             raise ValueError(
                 f"batch_size/max_pixels must be >= 1 and num_workers >= 0, got {batch_size}/{max_pixels}/{num_workers}"
@@ -260,9 +318,33 @@ class ImageEncoder:
         self.transform = create_transform(**self.data_config, is_training=False)
         self.dim = int(self.net.num_features)
         self.batch_size, self.num_workers, self.max_pixels = int(batch_size), int(num_workers), int(max_pixels)
+        self.backend, self._session = self._choose_backend(backend, Path(cache_dir))
+
+    def _choose_backend(self, backend: str, cache_dir: Path):
+        if backend == "torch" or (backend == "auto" and self.device.type != "cpu"):
+            return "torch", None
+        if self.device.type != "cpu":
+            raise ValueError(f"backend 'onnxruntime' runs on CPU; device is {self.device}")
+        try:
+            import onnxruntime
+        except ImportError:
+            if backend == "auto":
+                return "torch", None
+            raise
+        path = export_onnx(self.net, self.model_id, tuple(self.data_config["input_size"]), cache_dir)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.log_severity_level = 3  # errors only
+        # no busy-waiting between batches: the decoding in this thread needs the cores (2 cores: 61 -> 88 images/s)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return "onnxruntime", session
 
     def __repr__(self) -> str:
-        return f"ImageEncoder(model_id={self.model_id!r}, dim={self.dim}, input_size={self.data_config['input_size']})"
+        return (
+            f"ImageEncoder(model_id={self.model_id!r}, dim={self.dim}, input_size={self.data_config['input_size']}, "
+            f"backend={self.backend!r})"
+        )
 
     @torch.inference_mode()
     def encode_files(self, paths: Sequence[str | os.PathLike[str]]) -> EncodeOutcome:
@@ -284,7 +366,10 @@ class ImageEncoder:
             failures.update(failed)
             if images is None:
                 continue
-            feats = self.net(images.to(self.device, memory_format=torch.channels_last))
+            if self._session is not None:
+                feats = torch.from_numpy(self._session.run(None, {"images": images.numpy()})[0])
+            else:
+                feats = self.net(images.to(self.device, memory_format=torch.channels_last))
             vectors.append(torch.nn.functional.normalize(feats.float(), dim=1).cpu().numpy())
             positions += ok
         out = np.concatenate(vectors) if vectors else np.zeros((0, self.dim), dtype=np.float32)

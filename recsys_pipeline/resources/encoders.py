@@ -51,8 +51,9 @@ class ImageEncoderResource(dg.ConfigurableResource):
     name for items without an ``image_uri`` (``{item_id}`` is replaced; unset: ``RECSYS_IMAGE_PATTERN``, else
     ``{item_id}.jpg``; empty: catalog URIs only). ``model``: a timm name (unset: ``RECSYS_IMAGE_MODEL``, else the
     packaged EfficientNet-Lite0); ``weights_file``: a local state dict for it (unset: ``RECSYS_IMAGE_WEIGHTS``).
-    ``cache_dir``: converted weights (unset: ``<home>/models``). ``max_pixels``: larger images are marked missing
-    (``too_many_pixels``) without decoding.
+    ``cache_dir``: converted weights and the ONNX export (unset: ``<home>/models``). ``max_pixels``: larger images
+    are marked missing (``too_many_pixels``) without decoding. ``backend``: ``auto`` (ONNX Runtime on CPU, PyTorch
+    on a GPU), ``onnxruntime`` or ``torch``.
     """
 
     roots: str | None = None
@@ -64,6 +65,7 @@ class ImageEncoderResource(dg.ConfigurableResource):
     num_workers: int | None = None
     max_pixels: int | None = None
     max_bytes: int | None = None
+    backend: str | None = None
     local_files_only: bool = True
 
     def locator(self):
@@ -83,7 +85,12 @@ class ImageEncoderResource(dg.ConfigurableResource):
             weights_file=weights,
             cache_dir=self.cache_dir or str(s.paths.model_cache),
             local_files_only=self.local_files_only,
-            **_given(batch_size=self.batch_size, num_workers=self.num_workers, max_pixels=self.max_pixels),
+            **_given(
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                max_pixels=self.max_pixels,
+                backend=self.backend,
+            ),
         )
 
 

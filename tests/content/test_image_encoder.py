@@ -109,6 +109,27 @@ def test_generated_and_corrupt_images(encoder, tmp_path):
     assert float(out.vectors[0] @ out.vectors[1]) < 0.95
 
 
+def test_onnxruntime_and_torch_backends_give_the_same_vectors(encoder, cache, tmp_path):
+    assert encoder.backend == "onnxruntime"  # the CPU default
+    [exported] = list(Path(cache).glob(f"{DEFAULT_IMAGE_MODEL}*.onnx"))
+    exported_at = exported.stat().st_mtime_ns
+    eager = ImageEncoder(cache_dir=cache, batch_size=4, backend="torch")
+    assert eager.backend == "torch" and eager.model_id == encoder.model_id  # same weights: stored vectors stay valid
+    files = _images(tmp_path)[:3]
+    ours, reference = encoder.encode_files(files), eager.encode_files(files)
+    assert ours.positions == reference.positions == [0, 1, 2]
+    cosines = np.sum(ours.vectors * reference.vectors, axis=1)
+    assert cosines.min() > 0.99999
+    again = ImageEncoder(cache_dir=cache, batch_size=4, backend="onnxruntime")  # the export is reused, not redone
+    assert (
+        list(Path(cache).glob(f"{DEFAULT_IMAGE_MODEL}*.onnx")) == [exported]
+        and exported.stat().st_mtime_ns == exported_at
+    )
+    np.testing.assert_allclose(again.encode_files(files).vectors, ours.vectors, atol=1e-6)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ImageEncoder(cache_dir=cache, backend="tensorrt")
+
+
 def test_max_pixels_is_checked_before_decoding(tmp_path):
     path = tmp_path / "big.png"
     Image.new("RGB", (200, 100)).save(path)
