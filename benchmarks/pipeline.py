@@ -99,9 +99,9 @@ def main() -> int:
     facts = [
         f"commit `{commit()}`, {os.cpu_count()} cores, load average before {load_before[0]:.2f} / {load_before[1]:.2f}"
         f" / {load_before[2]:.2f} (1/5/15 min), after {os.getloadavg()[0]:.2f}; python {sys.version.split()[0]}",
-        f"text: {text.get('encoded')} items encoded at {text.get('items_per_second')} items/s; training: "
-        f"{model.get('samples_per_second')} samples/s, {model.get('epochs_trained')} epochs, "
-        f"{model.get('train_seconds')} s",
+        f"text: {text.get('encoded')} items encoded at {_num(text.get('items_per_second'))} items/s; training: "
+        f"{_num(model.get('samples_per_second'))} samples/s, {model.get('epochs_trained')} epochs before early "
+        f"stopping (then the refit), {_num(model.get('train_seconds'))} s",
     ]
     print("\n== benchmarks/pipeline.py --section demo ==")
     print("\n".join([*facts, "", *lines]))
@@ -127,6 +127,10 @@ def main() -> int:
         )
         print(f"wrote {args.results}")
     return 0
+
+
+def _num(value) -> str:
+    return f"{value:,.0f}" if isinstance(value, (int, float)) else str(value)
 
 
 class RssSampler(threading.Thread):
