@@ -1,4 +1,4 @@
-"""``recsys``: the command line.
+"""The ``recsys`` command line (:data:`COMMANDS` lists the commands; ``recsys --help`` shows them).
 
 - ``recsys demo``: one run of ``recsys_pipeline_job`` over every partition of the configured data (default:
   bundled MovieLens), on the Dagster instance under ``$RECSYS_HOME/dagster`` (the run shows in the UI), then a
@@ -8,8 +8,10 @@
   recommendations (``serving.app``).
 - ``recsys backfill --start D --end D [--downstream]``: re-ingest the UTC days ``start..end`` (inclusive) of
   raw_events and interactions (and the catalog) as one run, optionally with everything downstream in that run.
+- ``recsys export --out DIR``: the inputs of standalone training.
 - ``recsys ui``: the Dagster UI on 127.0.0.1.
-"""
+
+``--home`` goes before or after the command."""
 
 from __future__ import annotations
 
@@ -371,39 +373,93 @@ def _port(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="recsys", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--home", help="project home (default: $RECSYS_HOME or ./.recsys); goes before the command")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="materialize every partition and everything downstream, print a summary")
-    p.add_argument("--start", help="first UTC day (default: first day of the data)")
-    p.add_argument("--end", help="last UTC day (default: last day of the data)")
-    p.add_argument("--user", help="user for the printed example (default: the first)")
-    p.set_defaults(func=demo)
-    p = sub.add_parser("backfill", help="re-ingest a range of UTC days as one run (a single-run backfill)")
-    p.add_argument("--start", required=True, help="first UTC day, YYYY-MM-DD")
-    p.add_argument("--end", required=True, help="last UTC day, YYYY-MM-DD (inclusive)")
+DESCRIPTION = "recsys: run, inspect and serve the multimodal recommender pipeline (Dagster, DuckDB, MLflow)."
+EPILOG = (
+    "--home works before or after the command. Every file the product writes goes under the home: "
+    "warehouse.duckdb, mlflow.db, mlartifacts/, dagster/, published/. "
+    "'recsys COMMAND --help' lists a command's options."
+)
+# name -> one line, shown in `recsys --help` and as the description of `recsys NAME --help`
+COMMANDS = {
+    "demo": "run the whole pipeline once (default data: the bundled MovieLens) and print a summary",
+    "backfill": "re-ingest a range of UTC days as one Dagster run, optionally with everything downstream",
+    "recommend": "print a user's latest published recommendations with titles",
+    "export": "write the interactions and item features for standalone training (e.g. under torchrun)",
+    "serve": "serve the published recommendations over HTTP: GET /recommendations/{user_id}?k=10",
+    "ui": "start the Dagster UI (webserver and daemon) on 127.0.0.1",
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Argparse's "(default: X)" after an option's help, only where X says something: not for ``None`` (the help
+    text says what unset means), a flag's ``False``, or a help that already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _global_options(parser: argparse.ArgumentParser, after_command: bool) -> None:
+    """``--home``, on the top-level parser and on every command's (so it may follow the command). After the command
+    its default is SUPPRESS: an unset ``--home`` there does not overwrite one given before the command."""
+    parser.add_argument(
+        "--home",
+        metavar="DIR",
+        default=argparse.SUPPRESS if after_command else None,
+        help="the home folder (default: $RECSYS_HOME, else ./.recsys)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``recsys`` argument parser: one sub-parser per entry of :data:`COMMANDS`, each with ``func``."""
+    parser = argparse.ArgumentParser(
+        prog="recsys", description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter
+    )
+    _global_options(parser, after_command=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name], formatter_class=_HelpFormatter)
+        _global_options(p, after_command=True)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("demo", demo)
+    p.add_argument("--start", metavar="YYYY-MM-DD", help="first UTC day (default: the first day of the data)")
+    p.add_argument("--end", metavar="YYYY-MM-DD", help="last UTC day, inclusive (default: the last day of the data)")
+    p.add_argument("--user", metavar="ID", help="user_id of the example lists (default: the smallest user_id)")
+    p = command("backfill", backfill)
+    p.add_argument("--start", metavar="YYYY-MM-DD", required=True, help="first UTC day")
+    p.add_argument("--end", metavar="YYYY-MM-DD", required=True, help="last UTC day, inclusive")
     p.add_argument(
         "--downstream",
         action="store_true",
-        help="also refresh catalog, embeddings, model, evaluation and recommendations in the same run",
+        help="also refresh embeddings, model, evaluation and recommendations in the same run",
     )
-    p.set_defaults(func=backfill)
-    p = sub.add_parser("recommend", help="print a user's latest recommendations")
-    p.add_argument("--user", required=True, help="user_id as in the interactions table")
-    p.add_argument("-k", type=_positive_int, default=10, help="list length (1..the published K, default 10)")
-    p.set_defaults(func=recommend)
-    p = sub.add_parser("export", help="write interactions.parquet + item_content.npz for standalone training")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=export)
-    p = sub.add_parser("serve", help="HTTP endpoint GET /recommendations/{user_id}?k=10 over the published table")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8000)
-    p.set_defaults(func=serve)
-    p = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
-    p.add_argument("--port", type=_port, default=3000)
-    p.set_defaults(func=ui)
-    args = parser.parse_args(argv)
+    p = command("recommend", recommend)
+    p.add_argument("--user", metavar="ID", required=True, help="user_id as in the interactions table")
+    p.add_argument("-k", metavar="N", type=_positive_int, default=10, help="list length, at most the published K")
+    p = command("export", export)
+    p.add_argument(
+        "--out", metavar="DIR", required=True, help="folder for interactions.parquet and item_features.npz (created)"
+    )
+    p = command("serve", serve)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind; 127.0.0.1 is this machine only, set RECSYS_API_KEY before binding any other",
+    )
+    p.add_argument("--port", type=_port, default=8000, help="TCP port")
+    p = command("ui", ui)
+    p.add_argument("--port", type=_port, default=3000, help="TCP port of the Dagster webserver")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``recsys`` with ``argv`` (default: the process's arguments); returns the exit code (argparse exits 2 on
+    bad arguments)."""
+    args = build_parser().parse_args(argv)
     from recsys_pipeline.data.sources import SourceError
     from recsys_pipeline.data.warehouse import WarehouseLockedError
 

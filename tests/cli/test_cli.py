@@ -1,8 +1,53 @@
 """CLI argument and error handling (no pipeline run needed)."""
 
+import argparse
+
 import pytest
 
-from recsys_pipeline.cli import main
+from recsys_pipeline.cli import build_parser, main
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    """Every sub-parser of ``recsys`` (read from the parser, so a command added later is covered too)."""
+    (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def help_of(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_command_has_a_description_and_documented_options(capsys):
+    top = help_of([], capsys)
+    assert "``" not in top
+    top = " ".join(top.split())
+    commands = subcommands()
+    assert {"demo", "backfill", "recommend", "export", "serve", "ui"} <= set(commands)
+    for name, parser in commands.items():
+        text = help_of([name], capsys)
+        assert "``" not in text, name
+        flat = " ".join(text.split())  # argparse wraps lines anywhere between words
+        description = parser.description
+        assert description and "\n" not in description and description in flat, name
+        assert f"{name} {description}" in top, f"`recsys --help` does not list {name} with its description"
+        for action in parser._actions:
+            assert action.help, f"recsys {name} {action.option_strings}: no help"
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert f"(default: {action.default})" in flat, f"recsys {name} {action.option_strings}"
+
+
+def test_home_may_follow_the_command(tmp_path, capsys):
+    before, after = tmp_path / "before", tmp_path / "after"
+    assert main(["recommend", "--user", "1", "--home", str(after)]) == 2
+    assert f"nothing published at {after}" in capsys.readouterr().err
+    assert main(["--home", str(before), "recommend", "--user", "1"]) == 2
+    assert f"nothing published at {before}" in capsys.readouterr().err
+    # given twice, the later one wins; an unset one after the command keeps the one before it
+    assert main(["--home", str(before), "recommend", "--user", "1", "--home", str(after)]) == 2
+    assert f"nothing published at {after}" in capsys.readouterr().err
 
 
 def test_bad_arguments_give_messages_not_tracebacks(tmp_path, capsys):
