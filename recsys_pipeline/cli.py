@@ -16,14 +16,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from recsys_pipeline.settings import HomePaths, get_settings
 
 PIPELINE_JOB = "recsys_pipeline_job"
+INTERRUPTED = 130  # exit code of a command stopped by SIGINT or SIGTERM: what a shell reports after Ctrl-C
 
 
 def _quiet_libraries() -> None:
@@ -99,6 +103,8 @@ def _run(
         if e.event_type_value == "STEP_SUCCESS"
     }
     if not result.success:
+        if _interrupted(result):  # Dagster caught the SIGINT / SIGTERM and failed the run: stop here, quietly
+            raise KeyboardInterrupt
         failed = [e for e in result.all_events if e.is_step_failure]
         for event in failed:
             print(event.step_failure_data.error.to_string(), file=sys.stderr)
@@ -113,6 +119,19 @@ def _run(
         raise SystemExit(f"step failed: {steps} (run {result.run_id}); see `recsys ui` for the logs")
     print(f"    run {result.run_id[:8]} succeeded", flush=True)
     return seconds
+
+
+def _interrupted(result) -> bool:
+    """Whether a SIGINT or SIGTERM ended the in-process run ``result``. Dagster turns the signal into a failure of the
+    running step (error source ``INTERRUPT``) or, between steps, of the run (reason ``UNEXPECTED_TERMINATION``)."""
+    for event in result.all_events:
+        if event.is_step_failure and getattr(event.step_failure_data.error_source, "value", None) == "INTERRUPT":
+            return True
+        if event.event_type_value == "RUN_FAILURE":
+            reason = getattr(event.event_specific_data, "failure_reason", None)
+            if getattr(reason, "value", reason) == "UNEXPECTED_TERMINATION":
+                return True
+    return False
 
 
 def _day(text: str | None, flag: str):
@@ -334,11 +353,41 @@ def serve(args: argparse.Namespace) -> int:
     print(
         f"recsys serve: http://{args.host}:{args.port}/recommendations/<user_id>?k=10 (home {paths.root})", flush=True
     )
-    run_server(paths, args.host, args.port)
+    with _reraising_interrupts():  # uvicorn shuts down on SIGINT / SIGTERM, then returns as if nothing happened
+        run_server(paths, args.host, args.port)
     return 0
 
 
+@contextlib.contextmanager
+def _reraising_interrupts():
+    """Raise KeyboardInterrupt on leaving the block if a SIGINT or SIGTERM arrived in it, even if the code inside
+    swallowed it (``uvicorn.run`` does, after its graceful shutdown, which re-sends the signal to these handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def note(signum: int, frame) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    if received:
+        raise KeyboardInterrupt
+
+
 def ui(args: argparse.Namespace) -> int:
+    """``dagster dev`` (webserver and daemon) on 127.0.0.1 over the home's instance; runs until interrupted.
+
+    ``dagster dev`` runs in a process group of its own, so a Ctrl-C reaches it once, forwarded by this process, the
+    same way as a SIGTERM sent to ``recsys`` alone; it then stops its webserver and daemon. A second interrupt
+    while it does so kills it.
+    """
     paths = _prepare_home(args.home)
     cmd = [
         sys.executable,
@@ -353,7 +402,17 @@ def ui(args: argparse.Namespace) -> int:
         "recsys_pipeline.definitions",
     ]
     print(f"Dagster UI on http://127.0.0.1:{args.port} (instance {paths.dagster_home})", flush=True)
-    return subprocess.call(cmd, cwd=Path.cwd())
+    child = subprocess.Popen(cmd, cwd=Path.cwd(), process_group=0)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=60)
+        except BaseException:  # a second interrupt, or a hung shutdown
+            child.kill()
+            child.wait()
+        raise
 
 
 def _positive_int(text: str) -> int:
@@ -460,19 +519,33 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``recsys`` with ``argv`` (default: the process's arguments); returns the exit code (argparse exits 2 on
     bad arguments)."""
     args = build_parser().parse_args(argv)
+    handles_signals = threading.current_thread() is threading.main_thread()  # signal.signal works only there
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if handles_signals else None
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: whatever was running has cleaned up on the way out
+        print("recsys: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
+    finally:
+        if handles_signals:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; configuration and data errors become one message and exit code 2."""
     from recsys_pipeline.data.sources import SourceError
     from recsys_pipeline.data.warehouse import WarehouseLockedError
 
     try:
         return args.func(args)
-    except (
-        SourceError,
-        ValueError,
-        LookupError,
-        WarehouseLockedError,
-    ) as exc:  # configuration and data errors: a message, not a traceback
+    except (SourceError, ValueError, LookupError, WarehouseLockedError) as exc:  # a message, not a traceback
         print(f"recsys {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _raise_interrupt(signum: int, frame) -> None:
+    """SIGTERM handler: the same path as Ctrl-C (``with`` blocks and ``finally`` run, one line, exit code 130)."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -1,6 +1,14 @@
 """CLI argument and error handling (no pipeline run needed)."""
 
 import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -135,3 +143,45 @@ def test_backfill_is_one_run_over_the_range(tmp_path, movielens_slice):
         assert runs[0].tags["dagster/asset_partition_range_end"] == "2018-09-07"
         status = instance.get_materialized_partitions(dg.AssetKey("interactions"))
         assert status == {f"2018-09-0{d}" for d in range(1, 8)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_ends_with_one_line_and_exit_code_130(tmp_path, signum):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys_pipeline.cli", "serve", "--port", str(port), "--home", str(tmp_path / "home")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+        # a shell without job control starts background commands with SIGINT ignored; Ctrl-C is the case here
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # up once /health answers (503: nothing published in this home)
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "recsys serve did not start"
+                time.sleep(0.2)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-1] == "recsys: interrupted"
+    assert [line for line in lines if line.startswith("recsys")] == ["recsys: interrupted"]
