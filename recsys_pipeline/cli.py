@@ -50,11 +50,13 @@ def _paths(home: str | None) -> HomePaths:
     return get_settings(**({"home": Path(home)} if home else {})).paths
 
 
-def _prepare_home(home: str | None) -> HomePaths:
-    """Create the home and point this process (and the Dagster instance) at it."""
+def _prepare_home(home: str | None, in_process: bool = True) -> HomePaths:
+    """Create the home and point this process (and the Dagster instance) at it; ``in_process``: this process runs
+    the pipeline, so quiet its libraries first."""
     from recsys_pipeline import instance
 
-    _quiet_libraries()
+    if in_process:
+        _quiet_libraries()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return instance.prepare(_paths(home))
@@ -381,6 +383,15 @@ def _reraising_interrupts():
         raise KeyboardInterrupt
 
 
+# Warnings `dagster dev` prints at every start that say nothing about this project, as (start of the message,
+# category) for PYTHONWARNINGS. Its categories (dagster_shared's SupersessionWarning, BetaWarning) cannot be named
+# there (PYTHONWARNINGS is read before site-packages is importable), so their builtin bases are, next to the message.
+UI_KNOWN_WARNINGS = (
+    ("Function `dev_command` is superseded", "FutureWarning"),  # "Use 'dg dev' instead": dg is not installed
+    ("Parameter `backfill_policy` of function `asset` is currently in beta", "Warning"),  # the single-run backfills
+)
+
+
 def ui(args: argparse.Namespace) -> int:
     """``dagster dev`` (webserver and daemon) on 127.0.0.1 over the home's instance; runs until interrupted.
 
@@ -388,7 +399,7 @@ def ui(args: argparse.Namespace) -> int:
     same way as a SIGTERM sent to ``recsys`` alone; it then stops its webserver and daemon. A second interrupt
     while it does so kills it.
     """
-    paths = _prepare_home(args.home)
+    paths = _prepare_home(args.home, in_process=False)
     cmd = [
         sys.executable,
         "-m",
@@ -402,7 +413,10 @@ def ui(args: argparse.Namespace) -> int:
         "recsys_pipeline.definitions",
     ]
     print(f"Dagster UI on http://127.0.0.1:{args.port} (instance {paths.dagster_home})", flush=True)
-    child = subprocess.Popen(cmd, cwd=Path.cwd(), process_group=0)
+    # the filters reach dagster dev and the webserver, daemon and code-server processes it starts
+    known = ",".join(f"ignore:{message}:{category}" for message, category in UI_KNOWN_WARNINGS)
+    env = {**os.environ, "PYTHONWARNINGS": ",".join(filter(None, [known, os.environ.get("PYTHONWARNINGS")]))}
+    child = subprocess.Popen(cmd, cwd=Path.cwd(), env=env, process_group=0)
     try:
         return child.wait()
     except KeyboardInterrupt:
