@@ -392,6 +392,14 @@ UI_KNOWN_WARNINGS = (
 )
 
 
+def ui_environment(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` plus :data:`UI_KNOWN_WARNINGS` as ``ignore`` filters in ``PYTHONWARNINGS`` (inherited by
+    ``dagster dev`` and the webserver, daemon and code-server processes it starts), before any filters already
+    there, which therefore win."""
+    known = ",".join(f"ignore:{message}:{category}" for message, category in UI_KNOWN_WARNINGS)
+    return {**environ, "PYTHONWARNINGS": ",".join(filter(None, [known, environ.get("PYTHONWARNINGS")]))}
+
+
 def ui(args: argparse.Namespace) -> int:
     """``dagster dev`` (webserver and daemon) on 127.0.0.1 over the home's instance; runs until interrupted.
 
@@ -413,10 +421,7 @@ def ui(args: argparse.Namespace) -> int:
         "recsys_pipeline.definitions",
     ]
     print(f"Dagster UI on http://127.0.0.1:{args.port} (instance {paths.dagster_home})", flush=True)
-    # the filters reach dagster dev and the webserver, daemon and code-server processes it starts
-    known = ",".join(f"ignore:{message}:{category}" for message, category in UI_KNOWN_WARNINGS)
-    env = {**os.environ, "PYTHONWARNINGS": ",".join(filter(None, [known, os.environ.get("PYTHONWARNINGS")]))}
-    child = subprocess.Popen(cmd, cwd=Path.cwd(), env=env, process_group=0)
+    child = subprocess.Popen(cmd, cwd=Path.cwd(), env=ui_environment(os.environ), process_group=0)
     try:
         return child.wait()
     except KeyboardInterrupt:

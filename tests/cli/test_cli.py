@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from recsys_pipeline.cli import build_parser, main
+from recsys_pipeline.cli import build_parser, main, ui_environment
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -185,3 +185,24 @@ def test_an_interrupt_ends_with_one_line_and_exit_code_130(tmp_path, signum):
     lines = err.strip().splitlines()
     assert lines[-1] == "recsys: interrupted"
     assert [line for line in lines if line.startswith("recsys")] == ["recsys: interrupted"]
+
+
+def test_ui_silences_exactly_the_known_dagster_warnings():
+    # what dagster dev 1.13 prints at every start, and two that must still show (same categories)
+    code = """if True:
+        import warnings
+        from dagster_shared.utils.warnings import BetaWarning, SupersessionWarning
+        warnings.warn("Function `dev_command` is superseded and its usage is discouraged. Use 'dg dev' instead.",
+                      SupersessionWarning)
+        warnings.warn("Parameter `backfill_policy` of function `asset` is currently in beta, and may have breaking "
+                      "changes in minor version releases.", BetaWarning)
+        warnings.warn("Parameter `pool` of function `asset` is currently in beta", BetaWarning)
+        warnings.warn("Function `other_command` is superseded", SupersessionWarning)
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=ui_environment(dict(os.environ)), capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Invalid -W option" not in out.stderr
+    assert "dev_command" not in out.stderr and "backfill_policy" not in out.stderr
+    assert "`pool`" in out.stderr and "other_command" in out.stderr
