@@ -43,6 +43,66 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     warnings.filterwarnings("ignore", message=".*deprecated.*")
+    _mute_mlflow_notices()
+
+
+def _mute_mlflow_notices() -> None:
+    """Keep MLflow's notices off the terminal, its log records on it.
+
+    MLflow prints notices such as "Successfully registered model 'recsys_ranker'." and "Created version '1' of
+    model ..." with ``eprint``, unconditionally (no level), to the stream its loggers' handler also writes to;
+    our step lines already say what ran. That handler gets a stream of its own, then the shared one is muted.
+    """
+    import logging
+
+    from mlflow.utils import logging_utils
+
+    shared = logging_utils.MLFLOW_LOGGING_STREAM
+    for name in ("mlflow", "alembic", "sqlalchemy.engine", "huey"):  # the loggers MLflow gives that handler
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is shared:
+                handler.setStream(logging_utils.MlflowLoggingStream())  # writes to sys.stderr as it is at the time
+    logging_utils.disable_logging()  # mutes the shared stream: what is left on it is eprint's
+
+
+class _LinesAboveBars:
+    """``sys.stdout`` on a terminal: a line printed while a tqdm progress bar is drawn (the text encoder's, on stderr,
+    the same terminal) goes above the bar, never glued to its end: the bars are cleared, the line is written, the
+    bars are drawn again below it (what ``tqdm.write`` does). Passes text on a line at a time; anything else is the
+    wrapped stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines, newline, self._partial = (self._partial + text).rpartition("\n")
+        if newline:
+            self._emit(lines + newline)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:  # a line without its end yet (print(..., end="", flush=True)): shown now
+            self._emit(self._partial)
+            self._partial = ""
+        self._stream.flush()
+
+    def _emit(self, text: str) -> None:
+        bar_class = getattr(sys.modules.get("tqdm"), "tqdm", None)  # no bar is drawn unless something imported it
+        if bar_class is None or not getattr(bar_class, "_instances", None):
+            self._stream.write(text)
+            return
+        with bar_class.get_lock():
+            bars = [b for b in bar_class._instances if not b.disable]
+            for bar in bars:
+                bar.clear(nolock=True)
+            self._stream.write(text)
+            self._stream.flush()
+            for bar in bars:
+                bar.refresh(nolock=True)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _paths(home: str | None) -> HomePaths:
@@ -540,12 +600,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handles_signals = threading.current_thread() is threading.main_thread()  # signal.signal works only there
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if handles_signals else None
+    stdout = sys.stdout
+    if stdout.isatty():
+        sys.stdout = _LinesAboveBars(stdout)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: whatever was running has cleaned up on the way out
         print("recsys: interrupted", file=sys.stderr, flush=True)
         return INTERRUPTED
     finally:
+        if sys.stdout is not stdout:
+            sys.stdout.flush()
+            sys.stdout = stdout
         if handles_signals:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 

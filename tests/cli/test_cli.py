@@ -1,6 +1,7 @@
 """CLI argument and error handling (no pipeline run needed)."""
 
 import argparse
+import io
 import os
 import signal
 import socket
@@ -206,3 +207,59 @@ def test_ui_silences_exactly_the_known_dagster_warnings():
     assert "Invalid -W option" not in out.stderr
     assert "dev_command" not in out.stderr and "backfill_policy" not in out.stderr
     assert "`pool`" in out.stderr and "other_command" in out.stderr
+
+
+class Terminal(io.StringIO):
+    """What a terminal shows of the text written to it: ``\\r`` returns to the line's start, later text overwrites."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def screen(self) -> list[str]:
+        lines, line, col = [], [], 0
+        for char in self.getvalue():
+            if char == "\n":
+                lines.append("".join(line).rstrip())
+                line, col = [], 0
+            elif char == "\r":
+                col = 0
+            else:
+                line[col : col + 1] = [char]
+                col += 1
+        return [*lines, "".join(line).rstrip()]
+
+
+def test_a_line_printed_while_a_progress_bar_is_drawn_goes_above_it():
+    from tqdm import tqdm
+
+    from recsys_pipeline.cli import _LinesAboveBars
+
+    terminal = Terminal()
+    out = _LinesAboveBars(terminal)
+    with tqdm(
+        total=10, desc="text_embeddings", unit="item", file=terminal, leave=False, mininterval=0, miniters=1
+    ) as bar:
+        bar.update(3)
+        print("==> recommendations", file=out, flush=True)
+        bar.update(1)
+        screen = terminal.screen()
+        assert "==> recommendations" in screen, screen  # a line of its own, nothing glued before or after it
+        assert "4/10" in screen[-1]  # the bar, drawn again below the line
+    print("    done in 1.0 s", file=out)
+    assert terminal.screen()[-2:] == ["    done in 1.0 s", ""]  # the closed bar (leave=False) left nothing
+
+
+def test_mlflow_notices_are_muted_its_log_records_are_not():
+    code = """if True:
+        import logging
+        from mlflow.utils.logging_utils import eprint
+        from recsys_pipeline.cli import _mute_mlflow_notices
+        _mute_mlflow_notices()
+        eprint("Successfully registered model 'recsys_ranker'.")  # how mlflow.register_model prints it
+        eprint("Created version '1' of model 'recsys_ranker'.")
+        logging.getLogger("mlflow.store").warning("a warning from MLflow")
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "registered model" not in out.stderr and "Created version" not in out.stderr
+    assert "a warning from MLflow" in out.stderr
