@@ -23,8 +23,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys_pipeline.settings import HomePaths, get_settings
+
+if TYPE_CHECKING:  # pandas is imported where a command needs it: `recsys --help` stays fast
+    import pandas as pd
 
 PIPELINE_JOB = "recsys_pipeline_job"
 INTERRUPTED = 130  # exit code of a command stopped by SIGINT or SIGTERM: what a shell reports after Ctrl-C
@@ -271,57 +275,169 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(paths, timings: dict[str, float], user: str | None) -> None:
+SUMMARY_WIDTH = 100  # columns: every line of the demo's summary fits (but a path longer than that)
+TITLE_CHARS = 60  # a longer title is cut, with "…"
+SUMMARY_TABLES = (
+    "raw_events",
+    "interactions",
+    "quarantine",
+    "item_catalog",
+    "text_embeddings",
+    "image_embeddings",
+    "audio_embeddings",
+    "media_failures",
+    "item_features",
+    "recommendations",
+    "evaluation_ranked_lists",
+)
+# metric -> column label of the summary's tables, in this order
+WARM_FIGURES = {
+    "ndcg_at_10": "NDCG@10",
+    "recall_at_10": "Recall@10",
+    "recall_at_20": "Recall@20",
+    "coverage": "coverage",
+}
+COLD_FIGURES = {
+    "cold_candidates_ndcg_at_10": "NDCG@10",
+    "cold_candidates_recall_at_20": "Recall@20",
+    "cold_candidates_random_recall_at_20": "random Recall@20",
+}
+ABLATION_FIGURES = {
+    "ndcg_at_10": "NDCG@10",
+    "recall_at_20": "Recall@20",
+    "with_image_recall_at_20": "with image",
+    "without_image_recall_at_20": "without image",
+}
+COLD_START = "item_cold_start"
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    """``frame`` as a Markdown table, empty cells where a figure is missing (not ``nan``)."""
+    return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, missingval="")
+
+
+def _figures(long: pd.DataFrame, index: list[str], figures: dict[str, str]) -> pd.DataFrame:
+    """One row per ``index`` of the long ``(*index, metric, value)`` frame, in order of first appearance of each
+    ``index`` column; one column per metric of ``figures`` (labelled, in that order, rounded to 4 places). Metrics
+    that no row has are left out."""
+    rows = long[long["metric"].isin(list(figures))]
+    wide = rows.pivot_table(index=index, columns="metric", values="value", aggfunc="first").reset_index()
+    first_seen = {c: {v: i for i, v in enumerate(rows[c].unique())} for c in index}
+    wide = wide.sort_values(index, key=lambda c: c.map(first_seen[c.name]), kind="stable")
+    kept = [m for m in figures if m in wide.columns and wide[m].notna().any()]
+    return wide[[*index, *kept]].round(4).rename(columns=figures)
+
+
+ABLATION_SHOWN = ("evaluation model", "masked at inference", "trained")  # statuses with figures of their own
+
+
+def ablation_summary(ablation: pd.DataFrame) -> str:
+    """The modality ablation (long :data:`~recsys_pipeline.evaluation.ablation.ABLATION_COLUMNS`) as one compact
+    table: a row per protocol and variant, :data:`ABLATION_FIGURES` (for item cold start, those of the ranking of
+    the held-out items only). A variant that repeats an earlier one (``same as ...``) or was skipped is a note
+    under the table, not a row."""
+    import pandas as pd
+
+    shown = ablation["status"].isin(ABLATION_SHOWN)
+    notes = [
+        f"{r.variant}: {r.status}" for r in ablation.loc[~shown, ["variant", "status"]].drop_duplicates().itertuples()
+    ]
+    figures = ablation[shown]
+    cold = figures["protocol"] == COLD_START
+    held_out = figures[cold & figures["metric"].str.startswith("cold_candidates_")]
+    figures = pd.concat(
+        [figures[~cold], held_out.assign(metric=held_out["metric"].str.removeprefix("cold_candidates_"))]
+    )
+    table = _figures(figures, ["protocol", "variant"], ABLATION_FIGURES)
+    return "\n".join([_markdown(table) if len(table) else "(no ablation figures)", *notes])
+
+
+def format_summary(
+    *,
+    rows: dict[str, int],
+    media_failures: pd.DataFrame,
+    timings: dict[str, float],
+    metrics: pd.DataFrame,
+    ablation: pd.DataFrame | None,
+    user: str,
+    recommendations: pd.DataFrame,
+    liked: pd.DataFrame,
+    mlflow_uri: str,
+) -> str:
+    """The text ``recsys demo`` prints after its run; every line fits :data:`SUMMARY_WIDTH` columns, except the one
+    holding ``mlflow_uri`` when that alone is longer.
+
+    Args:
+        rows: table -> row count.
+        media_failures: ``modality, reason, items``.
+        timings: step -> wall seconds.
+        metrics: the ``evaluation_metrics`` table (``protocol, model, metric, value``).
+        ablation: the ``evaluation_ablation`` table, or ``None`` when the run made none.
+        user: the example user; ``recommendations`` (``rank, title, score``) and ``liked`` (``title, value``) are
+            that user's.
+        mlflow_uri: the MLflow tracking URI of the home.
+    """
+    out = ["", "Rows per table:"]
+    out += [f"    {table:<24} {count:>10,}" for table, count in rows.items()]
+    out += ["", "Items without an image / audio vector, by reason (listed in media_failures):"]
+    out.append(_markdown(media_failures) if len(media_failures) else "    none")
+    out += ["", "Wall time per step (s):"]
+    out += [f"    {name:<28} {seconds:8.1f}" for name, seconds in timings.items()]
+    out.append(f"    {'total':<28} {sum(timings.values()):8.1f}")
+    warm = metrics[metrics["protocol"] != COLD_START]
+    out += ["", "Evaluation, ranking all unseen items (ours vs. popularity, same split):"]
+    out.append(_markdown(_figures(warm, ["protocol", "model"], WARM_FIGURES)))
+    cold = metrics[metrics["protocol"] == COLD_START]
+    if len(cold):
+        out += ["", "Item cold start, ranking only the held-out items (random: a random order's expected Recall@20):"]
+        out.append(_markdown(_figures(cold, ["protocol", "model"], COLD_FIGURES)))
+    if ablation is not None and len(ablation):
+        out += [
+            "",
+            "Modality ablation (modalities hidden at inference, same splits; item_cold_start: ranking only the",
+            "held-out items; with / without image: Recall@20 on the test items with / without an image):",
+            ablation_summary(ablation),
+        ]
+    clipped = {"title": lambda f: f["title"].map(lambda t: _clip(t, TITLE_CHARS))}
+    out += ["", f"User {user}: top-10 recommendations", _markdown(recommendations.assign(**clipped))]
+    out += [
+        "",
+        f"User {user}: titles with their highest interaction value (the rating, for MovieLens)",
+        _markdown(liked.assign(**clipped)),
+    ]
+    mlflow = f"    .venv/bin/mlflow ui --backend-store-uri {mlflow_uri}   # MLflow"
+    if len(mlflow) > SUMMARY_WIDTH:  # a long home: the URI on a line of its own, still one shell command
+        mlflow = f"    .venv/bin/mlflow ui --backend-store-uri \\\n        {mlflow_uri}"
+    out += ["", "Next:", f"    recsys recommend --user {user}", "    recsys ui   # Dagster", mlflow]
+    return "\n".join(out)
+
+
+def _clip(text, chars: int):
+    """``text`` cut to ``chars`` characters, the last one ``…``; anything that is not a string as it is."""
+    if not isinstance(text, str) or len(text) <= chars:
+        return text
+    return text[: chars - 1] + "…"
+
+
+def _summary(paths: HomePaths, timings: dict[str, float], user: str | None) -> None:
+    """Print :func:`format_summary` of the home's warehouse after a demo run (``user``: default the smallest id)."""
+    import pandas as pd
+
     from recsys_pipeline.data import warehouse
-    from recsys_pipeline.registry.runs import metrics_table
 
     with warehouse.session(paths.warehouse, read_only=True) as con:
-        print("\nRows per table:")
-        for table in (
-            "raw_events",
-            "interactions",
-            "quarantine",
-            "item_catalog",
-            "text_embeddings",
-            "image_embeddings",
-            "audio_embeddings",
-            "media_failures",
-            "item_features",
-            "recommendations",
-            "evaluation_ranked_lists",
-        ):
-            print(f"    {table:<24} {warehouse.row_count(con, table):>10,}")
+        rows = {table: warehouse.row_count(con, table) for table in SUMMARY_TABLES}
         if warehouse.table_exists(con, "media_failures"):
             missing = con.execute(
                 "SELECT modality, reason, count(*) AS items FROM media_failures GROUP BY ALL "
                 "ORDER BY modality, items DESC"
             ).df()
-            print("\nItems without an image / audio vector, by reason (listed in media_failures):")
-            print(missing.to_markdown(index=False) if len(missing) else "    none")
-        print("\nWall time per step (s):")
-        for name, seconds in timings.items():
-            print(f"    {name:<28} {seconds:8.1f}")
-        print(f"    {'total':<28} {sum(timings.values()):8.1f}")
+        else:
+            missing = pd.DataFrame(columns=["modality", "reason", "items"])
         metrics = con.execute("SELECT protocol, model, metric, value FROM evaluation_metrics").df()
-        warm = metrics[
-            (metrics["protocol"] != "item_cold_start")
-            & metrics["metric"].isin(["recall_at_10", "recall_at_20", "ndcg_at_10", "coverage"])
-        ]
-        cold = metrics[
-            (metrics["protocol"] == "item_cold_start")
-            & metrics["metric"].isin(
-                ["cold_candidates_recall_at_20", "cold_candidates_ndcg_at_10", "cold_candidates_random_recall_at_20"]
-            )
-        ]
-        print("\nEvaluation, ranking all unseen items (ours vs. popularity, same split):")
-        print(metrics_table(warm))
-        print("\nItem cold start: ranking only the held-out items (random = expected Recall@20 of a random order):")
-        print(metrics_table(cold))
+        ablation = None
         if warehouse.table_exists(con, "evaluation_ablation"):
-            from recsys_pipeline.evaluation.ablation import ablation_table
-
-            print("\nModality ablation (same splits; with/without_image = test items with/without a poster):")
-            print(ablation_table(con.execute("SELECT * FROM evaluation_ablation").df()))
+            ablation = con.execute("SELECT * FROM evaluation_ablation").df()
         if user is None:
             user = con.execute("SELECT min(user_id) FROM recommendations").fetchall()[0][0]
         recs = con.execute(
@@ -334,13 +450,18 @@ def _summary(paths, timings: dict[str, float], user: str | None) -> None:
             "WHERE i.user_id = ? GROUP BY c.title ORDER BY value DESC, c.title LIMIT 10",
             [user],
         ).df()
-    print(f"\nUser {user}: top-10 recommendations")
-    print(recs.to_markdown(index=False))
-    print(f"\nUser {user}: titles with their highest interaction value (the rating, for MovieLens)")
-    print(liked.to_markdown(index=False))
     print(
-        f"\nNext: `recsys recommend --user {user}`, `recsys ui` (Dagster), "
-        f"`.venv/bin/mlflow ui --backend-store-uri {paths.mlflow_tracking_uri}` (MLflow)"
+        format_summary(
+            rows=rows,
+            media_failures=missing,
+            timings=timings,
+            metrics=metrics,
+            ablation=ablation,
+            user=user,
+            recommendations=recs,
+            liked=liked,
+            mlflow_uri=paths.mlflow_tracking_uri,
+        )
     )
 
 

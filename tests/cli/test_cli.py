@@ -2,6 +2,7 @@
 
 import argparse
 import io
+import itertools
 import os
 import signal
 import socket
@@ -263,3 +264,106 @@ def test_mlflow_notices_are_muted_its_log_records_are_not():
     assert out.returncode == 0, out.stderr
     assert "registered model" not in out.stderr and "Created version" not in out.stderr
     assert "a warning from MLflow" in out.stderr
+
+
+def metric_names(cold: bool, k: int = 20, groups=("with_image", "without_image")) -> list[str]:
+    """The figures ``evaluation.evaluate`` names (see its docstring): base, warm_, cold_, per item group, and for a
+    split with held-out items the cold_candidates_ ones."""
+    base = ["recall_at_10", f"recall_at_{k}", "ndcg_at_10", f"ndcg_at_{k}", "coverage", "n_users"]
+    names = [*base, *(f"warm_{m}" for m in base), *(f"cold_{m}" for m in base)]
+    names += [f"{g}_{m}" for g in groups for m in base]
+    if cold:
+        names += [f"cold_candidates_{m}" for m in base] + [f"cold_candidates_random_recall_at_{k}"]
+        names += [f"cold_candidates_{g}_{m}" for g in groups for m in base]
+    return names
+
+
+def realistic_summary_inputs(mlflow_uri: str) -> dict:
+    """What the demo reads back from the warehouse, at its real sizes and names (figures random, some missing)."""
+    import numpy as np
+    import pandas as pd
+
+    from recsys_pipeline.cli import SUMMARY_TABLES
+    from recsys_pipeline.evaluation.ablation import ABLATION_COLUMNS
+
+    rng = np.random.default_rng(0)
+    protocols = {"user_last_fraction": False, "item_cold_start": True, "temporal": False}
+    metrics = pd.DataFrame(
+        [
+            (protocol, model, name, float("nan") if name.startswith("cold_") and not cold else rng.random())
+            for protocol, cold in protocols.items()
+            for model in ("ours", "popularity")
+            for name in metric_names(cold)
+        ],
+        columns=["protocol", "model", "metric", "value"],
+    )
+    ours = metrics[metrics["model"] == "ours"]
+    ablation = []
+    for variant, modalities, status in [
+        ("text", "text", "masked at inference"),
+        ("text_image", "text+image", "masked at inference"),
+        ("all", "text+image+audio", "evaluation model"),
+        ("all_concat", "text+image+audio", "same as all"),
+    ]:
+        ablation += [
+            (
+                variant,
+                modalities,
+                "attention",
+                status,
+                r.protocol,
+                r.metric,
+                r.value if variant in ("all", "all_concat") else rng.random(),  # "same as": a copy
+            )
+            for r in ours.itertuples()
+        ]
+    ablation.append(("audio", "audio", "attention", "skipped: no audio vectors", "", "", float("nan")))
+    long_title = (
+        "Dragon Ball Z the Movie: The World's Strongest (a.k.a. Dragon Ball Z: The Strongest Guy in The World) "
+        "(Doragon bôru Z: Kono yo de ichiban tsuyoi yatsu) (1990)"
+    )
+    titles = [long_title, "Shawshank Redemption, The (1994)", *(f"Movie number {i} (2001)" for i in range(8))]
+    return dict(
+        rows={table: int(rng.integers(0, 10_000_000)) for table in SUMMARY_TABLES},
+        media_failures=pd.DataFrame(
+            {
+                "modality": ["audio", "image", "image"],
+                "reason": ["no_source", "missing", "corrupt"],
+                "items": [9742, 6795, 2],
+            }
+        ),
+        timings={
+            step: float(rng.random() * 400)
+            for step in ("item_catalog", "raw_events", "text_embeddings", "model_evaluation")
+        },
+        metrics=metrics,
+        ablation=pd.DataFrame(ablation, columns=ABLATION_COLUMNS),
+        user="1",
+        recommendations=pd.DataFrame({"rank": range(1, 11), "title": titles, "score": rng.random(10).round(3)}),
+        liked=pd.DataFrame({"title": titles, "value": rng.integers(1, 11, 10) / 2}),
+        mlflow_uri=mlflow_uri,
+    )
+
+
+def test_the_demo_summary_fits_100_columns():
+    import re
+
+    from recsys_pipeline.cli import format_summary
+
+    text = format_summary(**realistic_summary_inputs("sqlite:////home/someone/projects/recsys/.recsys/mlflow.db"))
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 100, max(lines, key=len)
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE)
+    assert not re.search(r"\d\.\d{5,}", text), "figures are rounded to 4 places"
+    start = next(i for i, line in enumerate(lines) if line.startswith("Modality ablation"))
+    after = itertools.dropwhile(lambda line: not line.startswith("|"), lines[start:])
+    table = itertools.takewhile(lambda line: line.startswith("|"), after)
+    header, _, *body = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    assert header[:2] == ["protocol", "variant"] and {"NDCG@10", "Recall@20"} <= set(header)
+    keys = [tuple(row[:2]) for row in body]
+    assert len(keys) == len(set(keys)) == 3 * 3  # protocols x variants with figures of their own: no repeated row
+    assert "all_concat: same as all" in text and "audio: skipped: no audio vectors" in text
+    # a home deep enough that the MLflow command cannot fit: the URI alone on the line after it
+    deep = "sqlite:///" + "/very-long-folder-name" * 5 + "/.recsys/mlflow.db"
+    lines = format_summary(**realistic_summary_inputs(deep)).splitlines()
+    assert [line for line in lines if len(line) > 100] == [f"        {deep}"]
