@@ -533,8 +533,11 @@ def serve(args: argparse.Namespace) -> int:
             "`recommendations` is materialized",
             file=sys.stderr,
         )
+    base = f"http://{args.host}:{args.port}"
     print(
-        f"recsys serve: http://{args.host}:{args.port}/recommendations/<user_id>?k=10 (home {paths.root})", flush=True
+        f"recsys serve: {base}/recommendations/<user_id>?k=10 (home {paths.root})\n"
+        f"    OpenAPI schema: {base}/openapi.json (no /docs page: it would load Swagger UI from the internet)",
+        flush=True,
     )
     with _reraising_interrupts():  # uvicorn shuts down on SIGINT / SIGTERM, then returns as if nothing happened
         run_server(paths, args.host, args.port)

@@ -3,6 +3,7 @@
 import argparse
 import io
 import itertools
+import json
 import os
 import signal
 import socket
@@ -176,13 +177,19 @@ def test_an_interrupt_ends_with_one_line_and_exit_code_130(tmp_path, signum):
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "recsys serve did not start"
                 time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=5) as schema:
+            assert "/recommendations/{user_id}" in json.loads(schema.read())["paths"]
+        with pytest.raises(urllib.error.HTTPError) as docs:  # it would load Swagger UI from a CDN: blank offline
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=5)
+        assert docs.value.code == 404
         proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, err
+    assert f"OpenAPI schema: http://127.0.0.1:{port}/openapi.json" in out
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert lines[-1] == "recsys: interrupted"
