@@ -54,19 +54,27 @@ def _mute_mlflow_notices() -> None:
     """Keep MLflow's notices off the terminal, its log records on it.
 
     MLflow prints notices such as "Successfully registered model 'recsys_ranker'." and "Created version '1' of
-    model ..." with ``eprint``, unconditionally (no level), to the stream its loggers' handler also writes to;
-    our step lines already say what ran. That handler gets a stream of its own, then the shared one is muted.
+    model ..." with ``eprint``, which has no level to filter: it writes to the stream that
+    ``mlflow.utils.logging_utils.MLFLOW_LOGGING_STREAM`` names at the time of the call. That name is pointed at a
+    stream that drops everything; MLflow's log handler keeps the stream it was given at import, so its warnings and
+    errors still reach stderr. (``disable_logging()`` would mute those too, and does not last: MLflow's autologging
+    setup calls ``enable_logging()`` on its way out.)
     """
-    import logging
-
     from mlflow.utils import logging_utils
 
-    shared = logging_utils.MLFLOW_LOGGING_STREAM
-    for name in ("mlflow", "alembic", "sqlalchemy.engine", "huey"):  # the loggers MLflow gives that handler
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream is shared:
-                handler.setStream(logging_utils.MlflowLoggingStream())  # writes to sys.stderr as it is at the time
-    logging_utils.disable_logging()  # mutes the shared stream: what is left on it is eprint's
+    logging_utils.MLFLOW_LOGGING_STREAM = _Dropped()
+
+
+class _Dropped:
+    """A text stream that writes nothing (``enabled``: what MLflow's enable / disable_logging set on it)."""
+
+    enabled = False
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 class _LinesAboveBars:
@@ -382,8 +390,9 @@ def format_summary(
     out += ["", "Items without an image / audio vector, by reason (listed in media_failures):"]
     out.append(_markdown(media_failures) if len(media_failures) else "    none")
     out += ["", "Wall time per step (s):"]
-    out += [f"    {name:<28} {seconds:8.1f}" for name, seconds in timings.items()]
-    out.append(f"    {'total':<28} {sum(timings.values()):8.1f}")
+    width = max([28, *map(len, timings)])  # asset check steps have long keys
+    out += [f"    {name:<{width}} {seconds:8.1f}" for name, seconds in timings.items()]
+    out.append(f"    {'total':<{width}} {sum(timings.values()):8.1f}")
     warm = metrics[metrics["protocol"] != COLD_START]
     out += ["", "Evaluation, ranking all unseen items (ours vs. popularity, same split):"]
     out.append(_markdown(_figures(warm, ["protocol", "model"], WARM_FIGURES)))

@@ -262,7 +262,12 @@ def test_mlflow_notices_are_muted_its_log_records_are_not():
         import logging
         from mlflow.utils.logging_utils import eprint
         from recsys_pipeline.cli import _mute_mlflow_notices
+        from mlflow.utils.autologging_utils import MlflowEventsAndWarningsBehaviorGlobally
         _mute_mlflow_notices()
+        with MlflowEventsAndWarningsBehaviorGlobally(  # on its way out it calls enable_logging()
+            disable_event_logs=False, disable_warnings=False, reroute_warnings=False
+        ):
+            pass
         eprint("Successfully registered model 'recsys_ranker'.")  # how mlflow.register_model prints it
         eprint("Created version '1' of model 'recsys_ranker'.")
         logging.getLogger("mlflow.store").warning("a warning from MLflow")
@@ -341,7 +346,13 @@ def realistic_summary_inputs(mlflow_uri: str) -> dict:
         ),
         timings={
             step: float(rng.random() * 400)
-            for step in ("item_catalog", "raw_events", "text_embeddings", "model_evaluation")
+            for step in (
+                "item_catalog",
+                "text_embeddings",
+                "text_embeddings_text_embeddings_finite_unit_norm",  # an asset check's step
+                "model_evaluation_model_beats_popularity",
+                "recommendations",
+            )
         },
         metrics=metrics,
         ablation=pd.DataFrame(ablation, columns=ABLATION_COLUMNS),
@@ -362,6 +373,8 @@ def test_the_demo_summary_fits_100_columns():
     assert max(map(len, lines)) <= 100, max(lines, key=len)
     assert not re.search(r"\bnan\b", text, re.IGNORECASE)
     assert not re.search(r"\d\.\d{5,}", text), "figures are rounded to 4 places"
+    times = lines[lines.index("Wall time per step (s):") + 1 :][:6]
+    assert len({len(line) for line in times}) == 1, times  # one column of seconds
     start = next(i for i, line in enumerate(lines) if line.startswith("Modality ablation"))
     after = itertools.dropwhile(lambda line: not line.startswith("|"), lines[start:])
     table = itertools.takewhile(lambda line: line.startswith("|"), after)
