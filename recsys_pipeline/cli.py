@@ -154,7 +154,7 @@ def _run(
 
     from recsys_pipeline.instance import free_slots_of_dead_steps, kill_orphaned_mlflow_runs
 
-    instance = dg.DagsterInstance.get()
+    instance = _instance()
     for run_id in free_slots_of_dead_steps(instance):  # else a killed earlier run blocks every DuckDB step
         print(f"    run {run_id[:8]} was killed mid-step: marked failed, its duckdb pool slot freed", flush=True)
     for run_id in kill_orphaned_mlflow_runs(instance):
@@ -193,6 +193,25 @@ def _run(
         raise SystemExit(f"step failed: {steps} (run {result.run_id}); see `recsys ui` for the logs")
     print(f"    run {result.run_id[:8]} succeeded", flush=True)
     return seconds
+
+
+def _instance():
+    """The home's Dagster instance (``DAGSTER_HOME``, which :func:`_prepare_home` sets) for a run in this process,
+    with Dagster's capture of the run's stdout and stderr off.
+
+    That capture points both at files and echoes the files to the terminal through ``tail -F`` helper processes:
+    a Ctrl-C reaches the helpers too (their tracebacks on the terminal), the echo may drop the last lines and mixes
+    up the order of stdout and stderr, and a progress bar sees a file, not the terminal. Off, the run's output goes
+    straight to the terminal; its events (errors with their tracebacks included) are stored as always, and the UI's
+    raw stdout / stderr of a CLI run is empty.
+    """
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef  # no public API takes overrides for the home's instance
+
+    noop = {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+    return dg.DagsterInstance.from_ref(
+        InstanceRef.from_dir(os.environ["DAGSTER_HOME"], overrides={"compute_logs": noop})
+    )
 
 
 def _interrupted(result) -> bool:
