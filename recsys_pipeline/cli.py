@@ -348,6 +348,8 @@ def _figures(long: pd.DataFrame, index: list[str], figures: dict[str, str]) -> p
     ``index`` column; one column per metric of ``figures`` (labelled, in that order, rounded to 4 places). Metrics
     that no row has are left out."""
     rows = long[long["metric"].isin(list(figures))]
+    if rows.empty:  # e.g. no protocol of this kind was evaluated
+        return rows[index].iloc[:0]
     wide = rows.pivot_table(index=index, columns="metric", values="value", aggfunc="first").reset_index()
     first_seen = {c: {v: i for i, v in enumerate(rows[c].unique())} for c in index}
     wide = wide.sort_values(index, key=lambda c: c.map(first_seen[c.name]), kind="stable")
@@ -413,8 +415,9 @@ def format_summary(
     out += [f"    {name:<{width}} {seconds:8.1f}" for name, seconds in timings.items()]
     out.append(f"    {'total':<{width}} {sum(timings.values()):8.1f}")
     warm = metrics[metrics["protocol"] != COLD_START]
-    out += ["", "Evaluation, ranking all unseen items (ours vs. popularity, same split):"]
-    out.append(_markdown(_figures(warm, ["protocol", "model"], WARM_FIGURES)))
+    if len(warm):
+        out += ["", "Evaluation, ranking all unseen items (ours vs. popularity, same split):"]
+        out.append(_markdown(_figures(warm, ["protocol", "model"], WARM_FIGURES)))
     cold = metrics[metrics["protocol"] == COLD_START]
     if len(cold):
         out += ["", "Item cold start, ranking only the held-out items (random: a random order's expected Recall@20):"]
