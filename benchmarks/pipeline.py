@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "pipeline.md"
+TRAINING_FIGURES = ("train_seconds", "epochs_trained", "best_epoch", "refit", "samples_per_second")
 
 
 def main() -> int:
@@ -73,7 +74,11 @@ def main() -> int:
     sampler = RssSampler()
     sampler.start()
     started = time.perf_counter()
-    run_demo(home, args.start, args.end)
+    stopped = None
+    try:
+        run_demo(home, args.start, args.end)
+    except SystemExit as exc:  # e.g. the popularity gate stopped the run: report the steps that ran
+        stopped = str(exc)
     total = time.perf_counter() - started
     sampler.stop()
 
@@ -103,13 +108,16 @@ def main() -> int:
         f"{_num(model.get('samples_per_second'))} samples/s, {model.get('epochs_trained')} epochs before early "
         f"stopping (then the refit), {_num(model.get('train_seconds'))} s",
     ]
+    if stopped:
+        facts.append(f"the run stopped: {stopped}")
     print("\n== benchmarks/pipeline.py --section demo ==")
     print("\n".join([*facts, "", *lines]))
     if args.json:
         figures = {
             "steps": {name: {"seconds": s, "peak_rss_mib": p} for name, s, p in rows},
             "rows": {asset: meta(asset).get("rows") for asset in steps},
-            "training": {k: model.get(k) for k in ("train_seconds", "epochs_trained", "samples_per_second")},
+            "training": {k: model.get(k) for k in TRAINING_FIGURES},
+            "stopped": stopped,
         }
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
     if args.results:
@@ -126,7 +134,7 @@ def main() -> int:
             "Dagster's bookkeeping between steps). Peak RSS is the process's, sampled every 20 ms.\n"
         )
         print(f"wrote {args.results}")
-    return 0
+    return 1 if stopped else 0
 
 
 def _num(value) -> str:
