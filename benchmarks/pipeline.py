@@ -108,7 +108,7 @@ def main() -> int:
     if args.json:
         figures = {
             "steps": {name: {"seconds": s, "peak_rss_mib": p} for name, s, p in rows},
-            "rows": {asset: meta(asset).get("rows") for asset in steps},
+            "rows": {asset: _rows(meta(asset)) for asset in steps},
             "training": {k: model.get(k) for k in ("train_seconds", "epochs_trained", "samples_per_second")},
         }
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
@@ -127,6 +127,15 @@ def main() -> int:
         )
         print(f"wrote {args.results}")
     return 0
+
+
+def _rows(metadata: dict):
+    """The rows a step's materialization reports: its partitions' (ingestion), its table's, or the interactions it
+    trained on (``recommender_model`` writes no table); ``None`` when it reports none."""
+    for key in ("dagster/partition_row_count", "dagster/row_count", "interactions"):
+        if key in metadata:
+            return metadata[key]
+    return None
 
 
 def _num(value) -> str:
