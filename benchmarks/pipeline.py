@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "pipeline.md"
-TRAINING_FIGURES = ("train_seconds", "epochs_trained", "best_epoch", "refit", "samples_per_second")
 
 
 def main() -> int:
@@ -115,8 +114,8 @@ def main() -> int:
     if args.json:
         figures = {
             "steps": {name: {"seconds": s, "peak_rss_mib": p} for name, s, p in rows},
-            "rows": {asset: meta(asset).get("rows") for asset in steps},
-            "training": {k: model.get(k) for k in TRAINING_FIGURES},
+            "rows": {asset: _rows(meta(asset)) for asset in steps},
+            "training": _training_figures(model),
             "stopped": stopped,
         }
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
@@ -135,6 +134,27 @@ def main() -> int:
         )
         print(f"wrote {args.results}")
     return 1 if stopped else 0
+
+
+def _rows(metadata: dict):
+    """The rows a step's materialization reports: its partitions' (ingestion), its table's, or the interactions it
+    trained on (``recommender_model`` writes no table); ``None`` when it reports none."""
+    for key in ("dagster/partition_row_count", "dagster/row_count", "interactions"):
+        if key in metadata:
+            return metadata[key]
+    return None
+
+
+def _training_figures(metadata: dict) -> dict:
+    """``train_seconds, epochs_trained, samples_per_second`` (headline entries of ``recommender_model``) and
+    ``best_epoch, refit`` (rows of its ``training`` table)."""
+    out = {k: metadata.get(k) for k in ("train_seconds", "epochs_trained", "samples_per_second")}
+    table = metadata.get("training")
+    rows = {r.data["what"]: r.data["value"] for r in getattr(table, "records", [])}
+    best, refit = rows.get("best epoch (0-based)"), rows.get("refit on every interaction")
+    out["best_epoch"] = int(float(best)) if best not in (None, "") else None
+    out["refit"] = str(refit) == "True"
+    return out
 
 
 def _num(value) -> str:
