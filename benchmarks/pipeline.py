@@ -73,7 +73,11 @@ def main() -> int:
     sampler = RssSampler()
     sampler.start()
     started = time.perf_counter()
-    run_demo(home, args.start, args.end)
+    stopped = None
+    try:
+        run_demo(home, args.start, args.end)
+    except SystemExit as exc:  # e.g. the popularity gate stopped the run: report the steps that ran
+        stopped = str(exc)
     total = time.perf_counter() - started
     sampler.stop()
 
@@ -103,13 +107,16 @@ def main() -> int:
         f"{_num(model.get('samples_per_second'))} samples/s, {model.get('epochs_trained')} epochs before early "
         f"stopping (then the refit), {_num(model.get('train_seconds'))} s",
     ]
+    if stopped:
+        facts.append(f"the run stopped: {stopped}")
     print("\n== benchmarks/pipeline.py --section demo ==")
     print("\n".join([*facts, "", *lines]))
     if args.json:
         figures = {
             "steps": {name: {"seconds": s, "peak_rss_mib": p} for name, s, p in rows},
-            "rows": {asset: meta(asset).get("rows") for asset in steps},
-            "training": {k: model.get(k) for k in ("train_seconds", "epochs_trained", "samples_per_second")},
+            "rows": {asset: _rows(meta(asset)) for asset in steps},
+            "training": _training_figures(model),
+            "stopped": stopped,
         }
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
     if args.results:
@@ -126,7 +133,28 @@ def main() -> int:
             "Dagster's bookkeeping between steps). Peak RSS is the process's, sampled every 20 ms.\n"
         )
         print(f"wrote {args.results}")
-    return 0
+    return 1 if stopped else 0
+
+
+def _rows(metadata: dict):
+    """The rows a step's materialization reports: its partitions' (ingestion), its table's, or the interactions it
+    trained on (``recommender_model`` writes no table); ``None`` when it reports none."""
+    for key in ("dagster/partition_row_count", "dagster/row_count", "interactions"):
+        if key in metadata:
+            return metadata[key]
+    return None
+
+
+def _training_figures(metadata: dict) -> dict:
+    """``train_seconds, epochs_trained, samples_per_second`` (headline entries of ``recommender_model``) and
+    ``best_epoch, refit`` (rows of its ``training`` table)."""
+    out = {k: metadata.get(k) for k in ("train_seconds", "epochs_trained", "samples_per_second")}
+    table = metadata.get("training")
+    rows = {r.data["what"]: r.data["value"] for r in getattr(table, "records", [])}
+    best, refit = rows.get("best epoch (0-based)"), rows.get("refit on every interaction")
+    out["best_epoch"] = int(float(best)) if best not in (None, "") else None
+    out["refit"] = str(refit) == "True"
+    return out
 
 
 def _num(value) -> str:

@@ -1,6 +1,6 @@
 """How the pipeline's cost grows with data: ml-latest-small tiled ``--factor`` times, run through the same assets.
 
-Run: ``.venv/bin/python benchmarks/scale.py --factor 1 10 [--items-factor 1] [--max-epochs 1]``.
+Run: ``.venv/bin/python benchmarks/scale.py --factor 1 10 [--items-factor 1] [--max-epochs 3]``.
 
 For each factor F a GroupLens-layout release is written to a temporary folder: F copies of the bundled ratings,
 copy ``c`` with user ids ``userId + c * 1,000,000`` and the same timestamps (so every event keeps its day and the
@@ -9,7 +9,8 @@ with their content (titles, genres, tags; copy ``j`` has ids ``movieId + j * 10,
 rating copy ``c mod M``. Each factor then runs ``benchmarks/pipeline.py --section demo`` (every asset as one
 in-process Dagster run, as ``recsys demo``) on a home of its own, in a child process, without posters (image cost
 does not grow with events), with training capped at ``--max-epochs`` epochs (``RECSYS_MAX_EPOCHS``; per-epoch time
-is the figure that must grow linearly).
+is the figure that must grow linearly; with 1 epoch the model stays below the popularity floor and the gate stops
+the run before ``recommendations``). A factor whose run stopped early is reported with the reason.
 
 It prints, per step and factor, wall seconds, rows/s (the rows the step's materialization reports) and peak RSS,
 then the growth exponent per step: the least-squares slope of log(wall seconds) on log(factor) (1.0 = linear).
@@ -63,10 +64,12 @@ def tiled_release(dest: Path, factor: int, items_factor: int = 1) -> int:
     return len(ratings) * factor
 
 
-def run_factor(factor: int, items_factor: int, max_epochs: int, work: Path) -> dict:
+def run_factor(factor: int, items_factor: int, max_epochs: int, work: Path, reuse: bool = False) -> dict:
     data = work / f"ml-x{factor}"
-    events = tiled_release(data, factor, items_factor)
     figures = work / f"x{factor}.json"
+    if reuse and figures.exists():  # re-render an earlier run's figures
+        return {"events": len(pd.read_csv(data / "ratings.csv", usecols=[0])), **json.loads(figures.read_text())}
+    events = tiled_release(data, factor, items_factor)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")},
         "RECSYS_MOVIELENS_PATH": str(data),
@@ -75,7 +78,7 @@ def run_factor(factor: int, items_factor: int, max_epochs: int, work: Path) -> d
     command = [sys.executable, str(HERE / "pipeline.py"), "--section", "demo", "--home", str(work / f"home-x{factor}")]
     command += ["--results", "", "--json", str(figures), "--no-posters"]
     print(f"== factor {factor}: {events:,} events -> {' '.join(command)}", flush=True)
-    subprocess.run(command, env=env, check=True)
+    subprocess.run(command, env=env)  # exit 1 when the run stopped early: its figures say so
     return {"events": events, **json.loads(figures.read_text())}
 
 
@@ -84,6 +87,14 @@ def slope(factors: list[int], seconds: list[float]) -> float:
     if len(factors) < 2 or min(seconds) <= 0:
         return float("nan")
     return float(np.polyfit(np.log(factors), np.log(seconds), 1)[0])
+
+
+def epoch_seconds(training: dict) -> float:
+    """Training seconds per epoch: early-stopping epochs plus the refit's ``best_epoch + 1`` epochs."""
+    epochs = int(training.get("epochs_trained") or 0)
+    if training.get("refit") and training.get("best_epoch") is not None:
+        epochs += int(training["best_epoch"]) + 1
+    return float(training["train_seconds"]) / max(epochs, 1)
 
 
 def table(results: dict[int, dict]) -> list[str]:
@@ -100,14 +111,11 @@ def table(results: dict[int, dict]) -> list[str]:
             rate = f"{rows / seconds:,.0f}" if rows and seconds > 0 else ""
             cells += [f"{seconds:.1f}", rate, f"{fig.get('peak_rss_mib', float('nan')):.0f}"]
         lines.append(f"| {step} | " + " | ".join(cells) + f" | {slope(factors, walls):.2f} |")
-    per_epoch = [
-        results[f]["training"]["train_seconds"] / max(int(results[f]["training"]["epochs_trained"] or 1), 1)
-        for f in factors
-    ]
+    per_epoch = [epoch_seconds(results[f]["training"]) for f in factors]
     lines.append(
         "| training s per epoch | "
-        + " | ".join(f"{s:.1f} |  | " for s in per_epoch)
-        + f" {slope(factors, per_epoch):.2f} |"
+        + "".join(f"{s:.1f} |  |  | " for s in per_epoch)
+        + f"{slope(factors, per_epoch):.2f} |"
     )
     return lines
 
@@ -116,13 +124,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--factor", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--items-factor", type=int, default=1)
-    parser.add_argument("--max-epochs", type=int, default=1)
+    parser.add_argument("--max-epochs", type=int, default=3)
     parser.add_argument("--results", help="write the Markdown table here (e.g. benchmarks/results/scale.md)")
     parser.add_argument("--work", help="keep the releases and homes here (default: a temporary folder, removed)")
+    parser.add_argument("--reuse", action="store_true", help="with --work: reuse the figures of factors already run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="recsys-scale-") as tmp:
         work = Path(args.work or tmp)
-        results = {f: run_factor(f, args.items_factor, args.max_epochs, work) for f in sorted(args.factor)}
+        results = {f: run_factor(f, args.items_factor, args.max_epochs, work, args.reuse) for f in sorted(args.factor)}
     lines = table(results)
     facts = [
         f"commit `{commit()}`, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end",
@@ -130,6 +139,7 @@ def main() -> None:
         f"items factor {args.items_factor}; training capped at {args.max_epochs} epoch(s) (RECSYS_MAX_EPOCHS); "
         "no posters",
     ]
+    facts += [f"x{f} stopped: {r['stopped']}" for f, r in sorted(results.items()) if r.get("stopped")]
     print("\n".join(["", *facts, "", *lines]))
     if args.results:
         factors = " ".join(str(f) for f in sorted(args.factor))

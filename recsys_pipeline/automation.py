@@ -8,6 +8,10 @@
   ``raw_events``, ``interactions``) when its file appears or changes.
 
 Schedule and sensor start stopped: nothing runs unless someone turns them on (UI, Automation tab).
+
+Where a run came from is its tag :data:`ORIGIN_TAG` (``recsys/origin``): ``schedule`` or ``sensor`` here; the
+``recsys`` commands set ``demo`` / ``backfill`` (:data:`ORIGIN_DEMO`, :data:`ORIGIN_BACKFILL`); a run launched from
+the UI has none. The MLflow runs of a run repeat it as ``recsys.origin``.
 """
 
 import hashlib
@@ -17,6 +21,14 @@ from pathlib import Path
 
 import dagster as dg
 
+from recsys_pipeline.assets.metadata import (
+    ORIGIN_BACKFILL,
+    ORIGIN_DEMO,
+    ORIGIN_SCHEDULE,
+    ORIGIN_SENSOR,
+    ORIGIN_TAG,
+    ORIGINS,
+)
 from recsys_pipeline.data.sources import SourceError
 from recsys_pipeline.resources import SourceResource
 from recsys_pipeline.settings import Settings
@@ -25,6 +37,19 @@ from recsys_pipeline.settings import Settings
 SETTLE_SECONDS = 30.0
 PIPELINE_JOB = "recsys_pipeline_job"
 INGEST_JOB = "ingest_events_job"
+__all__ = [
+    "PIPELINE_JOB",
+    "INGEST_JOB",
+    "ORIGIN_TAG",
+    "ORIGINS",
+    "ORIGIN_SCHEDULE",
+    "ORIGIN_SENSOR",
+    "ORIGIN_DEMO",
+    "ORIGIN_BACKFILL",
+    "jobs",
+    "schedules",
+    "sensors",
+]
 
 
 def jobs() -> list:
@@ -56,6 +81,7 @@ def schedules(pipeline_job, settings: Settings) -> list:
             description="Yesterday's partition and everything downstream: new items encoded, retrain, evaluate, "
             "publish.",
             default_status=dg.DefaultScheduleStatus.STOPPED,
+            tags={ORIGIN_TAG: ORIGIN_SCHEDULE},
         )
     ]
 
@@ -122,7 +148,11 @@ def sensors(partitions: dg.DailyPartitionsDefinition) -> list:
             skipped.pop(key, None)
             requested[key] = signature
             digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
-            tags = {"recsys/landing_files": signature[:200], "recsys/landing_rejections": str(len(scan.rejections))}
+            tags = {
+                ORIGIN_TAG: ORIGIN_SENSOR,
+                "recsys/landing_files": signature[:200],
+                "recsys/landing_rejections": str(len(scan.rejections)),
+            }
             requests.append(dg.RunRequest(run_key=f"{key}:{digest}", partition_key=key, tags=tags))
         state = json.dumps({"requested": requested, "skipped": skipped, "rejected": rejected}, sort_keys=True)
         if requests:

@@ -5,7 +5,9 @@ import time
 import dagster as dg
 import numpy as np
 
+from recsys_pipeline.assets.metadata import declared_width, key_value_table, table_metadata
 from recsys_pipeline.data import warehouse
+from recsys_pipeline.data.schema import embedding_table, item_features_table
 from recsys_pipeline.instance import DUCKDB_POOL
 from recsys_pipeline.resources import (
     AudioEncoderResource,
@@ -26,12 +28,14 @@ def _encode_with_progress(encoder, texts: list[str]):
 
 
 def _media_embeddings(context, modality: str, resource, warehouse_db: WarehouseResource) -> dg.MaterializeResult:
-    """Shared body of image_embeddings / audio_embeddings: sync, then report counts and the failure table."""
+    """Shared body of image_embeddings / audio_embeddings: sync, then report the table, the counts and (in one
+    table) the catalog size, where media is looked for and why items have none."""
     from recsys_pipeline.content.media import FAILURES_TABLE, sync_media_embeddings
 
     started = time.perf_counter()
     locator = resource.locator()
     built = []
+    name = f"{modality}_embeddings"
 
     def encoder():  # built only when some item has a file
         built.append(resource.build())
@@ -42,7 +46,7 @@ def _media_embeddings(context, modality: str, resource, warehouse_db: WarehouseR
         report = sync_media_embeddings(
             con,
             modality,
-            f"{modality}_embeddings",
+            name,
             encoder,
             catalog["item_id"].tolist(),
             catalog["uri"].tolist(),
@@ -53,17 +57,29 @@ def _media_embeddings(context, modality: str, resource, warehouse_db: WarehouseR
             "AND reason <> 'no_source' ORDER BY item_id LIMIT 20",
             [modality],
         ).df()
-    context.log.info(f"{modality}_embeddings: {report.metadata()}")
-    by_reason = "\n".join(f"| {r} | {n} |" for r, n in report.missing_by_reason.items())
+        # the width the table holds, else the encoder's (a table is created only once a vector is encoded)
+        width = declared_width(con, name) or (built[0].dim if built else None)
+        table = table_metadata(con, embedding_table(name, width))
+    context.log.info(f"{name}: {report.metadata()}")
+    details = {
+        "catalog items": report.total,
+        "removed": report.removed,
+        "encode seconds": report.encode_seconds,
+        "roots": ", ".join(str(r) for r in locator.roots) or "(none)",
+        "pattern": locator.pattern or "(catalog uri only)",
+        **{f"missing: {reason}": n for reason, n in sorted(report.missing_by_reason.items())},
+    }
     return dg.MaterializeResult(
         metadata={
+            **table,
             "seconds": round(time.perf_counter() - started, 2),
-            **report.metadata(),
-            "dim": built[0].dim if built else 0,
-            "roots": str([str(r) for r in locator.roots]),
-            "pattern": locator.pattern or "",
+            "decoded": report.decoded,
+            "encoded": report.encoded,
+            "reused": report.reused,
+            "missing": report.missing,
             "items_per_second": round(report.encoded / report.encode_seconds, 1) if report.encoded else 0.0,
-            "missing_by_reason": dg.MetadataValue.md("| reason | items |\n| --- | --- |\n" + by_reason),
+            "model_id": report.model_id,
+            "details": key_value_table(details),
             "failures_sample": dg.MetadataValue.md(sample.to_markdown(index=False) if len(sample) else "(none)"),
         }
     )
@@ -95,14 +111,16 @@ def content_assets() -> list[dg.AssetsDefinition]:
                 lambda positions: _encode_with_progress(encoder, [texts[i] for i in positions]),
             )
             seconds = time.perf_counter() - started
+            table = table_metadata(con, embedding_table("text_embeddings", encoder.dim))
         context.log.info(f"text_embeddings: {counts}")
         return dg.MaterializeResult(
             metadata={
-                **counts,
-                "rows": counts["total"],
+                **table,  # the width is the column type, FLOAT[dim]
                 "seconds": round(time.perf_counter() - asset_started, 2),
+                "encoded": counts["encoded"],
+                "reused": counts["reused"],
+                "removed": counts["removed"],
                 "model_id": encoder.model_id,
-                "dim": encoder.dim,
                 "encode_seconds": round(seconds, 2),
                 "items_per_second": round(counts["encoded"] / seconds, 1) if counts["encoded"] else 0.0,
             }
@@ -134,14 +152,15 @@ def content_assets() -> list[dg.AssetsDefinition]:
     def item_features(warehouse_db: WarehouseResource):
         """Per item: one vector per modality with a presence flag, plus genres and year (the model's content
         input)."""
-        from recsys_pipeline.content.features import build_item_features
+        from recsys_pipeline.content.features import MODALITY_TABLES, build_item_features
 
         started = time.perf_counter()
         with warehouse_db.session() as con:
             counts = build_item_features(con)
-        return dg.MaterializeResult(
-            metadata={"seconds": round(time.perf_counter() - started, 2), "rows": counts["items"], **counts}
-        )
+            widths = {m: declared_width(con, "item_features", f"{m}_embedding") for m in MODALITY_TABLES}
+            table = table_metadata(con, item_features_table(widths))
+        present = {k: v for k, v in counts.items() if k.endswith("_present")}  # items with each modality
+        return dg.MaterializeResult(metadata={**table, "seconds": round(time.perf_counter() - started, 2), **present})
 
     return [text_embeddings, image_embeddings, audio_embeddings, item_features]
 

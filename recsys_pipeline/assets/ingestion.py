@@ -6,11 +6,12 @@ from pathlib import Path
 
 import dagster as dg
 
+from recsys_pipeline.assets.metadata import table_metadata
 from recsys_pipeline.assets.partitions import window
 from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.catalog import build_item_catalog
 from recsys_pipeline.data.cleaning import clean_catalog_items, clean_events
-from recsys_pipeline.data.schema import INTERACTIONS, ITEM_CATALOG, LANDING_REJECTIONS
+from recsys_pipeline.data.schema import INTERACTIONS, ITEM_CATALOG, LANDING_REJECTIONS, RAW_EVENTS
 from recsys_pipeline.data.sources import DailyFileSource, MovieLensSource
 from recsys_pipeline.instance import DUCKDB_POOL
 from recsys_pipeline.resources import SourceResource, WarehouseResource
@@ -63,10 +64,11 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
         events = src.read_events(start, end)
         with warehouse_db.session() as con:
             n = warehouse.replace_window(con, "raw_events", "partition_date", start, end, events)
+            table = table_metadata(con, RAW_EVENTS, partition_rows=n)
         return dg.MaterializeResult(
             metadata={
+                **table,  # row_count: the whole table; partition_row_count: the run's days
                 "seconds": round(time.perf_counter() - started, 2),
-                "rows": n,
                 "unparseable_lines": int(events["parse_error"].notna().sum()),  # quarantined by interactions
                 "window_start_utc": start.isoformat(),
                 "window_end_utc": end.isoformat(),
@@ -106,10 +108,11 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
                 )
                 warehouse.insert_frame(con, "interactions", clean)
                 warehouse.insert_frame(con, "quarantine", quarantined)
+            table = table_metadata(con, INTERACTIONS, partition_rows=len(clean))
         return dg.MaterializeResult(
             metadata={
+                **table,
                 "seconds": round(time.perf_counter() - started, 2),
-                "rows": len(clean),
                 "raw_rows": len(raw),
                 "quarantined": len(quarantined),
                 "quarantine_reasons": _reasons(quarantined),
@@ -128,14 +131,16 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
         kept, quarantined = clean_catalog_items(items, source=name)
         catalog = build_item_catalog(kept, tags)
         # catalog and its quarantine rows change together
-        with warehouse_db.session() as con, warehouse.transaction(con, "item_catalog"):
-            warehouse.replace_table(con, ITEM_CATALOG, catalog, own_transaction=False)
-            con.execute("DELETE FROM quarantine WHERE stage = 'item_catalog'")
-            warehouse.insert_frame(con, "quarantine", quarantined)
+        with warehouse_db.session() as con:
+            with warehouse.transaction(con, "item_catalog"):
+                warehouse.replace_table(con, ITEM_CATALOG, catalog, own_transaction=False)
+                con.execute("DELETE FROM quarantine WHERE stage = 'item_catalog'")
+                warehouse.insert_frame(con, "quarantine", quarantined)
+            table = table_metadata(con, ITEM_CATALOG)
         return dg.MaterializeResult(
             metadata={
+                **table,
                 "seconds": round(time.perf_counter() - started, 2),
-                "rows": len(catalog),
                 "quarantined": len(quarantined),
                 "quarantine_reasons": _reasons(quarantined),
                 "with_tags": int((catalog["tags_text"] != "").sum()),

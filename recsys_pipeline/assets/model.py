@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
+from recsys_pipeline.assets.metadata import figure, frame_table, key_value_table, mlflow_tags, table_metadata
 from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.schema import (
     EVALUATION_ABLATION,
@@ -66,6 +67,16 @@ class EvaluationConfig(dg.Config):
             raise dg.Failure(f"model_evaluation config: {exc}") from exc
 
 
+def _mlflow_links(tracking_uri: str, run_id: str, name: str, version: str | None, experiment_id: str | None = None):
+    """``mlflow_run`` and ``mlflow_model_version``: the MLflow UI pages of the run and of the registered version."""
+    from recsys_pipeline.registry import tracking
+
+    links = {"mlflow_run": dg.MetadataValue.url(tracking.run_url(tracking_uri, run_id, experiment_id))}
+    if version:
+        links["mlflow_model_version"] = dg.MetadataValue.url(tracking.model_version_url(tracking_uri, name, version))
+    return links
+
+
 class RecommendationsConfig(dg.Config):
     """``k``: list length per user."""
 
@@ -84,7 +95,8 @@ def model_assets() -> list[dg.AssetsDefinition]:
         training: TrainingResource,
     ):
         """The ranker trained with Lightning on the interactions up to the cutoff; tracked and registered in MLflow
-        (a new version of the registered model)."""
+        (a new version of the registered model). The materialization links to the training run and the version;
+        training figures beyond the headline ones are in its ``training`` table."""
         from recsys_pipeline.content.features import load_item_features
         from recsys_pipeline.registry.runs import train_and_log
 
@@ -95,28 +107,43 @@ def model_assets() -> list[dg.AssetsDefinition]:
             features = load_item_features(con)
         if data.empty:
             raise dg.Failure("no interactions to train on: materialize the interactions partitions first")
+        tracking_uri, experiment_id = mlflow.resolved_tracking_uri(), mlflow.experiment_id()
         result = train_and_log(
             data,
             features,
             training.build_model_config(),
             training.build_trainer_config(),
-            mlflow.resolved_tracking_uri(),
-            mlflow.experiment_id(),
+            tracking_uri,
+            experiment_id,
             mlflow.registered_model_name,
             run_name="recommender_model",
-            tags={"dagster.run_id": context.run.run_id},
+            tags=mlflow_tags(context),
+            data_source=str(warehouse_db.file()),
         )
-        stats = {k: v for k, v in result.stats.items() if isinstance(v, (int, float))}
+        stats = result.stats
         return dg.MaterializeResult(
             metadata={
                 "seconds": round(time.perf_counter() - started, 2),
-                "rows": len(data),  # interactions trained on
-                "mlflow_run_id": result.run_id,
-                "model_uri": result.model_uri,
-                "registered_model": mlflow.registered_model_name,
                 "model_version": result.model_version or "",
-                "interactions": len(data),
-                **stats,
+                **_mlflow_links(
+                    tracking_uri, result.run_id, mlflow.registered_model_name, result.model_version, experiment_id
+                ),
+                "interactions": len(data),  # trained on
+                "epochs_trained": int(stats["epochs_trained"]),
+                "train_seconds": round(float(stats["train_seconds"]), 2),
+                "samples_per_second": round(float(stats["samples_per_second"]), 1),
+                "training": key_value_table(
+                    {
+                        "best validation NDCG@10": stats["best_val_ndcg_at_10"],
+                        "best epoch (0-based)": stats["best_epoch"],
+                        "refit on every interaction": stats["refit"],
+                        "interactions in the last fit": stats["n_train_interactions"],
+                        "validation users": stats["n_val_users"],
+                        "items with a trained history embedding": stats["history_items_trained"],
+                        "users": int(data["user_id"].nunique()),
+                        "model uri": result.model_uri,
+                    }
+                ),
             }
         )
 
@@ -137,11 +164,14 @@ def model_assets() -> list[dg.AssetsDefinition]:
         ground truth saved for recomputation), the modality ablation, then the champion / challenger gate: that
         version takes the ``champion`` alias only if it clears the popularity floor (the verdict of the blocking
         check ``model_beats_popularity`` on the same figures) and beats the champion on ``mlflow.champion_metric`` on
-        this same split; the decision and reason are in the metadata and the ``gate.*`` MLflow tags."""
+        this same split; the decision and reason are in the metadata and the ``gate.*`` MLflow tags. The
+        materialization reports the ``evaluation_metrics`` table, the figures each protocol is judged by (``figures``:
+        ours, popularity, random order) and the ablation's (``ablation``), and links to the evaluation run (the
+        ablation runs are its children) and the version."""
         from recsys_pipeline.content.features import load_item_features
-        from recsys_pipeline.evaluation.ablation import ablation_table
         from recsys_pipeline.registry.model_registry import latest_version
-        from recsys_pipeline.registry.runs import evaluate_and_gate, metrics_table
+        from recsys_pipeline.registry.runs import evaluate_and_gate
+        from recsys_pipeline.registry.tracking import judged_figures
 
         started = time.perf_counter()
         settings = config.settings()
@@ -153,6 +183,7 @@ def model_assets() -> list[dg.AssetsDefinition]:
             version = latest_version(tracking_uri, mlflow.registered_model_name).version
         except LookupError as exc:
             raise dg.Failure(str(exc)) from exc
+        experiment_id = mlflow.experiment_id()
         result = evaluate_and_gate(
             data,
             features,
@@ -162,45 +193,44 @@ def model_assets() -> list[dg.AssetsDefinition]:
             settings,
             mlflow.champion_policy(),
             tracking_uri,
-            mlflow.experiment_id(),
+            experiment_id,
             mlflow.registered_model_name,
             ablation_variants=config.ablation_variants,
-            tags={"dagster.run_id": context.run.run_id},
+            tags=mlflow_tags(context),
+            data_source=str(warehouse_db.file()),
         )
         evaluation, run_id = result.evaluation, result.evaluation.run_id
-        # the tables of one evaluation change together
-        with warehouse_db.session() as con, warehouse.transaction(con, "evaluation"):
-            if result.ablation is not None:
-                warehouse.replace_table(con, EVALUATION_ABLATION, result.ablation, own_transaction=False)
-            warehouse.replace_table(
-                con, EVALUATION_METRICS, evaluation.metrics.assign(mlflow_run_id=run_id), own_transaction=False
-            )
-            warehouse.replace_table(
-                con, EVALUATION_RANKED_LISTS, evaluation.ranked.assign(mlflow_run_id=run_id), own_transaction=False
-            )
-            warehouse.replace_table(
-                con, EVALUATION_GROUND_TRUTH, evaluation.truth.assign(mlflow_run_id=run_id), own_transaction=False
-            )
-        flat = {f"{r.protocol}.{r.model}.{r.metric}": float(r.value) for r in evaluation.metrics.itertuples()}
-        ablation = result.ablation
+        with warehouse_db.session() as con:
+            with warehouse.transaction(con, "evaluation"):  # the tables of one evaluation change together
+                if result.ablation is not None:
+                    warehouse.replace_table(con, EVALUATION_ABLATION, result.ablation, own_transaction=False)
+                warehouse.replace_table(
+                    con, EVALUATION_METRICS, evaluation.metrics.assign(mlflow_run_id=run_id), own_transaction=False
+                )
+                warehouse.replace_table(
+                    con, EVALUATION_RANKED_LISTS, evaluation.ranked.assign(mlflow_run_id=run_id), own_transaction=False
+                )
+                warehouse.replace_table(
+                    con, EVALUATION_GROUND_TRUTH, evaluation.truth.assign(mlflow_run_id=run_id), own_transaction=False
+                )
+            table = table_metadata(con, EVALUATION_METRICS)  # every figure; the ranked lists are beside it
+        gate, ablation = result.gate, result.ablation
+        figures = judged_figures(evaluation.metrics, settings.k).dropna(axis=1, how="all")
         return dg.MaterializeResult(
             metadata={
+                **table,
                 "seconds": round(time.perf_counter() - started, 2),
-                "rows": len(evaluation.ranked),  # ranked-list rows saved
-                "mlflow_run_id": run_id,
                 "model_version": str(version),
-                **result.gate.tags(),
-                "metrics": dg.MetadataValue.md(metrics_table(evaluation.metrics)),
-                "details": dg.MetadataValue.json(evaluation.details),
+                "gate.decision": gate.decision,
+                "gate.reason": gate.reason,
+                "gate.value": figure(gate.value),  # of gate.metric, the champion_metric of the mlflow resource
+                **_mlflow_links(tracking_uri, run_id, mlflow.registered_model_name, str(version), experiment_id),
+                "figures": frame_table(figures),
                 **(
-                    {
-                        "ablation": dg.MetadataValue.md(ablation_table(ablation)),
-                        "ablation_mlflow_run_id": str(ablation["mlflow_run_id"].iloc[0]) if len(ablation) else "",
-                    }
+                    {"ablation": frame_table(judged_figures(ablation, settings.k, by="variant").drop(columns="random"))}
                     if ablation is not None
                     else {}
                 ),
-                **{k: v for k, v in flat.items() if any(m in k for m in ("ndcg_at_10", "recall_at_20"))},
             }
         )
 
@@ -238,21 +268,23 @@ def model_assets() -> list[dg.AssetsDefinition]:
         )
         with warehouse_db.session() as con:
             warehouse.replace_table(con, RECOMMENDATIONS, recs)
+            table = table_metadata(con, RECOMMENDATIONS)
             preview = con.execute(
                 "SELECT r.user_id, r.rank, c.title, round(r.score, 3) AS score FROM recommendations r "
                 "JOIN item_catalog c USING (item_id) WHERE r.user_id = (SELECT min(user_id) FROM recommendations) "
                 "ORDER BY r.rank LIMIT 10"
             ).df()
         publish(home.paths(), recs, items_snapshot(interactions, features, titles))
+        name = mlflow.registered_model_name
         return dg.MaterializeResult(
             metadata={
+                **table,
                 "seconds": round(time.perf_counter() - started, 2),
-                "rows": len(recs),
                 "users": int(recs["user_id"].nunique()),
                 "distinct_items": int(recs["item_id"].nunique()),
-                "mlflow_run_id": champion.run_id,
-                "model_version": str(champion.version),
                 "cold_prior_users": int(recs.loc[recs["strategy"] != "personalized", "user_id"].nunique()),
+                "model_version": str(champion.version),
+                **_mlflow_links(tracking_uri, champion.run_id, name, str(champion.version)),  # the champion's training
                 "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
             }
         )

@@ -259,18 +259,20 @@ TABLES: dict[str, Table] = {
 EVENT_TABLES = (RAW_EVENTS, INTERACTIONS, QUARANTINE)
 
 
-def embedding_table(name: str, dim: int) -> Table:
-    """An embeddings table (``text_embeddings``, ``image_embeddings``, ``audio_embeddings``) of width ``dim``."""
+def embedding_table(name: str, dim: int | None) -> Table:
+    """An embeddings table (``text_embeddings``, ``image_embeddings``, ``audio_embeddings``) of width ``dim``
+    (``None``: no vector encoded yet, width unknown: ``FLOAT[]``, as in :func:`item_features_table`)."""
+    width = f"FLOAT[{int(dim)}]" if dim else "FLOAT[]"
     return Table(
         name,
         (
             _col("item_id", "VARCHAR", False),
             _col("model_id", "VARCHAR", False, "encoder id: hub name, path, or architecture + weights hash"),
             _col("content_hash", "VARCHAR", False, "SHA-256 of the encoded text or file bytes"),
-            _col("embedding", f"FLOAT[{int(dim)}]", False, "L2-normalised where the model expects cosine geometry"),
+            _col("embedding", width, False, "L2-normalised where the model expects cosine geometry"),
             _col("encoded_at", "TIMESTAMP", False),
         ),
-        f"one {dim}-d vector per item with usable content",
+        f"one {dim}-d vector per item with usable content" if dim else "one vector per item with usable content",
         primary_key="item_id",
     )
 

@@ -39,6 +39,8 @@ __all__ = [
     "load_version",
     "score_config",
     "gate_model_version",
+    "version_description",
+    "TRAINING_HEADING",
 ]
 
 
@@ -152,6 +154,7 @@ def gate_model_version(
     rescore_champion: Callable[[ModelConfig], float] | None = None,
     evaluation_run_id: str | None = None,
     split: str = "",
+    k: int | None = None,
 ) -> GateDecision:
     """Decide whether ``version`` becomes champion, move the aliases and record the decision.
 
@@ -167,6 +170,7 @@ def gate_model_version(
         split: :func:`~recsys_pipeline.evaluation.protocols.evaluation_fingerprint` of this evaluation's inputs,
             recorded as ``gate.split``. When the champion's own ``gate.split`` (and metric) is the same, its
             recorded figure is used instead of ``rescore_champion`` (``comparison="recorded_same_split"``).
+        k: the evaluation's list length (for the figures in the description); ``None`` reads it from the names.
 
     The version is promoted only when ``evaluation_metrics`` clears the popularity floor
     (:func:`~recsys_pipeline.registry.gate.ndcg_against_popularity`, the verdict of the blocking check
@@ -175,7 +179,8 @@ def gate_model_version(
 
     Effects: alias ``champion`` (promoted) or ``challenger`` (kept) on ``version``; ``gate.*`` tags
     (:meth:`GateDecision.tags`, including ``gate.popularity_floor``) on the version, its training run and the
-    evaluation run.
+    evaluation run; the version's description (:func:`version_description`: the decision, its reason and the
+    figures each protocol is judged by, above what it was trained on).
 
     Raises:
         ValueError: ``policy.metric`` is not in ``evaluation_metrics`` (its protocol was not evaluated).
@@ -250,8 +255,40 @@ def gate_model_version(
     tags = decision.tags()
     for key, text in tags.items():
         client.set_model_version_tag(registered_model_name, version, key, text)
+    previous = client.get_model_version(registered_model_name, version).description or ""
+    description = version_description(decision, evaluation_metrics, k, previous)
+    client.update_model_version(registered_model_name, version, description=description)
     run_ids = [client.get_model_version(registered_model_name, version).run_id, evaluation_run_id]
     for run_id in filter(None, run_ids):
         for key, text in tags.items():
             client.set_tag(run_id, key, text)
     return decision
+
+
+TRAINING_HEADING = "Training:"  # starts the description written at registration (runs.train_and_log)
+
+
+def version_description(
+    decision: GateDecision, evaluation_metrics: pd.DataFrame, k: int | None = None, previous: str = ""
+) -> str:
+    """A registered version's description after its gate (Markdown, what the MLflow UI shows on its page): the
+    decision and reason, the popularity floor, the figures each protocol is judged by
+    (:func:`~recsys_pipeline.registry.tracking.judged_figures`, ours next to popularity, 4 places), then the
+    training paragraph of ``previous`` (the description written at registration, up to its first blank line; an
+    earlier gate's part is replaced).
+
+    Example (first line)::
+
+        **champion**: user_last_fraction.ours.ndcg_at_10 = 0.4383; no champion yet: the first evaluated version ...
+    """
+    figures = tracking.judged_figures(evaluation_metrics, k).dropna(axis=1, how="all").round(4)
+    shown = figures.astype(object).where(figures.notna(), "")  # no "nan" where a figure does not apply
+    # the training paragraph only: what followed it (a note, an earlier gate's part) is replaced
+    training = previous[previous.index(TRAINING_HEADING) :].split("\n\n")[0] if TRAINING_HEADING in previous else ""
+    paragraphs = [
+        f"**{decision.decision}**: {decision.metric} = {decision.value:.4f}; {decision.reason}",
+        f"Popularity floor {decision.floor}." if decision.floor else "",
+        shown.to_markdown(index=False) if len(shown) else "(no figures)",
+        training,
+    ]
+    return "\n\n".join(p for p in paragraphs if p)

@@ -1,32 +1,48 @@
 """Tracked runs (no Dagster import): training, evaluation and the gate, each an MLflow run.
 
 - :func:`train_and_log`: fit a ``TwoTowerRecommender``, log params, per-epoch curves and the pyfunc, register a
-  version.
+  version (described with what it was trained on).
 - :func:`evaluate_and_log`: ``evaluation.evaluate_protocols`` in one MLflow run; :func:`ablation_and_log` the
-  modality ablation (modalities hidden at inference, nothing trained) in another.
+  modality ablation (modalities hidden at inference, nothing trained), one child run of it per variant.
 - :func:`evaluate_and_gate`: what ``model_evaluation`` does: evaluate a registered version's config, optionally the
   ablation, then the champion / challenger gate.
+
+What goes where: figures measured on data (NDCG, recall, coverage, training throughput) are metrics; what a run was
+given is params; counts and outcomes that are not figures (best epoch, refit, users evaluated) are params or tags;
+the training and evaluation inputs are logged as datasets (``mlflow.log_input``, named after their warehouse
+table, with a digest of their content). Every run carries the ``tags`` it is given (the Dagster run id and
+partition, from the assets).
 
 Used by the assets and usable from a notebook.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import partial
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from recsys_pipeline.content.features import ItemFeatures
-from recsys_pipeline.evaluation.ablation import ablation_table, finite_figures, masked_ablation
+from recsys_pipeline.data.schema import INTERACTIONS
+from recsys_pipeline.evaluation.ablation import ablation_table, masked_ablation
 from recsys_pipeline.evaluation.evaluate import EvaluationResult, evaluate_protocols, modality_groups
 from recsys_pipeline.evaluation.protocols import EvaluationSettings, evaluation_fingerprint
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
 from recsys_pipeline.registry import tracking
 from recsys_pipeline.registry.gate import ChampionPolicy, GateDecision
-from recsys_pipeline.registry.model_registry import gate_model_version, score_config, version_model_config
+from recsys_pipeline.registry.model_registry import (
+    TRAINING_HEADING,
+    gate_model_version,
+    score_config,
+    version_model_config,
+)
 
 __all__ = [
     "TrainResult",
@@ -36,6 +52,7 @@ __all__ = [
     "evaluate_and_log",
     "ablation_and_log",
     "evaluate_and_gate",
+    "log_inputs",
     "metrics_table",
 ]
 
@@ -57,6 +74,80 @@ def _mlflow_logger(tracking_uri: str, run_id: str):
     return MLFlowLogger(tracking_uri=tracking_uri, run_id=run_id, log_model=False)
 
 
+# train_stats that are figures measured on the run (metrics); the rest of them are counts and outcomes (tags)
+TRAIN_FIGURES = ("best_val_ndcg_at_10", "train_seconds", "samples_per_second")
+
+
+def _digest(*arrays) -> str:
+    """sha256 (16 hex characters) of arrays' bytes: what an MLflow dataset's ``digest`` holds here."""
+    h = hashlib.sha256()
+    for array in arrays:
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _source(data_source: str | None):
+    """The MLflow dataset source for frames read from ``data_source`` (a file, e.g. the warehouse); ``None``: the
+    code that built them (MLflow's default)."""
+    if data_source is None:
+        return None
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+
+    # built from JSON: a bare path resolves to two equal "local" sources and MLflow warns about the ambiguity
+    return get_dataset_source_from_json(json.dumps({"uri": str(data_source)}), "local")
+
+
+def log_inputs(
+    interactions: pd.DataFrame, features: ItemFeatures, context: str, data_source: str | None = None
+) -> dict[str, str]:
+    """Log the active run's inputs as MLflow datasets: ``interactions`` (the warehouse columns it has) and
+    ``item_features`` (item ids, presence per modality, year; the digest also covers every vector and the genres),
+    with ``context`` (``training``, ``evaluation``). Digests ignore row order: equal digests, equal inputs.
+
+    Returns:
+        ``{dataset name: digest}``.
+    """
+    columns = [c for c in INTERACTIONS.column_names if c in interactions.columns]  # ``value`` is optional
+    frame = interactions[columns].astype({"user_id": str, "item_id": str})
+    items = pd.DataFrame(
+        {
+            "item_id": list(features.item_ids),
+            **{f"{m}_present": features.present[:, i] for i, m in enumerate(features.modality_names)},
+            "year": features.year,
+        }
+    )
+    digests = {
+        "interactions": _digest(np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy())),
+        "item_features": _digest(
+            "\x1f".join(features.item_ids).encode(),
+            *features.modalities.values(),
+            features.present,
+            features.genres,
+            features.year,
+        ),
+    }
+    source = _source(data_source)
+    for name, data in (("interactions", frame), ("item_features", items)):
+        dataset = mlflow.data.from_pandas(data, source=source, name=name, digest=digests[name])
+        mlflow.log_input(dataset, context=context)
+    return digests
+
+
+def _training_description(interactions: pd.DataFrame, features: ItemFeatures, stats: Mapping) -> str:
+    """The first description of a registered version (Markdown): one paragraph of what it was trained on and how
+    training went (kept by the gate, ``model_registry.version_description``), then a note that it is not gated."""
+    best = stats.get("best_val_ndcg_at_10", float("nan"))
+    val = f"best validation NDCG@10 {best:.4f} at epoch {stats['best_epoch'] + 1}" if math.isfinite(best) else ""
+    return (
+        f"{TRAINING_HEADING} {len(interactions):,} interactions of {interactions['user_id'].nunique():,} users on "
+        f"{interactions['item_id'].nunique():,} of {len(features.item_ids):,} catalog items, up to "
+        f"{interactions['timestamp'].max()} UTC; modalities {', '.join(features.modalities) or 'none'}; "
+        f"{stats['epochs_trained']} epochs{', ' + val if val else ''}"
+        f"{', then refit on every interaction' if stats.get('refit') else ''}.\n\n"
+        "Not gated yet: model_evaluation evaluates it and decides champion or challenger."
+    )
+
+
 def train_and_log(
     interactions: pd.DataFrame,
     features: ItemFeatures,
@@ -67,9 +158,17 @@ def train_and_log(
     registered_model_name: str | None,
     run_name: str = "train",
     tags: Mapping[str, str] | None = None,
+    data_source: str | None = None,
 ) -> TrainResult:
-    """Train on ``interactions`` and log params, per-epoch metrics (Lightning's ``MLFlowLogger``), final metrics
-    and the model (pyfunc, safetensors weights) in one MLflow run; register a version.
+    """Train on ``interactions`` and log, in one MLflow run: params (``model.*``, ``trainer.*``, ``data.*``), the
+    inputs (:func:`log_inputs`, context ``training``), per-epoch metrics (Lightning's ``MLFlowLogger``: the fit's
+    ``train_loss`` and validation figures, the refit's ``refit_train_loss``), the final figures
+    :data:`TRAIN_FIGURES` as metrics and the other ``train_stats`` as ``train.*`` tags, the curves chart and the
+    model (pyfunc, safetensors weights); register a version, described with what it was trained on.
+
+    Args:
+        tags: set on the run (the assets give ``dagster.run_id`` and the partition).
+        data_source: where ``interactions`` and ``features`` were read (the warehouse file), for the datasets.
 
     Raises:
         ValueError: from ``TwoTowerRecommender.fit`` on empty or inconsistent inputs.
@@ -90,13 +189,20 @@ def train_and_log(
                 "data.last_timestamp_utc": str(interactions["timestamp"].max()),
             }
         )
+        log_inputs(interactions, features, "training", data_source)
         model = TwoTowerRecommender(
             model_config, trainer_config, logger=_mlflow_logger(tracking_uri, run.info.run_id)
         ).fit(interactions, features)
         stats = model.train_stats
-        mlflow.log_metrics({k: float(v) for k, v in stats.items() if isinstance(v, (int, float))})
-        tracking.log_training_curves(mlflow.MlflowClient(tracking_uri), run.info.run_id)
+        figures = {k: float(stats[k]) for k in TRAIN_FIGURES if k in stats and math.isfinite(float(stats[k]))}
+        mlflow.log_metrics(figures)
+        mlflow.set_tags({f"train.{k}": str(v) for k, v in stats.items() if k not in TRAIN_FIGURES})
+        client = mlflow.MlflowClient(tracking_uri)
+        tracking.log_training_curves(client, run.info.run_id)
         model_uri, version = tracking.log_recommender(model, registered_model_name)
+        if version is not None:
+            description = _training_description(interactions, features, stats)
+            client.update_model_version(registered_model_name, version, description=description)
     return TrainResult(model, run.info.run_id, model_uri, version, stats)
 
 
@@ -116,10 +222,14 @@ def evaluate_and_log(
     tracking_uri: str,
     experiment_id: str,
     tags: Mapping[str, str] | None = None,
+    data_source: str | None = None,
 ) -> TrackedEvaluation:
     """:func:`~recsys_pipeline.evaluation.evaluate.evaluate_protocols` for ``model_config`` (with / without image
-    groups) in one MLflow run ``evaluation``: metric names ``{protocol}.{model}.{metric}``, ``evaluation.md``,
-    ``evaluation_details.json`` and the chart ``charts/evaluation.png``."""
+    groups) in one MLflow run ``evaluation``: the inputs (:func:`log_inputs`, context ``evaluation``), the figures
+    as metrics ``{protocol}.{model}.{metric}`` (the users each figure counts, ``n_users``, are not figures: they are
+    in ``evaluation.md``; test users and interactions per protocol are params), ``evaluation.md``,
+    ``evaluation_details.json`` and the chart ``charts/evaluation.png`` of the figures each protocol is judged by
+    (``tracking.judged_metrics``)."""
     from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -134,6 +244,7 @@ def evaluate_and_log(
                 "seed": settings.seed,
             }
         )
+        log_inputs(interactions, features, "evaluation", data_source)
         result = evaluate_protocols(
             lambda: TwoTowerRecommender(model_config, trainer_config),
             interactions,
@@ -141,12 +252,26 @@ def evaluate_and_log(
             settings,
             modality_groups(features, "image"),
         )
-        finite = result.metrics[result.metrics["value"].notna()]
-        mlflow.log_metrics({f"{r.protocol}.{r.model}.{r.metric}": float(r.value) for r in finite.itertuples()})
+        mlflow.log_metrics(_figures(result.metrics, ("protocol", "model", "metric")))
+        mlflow.log_params(
+            {
+                f"{protocol}.{key}": value
+                for protocol, detail in result.details.items()
+                for key, value in detail.items()
+                if key in ("test_users", "test_interactions")
+            }
+        )
         mlflow.log_dict(result.details, "evaluation_details.json")
         mlflow.log_text(metrics_table(result.metrics), "evaluation.md")
-        tracking.log_evaluation_chart(mlflow.MlflowClient(tracking_uri), run.info.run_id, result.metrics)
+        tracking.log_evaluation_chart(mlflow.MlflowClient(tracking_uri), run.info.run_id, result.metrics, settings.k)
     return TrackedEvaluation(**{f.name: getattr(result, f.name) for f in fields(result)}, run_id=run.info.run_id)
+
+
+def _figures(table: pd.DataFrame, keys: Sequence[str]) -> dict[str, float]:
+    """``{"<key1>.<key2>...": value}`` of the finite figures of a long table, counts of users left out."""
+    rows = table[table["value"].notna() & ~table["metric"].astype(str).str.endswith("n_users")]
+    out = {".".join(str(getattr(r, k)) for k in keys): float(r.value) for r in rows.itertuples()}
+    return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
 def ablation_and_log(
@@ -157,25 +282,43 @@ def ablation_and_log(
     tracking_uri: str,
     experiment_id: str,
     tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> pd.DataFrame:
-    """:func:`~recsys_pipeline.evaluation.ablation.masked_ablation` of ``evaluation``'s models in one MLflow run
-    ``ablation`` (metrics ``{variant}.{protocol}.{metric}``, ``ablation.md``); returns its table with
-    ``mlflow_run_id``. Trains nothing."""
+    """:func:`~recsys_pipeline.evaluation.ablation.masked_ablation` of ``evaluation``'s models, one MLflow run per
+    variant (``ablation: <variant>``; params ``variant, modalities, fusion, status, method``, metrics
+    ``{protocol}.{metric}``), each a child of ``parent_run_id`` (the evaluation run, which also gets
+    ``ablation.md``) when given. Trains nothing.
+
+    Returns:
+        the ablation table with ``mlflow_run_id``: each row's variant run.
+    """
+    table = masked_ablation(evaluation, features, settings.k, variants)
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="ablation", tags=dict(tags or {})) as run:
-        mlflow.log_params(
-            {
-                "variants": ",".join(variants),
-                "protocols": ",".join(settings.protocols),
-                "seed": settings.seed,
-                "modalities": ",".join(features.modality_names),
-                "method": "modalities hidden at inference",
-            }
-        )
-        table = masked_ablation(evaluation, features, settings.k, variants)
-        mlflow.log_metrics(finite_figures(table))
-        mlflow.log_text(ablation_table(table), "ablation.md")
-    return table.assign(mlflow_run_id=run.info.run_id)
+    run_ids: dict[str, str] = {}
+    for variant, rows in table.groupby("variant", sort=False):
+        first = rows.iloc[0]
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=f"ablation: {variant}",
+            tags=dict(tags or {}),
+            parent_run_id=parent_run_id,
+        ) as run:
+            mlflow.log_params(
+                {
+                    "variant": variant,
+                    "modalities": first["modalities"],
+                    "fusion": first["fusion"],
+                    "status": first["status"],
+                    "protocols": ",".join(settings.protocols),
+                    "seed": settings.seed,
+                    "method": "modalities hidden at inference",
+                }
+            )
+            mlflow.log_metrics(_figures(rows, ("protocol", "metric")))
+        run_ids[variant] = run.info.run_id
+    if parent_run_id is not None:
+        mlflow.MlflowClient(tracking_uri).log_text(parent_run_id, ablation_table(table), "ablation.md")
+    return table.assign(mlflow_run_id=table["variant"].map(run_ids))
 
 
 @dataclass
@@ -202,23 +345,26 @@ def evaluate_and_gate(
     registered_model_name: str,
     ablation_variants: Sequence[str] = (),
     tags: Mapping[str, str] | None = None,
+    data_source: str | None = None,
 ) -> GatedEvaluation:
     """Evaluate registered ``version``'s ``ModelConfig`` (``default_config`` when its run logged none) on the
-    protocols of ``settings``, run the ablation when ``ablation_variants`` is not empty, then gate the version
-    against the champion on the same split (:func:`~recsys_pipeline.registry.model_registry.gate_model_version`);
-    the champion's config is retrained for that only when its own gate saw other inputs (``gate.split``).
+    protocols of ``settings``, run the ablation when ``ablation_variants`` is not empty (child runs of the
+    evaluation run), then gate the version against the champion on the same split
+    (:func:`~recsys_pipeline.registry.model_registry.gate_model_version`, which also describes the version with
+    its figures and the decision); the champion's config is retrained for that only when its own gate saw other
+    inputs (``gate.split``). ``tags`` go on every run; ``data_source`` names where the inputs were read.
 
     Raises:
         ValueError: the gate metric's protocol is not among the evaluated protocols.
     """
     model_config = version_model_config(tracking_uri, registered_model_name, version) or default_config
     evaluation = evaluate_and_log(
-        interactions, features, model_config, trainer_config, settings, tracking_uri, experiment_id, tags
+        interactions, features, model_config, trainer_config, settings, tracking_uri, experiment_id, tags, data_source
     )
     ablation = None
     if ablation_variants:
         ablation = ablation_and_log(
-            evaluation, features, settings, ablation_variants, tracking_uri, experiment_id, tags
+            evaluation, features, settings, ablation_variants, tracking_uri, experiment_id, tags, evaluation.run_id
         )
     rescore = partial(
         score_config, interactions, features, trainer_config=trainer_config, policy=policy, settings=settings
@@ -232,6 +378,7 @@ def evaluate_and_gate(
         rescore_champion=lambda config: rescore(model_config=config),
         evaluation_run_id=evaluation.run_id,
         split=evaluation_fingerprint(interactions, features, settings),
+        k=settings.k,
     )
     return GatedEvaluation(str(version), evaluation, gate, ablation)
 

@@ -1,4 +1,5 @@
-"""MLflow helpers (no Dagster import): experiments under the home store, model logging, registry look-ups, charts.
+"""MLflow helpers (no Dagster import): experiments under the home store, model logging, registry look-ups, links
+into the MLflow UI, the figures each protocol is judged by, charts.
 
 The model is logged as an MLflow pyfunc "model from code" (``registry/pyfunc_model.py``): its one artifact is the
 folder ``TwoTowerRecommender.save`` writes (safetensors weights, JSON config and id maps, ``.npz`` item features,
@@ -11,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 import mlflow
 import pandas as pd
@@ -190,10 +193,99 @@ def run_model_config(client: MlflowClient, run_id: str) -> dict[str, str] | None
     return config or None
 
 
+# ---------------------------------------------------------------------------------------------- links
+MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves a file or SQLite store
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The MLflow UI address for ``tracking_uri``: the tracking server itself when it is ``http(s)://``, else the
+    default of ``mlflow ui --backend-store-uri <uri>`` (:data:`MLFLOW_UI_DEFAULT`)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return MLFLOW_UI_DEFAULT
+
+
+def run_url(tracking_uri: str, run_id: str, experiment_id: str | None = None) -> str:
+    """``<ui>/#/experiments/<experiment_id>/runs/<run_id>``: the run's page in the MLflow UI (``experiment_id``
+    looked up in the store when not given)."""
+    if experiment_id is None:
+        experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    return f"{ui_base(tracking_uri)}/#/experiments/{quote(str(experiment_id))}/runs/{quote(run_id)}"
+
+
+def model_version_url(tracking_uri: str, name: str, version: str | int) -> str:
+    """``<ui>/#/models/<name>/versions/<version>``: the registered version's page in the MLflow UI."""
+    return f"{ui_base(tracking_uri)}/#/models/{quote(name)}/versions/{quote(str(version))}"
+
+
+# ---------------------------------------------------------------------------------------------- figures
+COLD_START = "item_cold_start"
+
+
+def judged_metrics(protocol: str, k: int = 20) -> tuple[str, ...]:
+    """The figures ``protocol`` is judged by (names as ``evaluation.evaluate`` computes them, ``k`` its list length).
+
+    ``item_cold_start`` tests new items: NDCG@10 and Recall@k of the ranking among the held-out new items
+    (``cold_candidates_*``; the whole-catalogue figures of that split are near zero by design). The other protocols
+    rank every unseen item: ``ndcg_at_10``, ``recall_at_{k}`` and ``coverage``.
+    """
+    if protocol == COLD_START:
+        return ("cold_candidates_ndcg_at_10", f"cold_candidates_recall_at_{k}")
+    return ("ndcg_at_10", f"recall_at_{k}", "coverage")
+
+
+def evaluated_k(metrics: pd.DataFrame) -> int:
+    """The list length ``k`` of an evaluation's figures (``recall_at_{k}`` besides ``recall_at_10``; 10 if none)."""
+    ks = {int(m.removeprefix("recall_at_")) for m in metrics["metric"] if re.fullmatch(r"recall_at_\d+", str(m))}
+    return max(ks - {10}, default=10)
+
+
+def judged_figures(metrics: pd.DataFrame, k: int | None = None, by: str = "model") -> pd.DataFrame:
+    """One row per protocol and judged figure (:func:`judged_metrics`), one column per model (or ablation variant).
+
+    Args:
+        metrics: ``protocol, <by>, metric, value`` (``evaluate_protocols``' long table, or the ablation's with
+            ``by="variant"``).
+        k: the evaluation's list length; ``None`` reads it from the metric names (:func:`evaluated_k`).
+        by: the column whose values become columns.
+
+    Returns:
+        ``protocol, metric``, one column per value of ``by`` (in order of appearance; empty for one with no
+        figure, e.g. a skipped ablation variant) and ``random``: a random order's expected recall, for the
+        cold-start recall only (NaN elsewhere). Protocols in evaluation order; a figure nobody has is left out.
+
+    Example::
+
+        protocol            metric                        ours    popularity  random
+        user_last_fraction  ndcg_at_10                    0.1335  0.0868      NaN
+        item_cold_start     cold_candidates_recall_at_20  0.2470  0.0105      0.0102
+    """
+    k = evaluated_k(metrics) if k is None else k
+    columns = [str(c) for c in dict.fromkeys(metrics[by])]
+    wide = metrics.pivot_table(index=["protocol", "metric"], columns=by, values="value", aggfunc="first")
+    wide = wide.rename(columns=str).reindex(columns=columns)
+    random_name = f"cold_candidates_random_recall_at_{k}"
+    rows = []
+    for protocol in dict.fromkeys(metrics["protocol"]):
+        for name in judged_metrics(protocol, k):
+            if (protocol, name) not in wide.index:
+                continue
+            row = {"protocol": protocol, "metric": name, **wide.loc[(protocol, name)].to_dict()}
+            chance = wide.loc[(protocol, random_name)].dropna() if (protocol, random_name) in wide.index else ()
+            if name == f"cold_candidates_recall_at_{k}" and len(chance):
+                row["random"] = chance.iloc[0]  # the same for every model: it depends on the split only
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=["protocol", "metric", *columns, "random"])
+    return out.astype(dict.fromkeys([*columns, "random"], float))
+
+
 # ---------------------------------------------------------------------------------------------- charts
-TRAINING_CURVES = ("train_loss", "val_ndcg_at_10", "val_recall_at_20")
+# per-epoch series: the fit (with validation), then the refit on every interaction (TwoTowerRecommender logs its
+# loss with the prefix models.two_tower.recommender.REFIT_PREFIX)
+TRAINING_CURVES = ("train_loss", "refit_train_loss", "val_ndcg_at_10", "val_recall_at_20")
 TRAINING_CHART = "charts/training_curves.png"
 EVALUATION_CHART = "charts/evaluation.png"
+_CURVE_LABELS = {"train_loss": "fit", "refit_train_loss": "refit on all interactions"}
 
 
 def _pyplot():
@@ -206,30 +298,21 @@ def _pyplot():
 
 
 def log_training_curves(client: MlflowClient, run_id: str) -> list[str]:
-    """Plot ``train_loss`` and the validation metrics per epoch from the run's metric history (what Lightning's
-    ``MLFlowLogger`` logged) and log the PNG as ``charts/training_curves.png``.
+    """Plot the fit's and the refit's ``train_loss`` (two series) and the validation metrics per epoch from the
+    run's metric history (what Lightning's ``MLFlowLogger`` logged) and log the PNG as ``charts/training_curves.png``.
 
     Returns the metrics plotted (empty: nothing logged, no chart written).
     """
     histories = {name: client.get_metric_history(run_id, name) for name in TRAINING_CURVES}
-    histories = {name: sorted(h, key=lambda m: m.timestamp) for name, h in histories.items() if h}
+    histories = {name: sorted(h, key=lambda m: (m.step, m.timestamp)) for name, h in histories.items() if h}
     if not histories:
         return []
     plt = _pyplot()
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for name, history in histories.items():
-        ax = ax_loss if name == "train_loss" else ax_val
-        # one point per epoch; the refit on all interactions (after early stopping) starts again at step 0
-        segments, current = [], []
-        for metric in history:
-            if current and metric.step < current[-1].step:
-                segments.append(current)
-                current = []
-            current.append(metric)
-        segments.append(current)
-        for i, segment in enumerate(segments):
-            label = name if len(segments) == 1 else f"{name} ({'fit' if i == 0 else 'refit on all'})"
-            ax.plot(range(1, len(segment) + 1), [m.value for m in segment], marker="o", label=label)
+        ax = ax_loss if name.endswith("train_loss") else ax_val
+        label = f"{name} ({_CURVE_LABELS[name]})" if name in _CURVE_LABELS else name
+        ax.plot(range(1, len(history) + 1), [m.value for m in history], marker="o", label=label)  # one per epoch
     ax_loss.set(title="training loss per epoch", xlabel="epoch", ylabel="loss")
     ax_val.set(title="validation (held-out latest interactions)", xlabel="epoch", ylabel="metric")
     for ax in (ax_loss, ax_val):
@@ -242,27 +325,38 @@ def log_training_curves(client: MlflowClient, run_id: str) -> list[str]:
 
 
 def log_evaluation_chart(
-    client: MlflowClient, run_id: str, metrics: pd.DataFrame, names: tuple[str, ...] = ("ndcg_at_10", "recall_at_20")
-) -> bool:
-    """Bar chart of ``names`` per model, one panel per protocol, from ``metrics`` (``protocol, model, metric,
-    value``), logged as ``charts/evaluation.png``. Returns False (nothing logged) when none of ``names`` is there."""
-    shown = metrics[metrics["metric"].isin(names)].dropna(subset=["value"])
+    client: MlflowClient, run_id: str, metrics: pd.DataFrame, k: int | None = None
+) -> pd.DataFrame:
+    """Bar chart, one panel per protocol, of the NDCG@10 and Recall@k that protocol is judged by
+    (:func:`judged_metrics`: among the held-out new items for ``item_cold_start``), ours next to popularity, with
+    a random order's expected recall as a dashed line where there is one; logged as ``charts/evaluation.png``.
+
+    Returns:
+        what was plotted: ``protocol, metric, ours, popularity, random`` (:func:`judged_figures` without
+        ``coverage``); empty when there was nothing to plot (then no chart is logged).
+    """
+    shown = judged_figures(metrics, k)
+    shown = shown[shown["metric"] != "coverage"].dropna(subset=["ours", "popularity"], how="all")
     if shown.empty:
-        return False
+        return shown
     plt = _pyplot()
     protocols = list(dict.fromkeys(shown["protocol"]))
     fig, axes = plt.subplots(1, len(protocols), figsize=(5 * len(protocols), 4), squeeze=False, constrained_layout=True)
     for ax, protocol in zip(axes[0], protocols):
-        wide = shown[shown["protocol"] == protocol].pivot_table(index="model", columns="metric", values="value")
-        wide = wide[[n for n in names if n in wide.columns]]
-        wide.plot.bar(ax=ax, rot=0)
-        ax.set(title=protocol, xlabel="", ylabel="value")
+        panel = shown[shown["protocol"] == protocol].set_index("metric")
+        panel[["ours", "popularity"]].plot.bar(ax=ax, rot=0)
+        for i, chance in enumerate(panel["random"]):
+            if pd.notna(chance):
+                ax.hlines(chance, i - 0.4, i + 0.4, colors="grey", linestyles="dashed", label="random order")
+        ranked = "ranking the held-out new items" if protocol == COLD_START else "ranking every unseen item"
+        ax.set(title=f"{protocol}\n({ranked})", xlabel="", ylabel="value")
         ax.grid(axis="y", alpha=0.3)
         for container in ax.containers:
             ax.bar_label(container, fmt="%.3f", fontsize=8)
+        ax.legend()
     client.log_figure(run_id, fig, EVALUATION_CHART)
     plt.close(fig)
-    return True
+    return shown.reset_index(drop=True)
 
 
 def kill_orphaned_runs(tracking_uri: str, is_dead) -> list[str]:

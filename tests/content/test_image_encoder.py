@@ -193,10 +193,11 @@ def test_image_embeddings_asset_second_run_encodes_nothing(tmp_path, cache):
         meta.append(
             {k: v.value for k, v in result.asset_materializations_for_node("image_embeddings")[0].metadata.items()}
         )
-    assert (meta[0]["rows"], meta[0]["encoded"], meta[0]["missing"]) == (3, 3, 6)
-    assert (meta[1]["rows"], meta[1]["decoded"], meta[1]["encoded"], meta[1]["reused"]) == (3, 0, 0, 3)
-    assert meta[1]["missing_missing"] == 1 and meta[1]["missing_outside_roots"] == 1
-    assert meta[1]["missing_too_many_pixels"] == 1 and meta[1]["missing_unsupported_format"] == 2
+    assert (meta[0]["dagster/row_count"], meta[0]["encoded"], meta[0]["missing"]) == (3, 3, 6)
+    assert (meta[1]["dagster/row_count"], meta[1]["decoded"], meta[1]["encoded"], meta[1]["reused"]) == (3, 0, 0, 3)
+    details = {r.data["what"]: r.data["value"] for r in meta[1]["details"].records}
+    assert details["missing: missing"] == "1" and details["missing: outside_roots"] == "1"
+    assert details["missing: too_many_pixels"] == "1" and details["missing: unsupported_format"] == "2"
     with warehouse.session(db, read_only=True) as con:
         assert warehouse.row_count(con, "image_embeddings") == 3
         assert warehouse.row_count(con, "media_failures") == 6

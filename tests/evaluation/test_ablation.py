@@ -63,9 +63,13 @@ def test_masked_ablation_hides_modalities_of_the_evaluated_models_and_logs_it(tm
     reused = table[table["variant"] == "text_image"].merge(ours, on=["protocol", "metric"])
     assert len(reused) == len(ours)
     np.testing.assert_array_equal(reused["value_x"], reused["value_y"])
-    run = MlflowClient(uri).get_run(table["mlflow_run_id"].iloc[0])
-    assert "text.item_cold_start.cold_candidates_recall_at_10" in run.data.metrics
+    run = MlflowClient(uri).get_run(table["mlflow_run_id"].iloc[0])  # one run per variant, the first is text
+    assert run.info.run_name == "ablation: text" and run.data.params["variant"] == "text"
+    masked = table[(table["variant"] == "text") & (table["protocol"] == "item_cold_start")].set_index("metric")
+    recall = run.data.metrics["item_cold_start.cold_candidates_recall_at_10"]
+    assert recall == pytest.approx(masked.loc["cold_candidates_recall_at_10", "value"])
     assert run.data.params["method"] == "modalities hidden at inference"
+    assert table.groupby("variant")["mlflow_run_id"].nunique().eq(1).all() and table["mlflow_run_id"].nunique() == 3
     # hiding the image changes the vectors of items that have one, and only theirs
     model = evaluation.models["user_last_fraction"]
     full = model.item_vectors().numpy()

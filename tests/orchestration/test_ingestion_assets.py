@@ -3,8 +3,12 @@
 import dagster as dg
 import pytest
 
+from recsys_pipeline.assets.metadata import MAX_HEADLINE
 from recsys_pipeline.data import warehouse
+from recsys_pipeline.data.schema import TABLES
 from recsys_pipeline.resources import SourceResource, WarehouseResource
+
+NOT_HEADLINE = (dg.TableMetadataValue, dg.TableSchemaMetadataValue, dg.MarkdownMetadataValue)
 
 
 @pytest.fixture
@@ -56,7 +60,9 @@ def test_partitions_rematerialize_to_identical_rows(ingestion, resources, tmp_pa
     assert single.success
     assert snapshot(tmp_path / "w.duckdb") == first
     mats = single.asset_materializations_for_node("interactions")
-    assert mats[0].metadata["rows"].value == sum(1 for r in first if r[2].date().isoformat() == "2018-09-24")
+    day = sum(1 for r in first if r[2].date().isoformat() == "2018-09-24")
+    assert mats[0].metadata["dagster/partition_row_count"].value == day  # the run's day
+    assert mats[0].metadata["dagster/row_count"].value == len(first)  # the whole table
 
 
 def test_bad_rows_are_quarantined_through_the_asset(ingestion, tmp_path):
@@ -87,7 +93,13 @@ def test_bad_rows_are_quarantined_through_the_asset(ingestion, tmp_path):
             selection=[raw_events, interactions],
         )
         meta = result.asset_materializations_for_node("interactions")[0].metadata
-        assert meta["rows"].value == 1 and meta["quarantined"].value == 4
+        assert meta["dagster/partition_row_count"].value == 1 and meta["quarantined"].value == 4
+        for event in result.get_asset_materialization_events():  # few headline entries, the declared columns
+            entries = event.materialization.metadata
+            headline = [v for v in entries.values() if not isinstance(v, (dg.JsonMetadataValue, *NOT_HEADLINE))]
+            assert len(headline) <= MAX_HEADLINE, event.asset_key
+            table = TABLES[event.asset_key.to_user_string()]
+            assert [c.name for c in entries["dagster/column_schema"].schema.columns] == table.column_names
     with warehouse.session(tmp_path / "w.duckdb", read_only=True) as con:
         reasons = sorted(r[0] for r in con.execute("SELECT reason FROM quarantine").fetchall())
     assert reasons == ["duplicate event", "missing user_id", "timestamp outside partition", "unknown item"]

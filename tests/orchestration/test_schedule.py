@@ -4,6 +4,8 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from recsys_pipeline import automation
+
 
 def test_nightly_tick_requests_yesterdays_partition(definitions):
     schedule = definitions.resolve_schedule_def("nightly_retrain")
@@ -11,6 +13,15 @@ def test_nightly_tick_requests_yesterdays_partition(definitions):
     result = schedule.evaluate_tick(context)
     assert [r.partition_key for r in result.run_requests] == ["2024-05-02"]
     assert schedule.job_name == "recsys_pipeline_job"
+    assert result.run_requests[0].tags[automation.ORIGIN_TAG] == automation.ORIGIN_SCHEDULE == "schedule"
+
+
+def test_jobs_say_what_they_run(definitions):
+    for name in (automation.PIPELINE_JOB, automation.INGEST_JOB):
+        description = definitions.resolve_job_def(name).description
+        assert description and len(description) > 40, name
+    assert automation.ORIGIN_TAG == "recsys/origin"  # the key the `recsys` commands set (demo, backfill) too
+    assert set(automation.ORIGINS) == {"schedule", "sensor", "demo", "backfill"}
 
 
 def test_nightly_schedule_runs_the_whole_graph_at_two_utc(definitions):

@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from recsys_pipeline import automation
 from recsys_pipeline.resources import SourceResource
 
 EVENTS = "user_id,item_id,timestamp,value\nu1,i1,{day}T10:00:00Z,4.0\n"
@@ -45,6 +46,7 @@ def test_new_days_are_requested_once_and_changed_files_again(tmp_path, capfd, ti
     first = tick(tmp_path)
     assert [r.partition_key for r in first.run_requests] == ["2018-09-01", "2018-09-02"]
     assert all(r.run_key.startswith(r.partition_key + ":") for r in first.run_requests)
+    assert all(r.tags[automation.ORIGIN_TAG] == automation.ORIGIN_SENSOR == "sensor" for r in first.run_requests)
     logged = capfd.readouterr().err
     assert "skipping 1990-01-01.csv: 1990-01-01 is not a partition" in logged
     assert "rejected landing file 2999-01-01.csv: future_date: 2999-01-01 is not over yet" in logged

@@ -101,8 +101,9 @@ def test_bad_lines_are_quarantined_and_good_lines_load(tmp_path):
         17: "unknown item",
     }
     # every non-blank line is accounted for, in raw_events and in the metadata
-    assert raw_meta["rows"].value == 17 and raw_meta["unparseable_lines"].value == 5
-    assert meta["rows"].value == 4 and meta["quarantined"].value == 13 and meta["raw_rows"].value == 17
+    assert raw_meta["dagster/partition_row_count"].value == 17 and raw_meta["unparseable_lines"].value == 5
+    assert meta["dagster/partition_row_count"].value == 4 and meta["dagster/row_count"].value == len(good)
+    assert meta["quarantined"].value == 13 and meta["raw_rows"].value == 17
     assert sum(meta["quarantine_reasons"].value.values()) == 13
     lines = dict(query(tmp_path, "SELECT source_row, raw_line FROM quarantine WHERE raw_line IS NOT NULL"))
     assert lines[5] == "caf\\xe9,a,2024-01-05T10:00:00Z,4"
@@ -175,7 +176,7 @@ def test_catalog_bad_rows_are_quarantined_with_a_count(tmp_path):
     for _ in range(2):  # a re-run replaces the catalog's quarantine rows
         result = dg.materialize([item_catalog], resources=resources)
         meta = result.asset_materializations_for_node("item_catalog")[0].metadata
-        assert meta["rows"].value == 3 and meta["quarantined"].value == 3
+        assert meta["dagster/row_count"].value == 3 and meta["quarantined"].value == 3
         assert meta["quarantine_reasons"].value == {"missing item_id": 1, "duplicate item_id": 1, "id too long": 1}
     rows = dict(query(tmp_path, "SELECT item_id, length(text) FROM item_catalog"))
     assert set(rows) == {"a", "b", INJECTION} and rows["b"] == MAX_TEXT_CHARS

@@ -112,7 +112,7 @@ def test_the_code_location_loads_and_the_other_days_ingest(hostile_env):
     result = dg.materialize(ingest, resources=resources, partition_key="2024-01-06", selection=ingest[1:])
     assert result.success
     meta = result.asset_materializations_for_node("raw_events")[0].metadata
-    assert meta["rows"].value == 2 and meta["landing_rejections"].value == 5
+    assert meta["dagster/partition_row_count"].value == 2 and meta["landing_rejections"].value == 5
     assert meta["landing_rejection_reasons"].value == dict.fromkeys(EXPECTED.values(), 1)
     with warehouse.session(resources_for_home(str(hostile_env.home))["warehouse_db"].path, read_only=True) as con:
         rows = dict(con.execute("SELECT file_name, reason FROM landing_rejections").fetchall())

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.loggers import Logger
 
 from recsys_pipeline.content.features import ItemFeatures
 from recsys_pipeline.models.base import Recommender, SeenItems
@@ -40,6 +41,42 @@ _HISTORY_PREFIX = "user_tower.history."  # the pooling module: training only
 _FOLDED_KEY = "user_tower.folded_history"
 
 
+REFIT_PREFIX = "refit_"  # the refit's per-epoch metrics: ``refit_train_loss`` next to the fit's ``train_loss``
+
+
+class _RefitLogger(Logger):
+    """Hands the refit's metrics to the fit's logger as ``refit_<name>``: one run, two separate series (the refit
+    starts again at epoch 0 and would otherwise continue the fit's ``train_loss`` curve)."""
+
+    def __init__(self, inner: Logger) -> None:
+        super().__init__()
+        self._inner = inner
+
+    @property
+    def name(self):
+        return self._inner.name
+
+    @property
+    def version(self):
+        return self._inner.version
+
+    @property
+    def save_dir(self):
+        return self._inner.save_dir
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self._inner.log_metrics({f"{REFIT_PREFIX}{k}": v for k, v in metrics.items()}, step)
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        self._inner.log_hyperparams(params, *args, **kwargs)
+
+    def save(self) -> None:
+        self._inner.save()
+
+    def finalize(self, status: str) -> None:
+        self._inner.finalize(status)
+
+
 class TwoTowerRecommender(Recommender):
     """Two-tower recommender: user id (+ history head) against item id + fused content (+ genres, year).
 
@@ -47,7 +84,7 @@ class TwoTowerRecommender(Recommender):
         config: model and optimisation settings (:class:`ModelConfig`; its defaults are the product's).
         trainer: Lightning ``Trainer`` settings (:class:`TrainerConfig`).
         logger: a Lightning logger (e.g. ``MLFlowLogger``) for per-epoch ``train_loss``, ``val_ndcg_at_10``,
-            ``val_recall_at_20``; ``None`` = no logging.
+            ``val_recall_at_20``, and the refit's ``refit_train_loss``; ``None`` = no logging.
         callbacks: extra Lightning callbacks.
 
     After :meth:`fit`:
@@ -189,7 +226,7 @@ class TwoTowerRecommender(Recommender):
             # DDP's default broadcast of all buffers from rank 0 before every step would only cost traffic
             return DDPStrategy(forward_sync_buffers=False)
 
-        def make_trainer(max_epochs: int, cbs: list, with_val: bool):
+        def make_trainer(max_epochs: int, cbs: list, with_val: bool, logger=self.logger):
             return L.Trainer(
                 accelerator=trainer_config.accelerator,
                 devices=trainer_config.devices,
@@ -197,7 +234,7 @@ class TwoTowerRecommender(Recommender):
                 precision=trainer_config.precision,
                 num_nodes=trainer_config.num_nodes,
                 max_epochs=max_epochs,
-                logger=self.logger if self.logger is not None else False,
+                logger=logger if logger is not None else False,
                 callbacks=cbs,
                 enable_checkpointing=False,
                 enable_progress_bar=trainer_config.enable_progress_bar,
@@ -232,7 +269,8 @@ class TwoTowerRecommender(Recommender):
             L.seed_everything(config.seed, workers=True, verbose=False)
             dm = InteractionDataModule(interactions, features, 0.0, config.batch_size, config.seed)
             module = make_module(dm)
-            refit = make_trainer(best_epoch + 1, list(self.callbacks), False)
+            refit_logger = _RefitLogger(self.logger) if self.logger is not None else None
+            refit = make_trainer(best_epoch + 1, list(self.callbacks), False, refit_logger)
             refit.fit(module, datamodule=dm)
             n_samples += len(dm.train_pairs[0]) * (best_epoch + 1)
         elif module.use_history and dm.has_validation:
