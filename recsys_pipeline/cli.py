@@ -1,4 +1,4 @@
-"""``recsys``: the command line.
+"""The ``recsys`` command line (:data:`COMMANDS` lists the commands; ``recsys --help`` shows them).
 
 - ``recsys demo``: one run of ``recsys_pipeline_job`` over every partition of the configured data (default:
   bundled MovieLens), on the Dagster instance under ``$RECSYS_HOME/dagster`` (the run shows in the UI), then a
@@ -8,20 +8,30 @@
   recommendations (``serving.app``).
 - ``recsys backfill --start D --end D [--downstream]``: re-ingest the UTC days ``start..end`` (inclusive) of
   raw_events and interactions (and the catalog) as one run, optionally with everything downstream in that run.
+- ``recsys export --out DIR``: the inputs of standalone training.
 - ``recsys ui``: the Dagster UI on 127.0.0.1.
-"""
+
+``--home`` goes before or after the command."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys_pipeline.settings import HomePaths, get_settings
 
+if TYPE_CHECKING:  # pandas is imported where a command needs it: `recsys --help` stays fast
+    import pandas as pd
+
 PIPELINE_JOB = "recsys_pipeline_job"
+INTERRUPTED = 130  # exit code of a command stopped by SIGINT or SIGTERM: what a shell reports after Ctrl-C
 
 
 def _quiet_libraries() -> None:
@@ -37,6 +47,74 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     warnings.filterwarnings("ignore", message=".*deprecated.*")
+    _mute_mlflow_notices()
+
+
+def _mute_mlflow_notices() -> None:
+    """Keep MLflow's notices off the terminal, its log records on it.
+
+    MLflow prints notices such as "Successfully registered model 'recsys_ranker'." and "Created version '1' of
+    model ..." with ``eprint``, which has no level to filter: it writes to the stream that
+    ``mlflow.utils.logging_utils.MLFLOW_LOGGING_STREAM`` names at the time of the call. That name is pointed at a
+    stream that drops everything; MLflow's log handler keeps the stream it was given at import, so its warnings and
+    errors still reach stderr. (``disable_logging()`` would mute those too, and does not last: MLflow's autologging
+    setup calls ``enable_logging()`` on its way out.)
+    """
+    from mlflow.utils import logging_utils
+
+    logging_utils.MLFLOW_LOGGING_STREAM = _Dropped()
+
+
+class _Dropped:
+    """A text stream that writes nothing (``enabled``: what MLflow's enable / disable_logging set on it)."""
+
+    enabled = False
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class _LinesAboveBars:
+    """``sys.stdout`` on a terminal: a line printed while a tqdm progress bar is drawn (the text encoder's, on stderr,
+    the same terminal) goes above the bar, never glued to its end: the bars are cleared, the line is written, the
+    bars are drawn again below it (what ``tqdm.write`` does). Passes text on a line at a time; anything else is the
+    wrapped stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines, newline, self._partial = (self._partial + text).rpartition("\n")
+        if newline:
+            self._emit(lines + newline)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:  # a line without its end yet (print(..., end="", flush=True)): shown now
+            self._emit(self._partial)
+            self._partial = ""
+        self._stream.flush()
+
+    def _emit(self, text: str) -> None:
+        bar_class = getattr(sys.modules.get("tqdm"), "tqdm", None)  # no bar is drawn unless something imported it
+        if bar_class is None or not getattr(bar_class, "_instances", None):
+            self._stream.write(text)
+            return
+        with bar_class.get_lock():
+            bars = [b for b in bar_class._instances if not b.disable]
+            for bar in bars:
+                bar.clear(nolock=True)
+            self._stream.write(text)
+            self._stream.flush()
+            for bar in bars:
+                bar.refresh(nolock=True)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _paths(home: str | None) -> HomePaths:
@@ -44,11 +122,13 @@ def _paths(home: str | None) -> HomePaths:
     return get_settings(**({"home": Path(home)} if home else {})).paths
 
 
-def _prepare_home(home: str | None) -> HomePaths:
-    """Create the home and point this process (and the Dagster instance) at it."""
+def _prepare_home(home: str | None, in_process: bool = True) -> HomePaths:
+    """Create the home and point this process (and the Dagster instance) at it; ``in_process``: this process runs
+    the pipeline, so quiet its libraries first."""
     from recsys_pipeline import instance
 
-    _quiet_libraries()
+    if in_process:
+        _quiet_libraries()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return instance.prepare(_paths(home))
@@ -74,7 +154,7 @@ def _run(
 
     from recsys_pipeline.instance import free_slots_of_dead_steps, kill_orphaned_mlflow_runs
 
-    instance = dg.DagsterInstance.get()
+    instance = _instance()
     for run_id in free_slots_of_dead_steps(instance):  # else a killed earlier run blocks every DuckDB step
         print(f"    run {run_id[:8]} was killed mid-step: marked failed, its duckdb pool slot freed", flush=True)
     for run_id in kill_orphaned_mlflow_runs(instance):
@@ -97,6 +177,8 @@ def _run(
         if e.event_type_value == "STEP_SUCCESS"
     }
     if not result.success:
+        if _interrupted(result):  # Dagster caught the SIGINT / SIGTERM and failed the run: stop here, quietly
+            raise KeyboardInterrupt
         failed = [e for e in result.all_events if e.is_step_failure]
         for event in failed:
             print(event.step_failure_data.error.to_string(), file=sys.stderr)
@@ -111,6 +193,38 @@ def _run(
         raise SystemExit(f"step failed: {steps} (run {result.run_id}); see `recsys ui` for the logs")
     print(f"    run {result.run_id[:8]} succeeded", flush=True)
     return seconds
+
+
+def _instance():
+    """The home's Dagster instance (``DAGSTER_HOME``, which :func:`_prepare_home` sets) for a run in this process,
+    with Dagster's capture of the run's stdout and stderr off.
+
+    That capture points both at files and echoes the files to the terminal through ``tail -F`` helper processes:
+    a Ctrl-C reaches the helpers too (their tracebacks on the terminal), the echo may drop the last lines and mixes
+    up the order of stdout and stderr, and a progress bar sees a file, not the terminal. Off, the run's output goes
+    straight to the terminal; its events (errors with their tracebacks included) are stored as always, and the UI's
+    raw stdout / stderr of a CLI run is empty.
+    """
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef  # no public API takes overrides for the home's instance
+
+    noop = {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+    return dg.DagsterInstance.from_ref(
+        InstanceRef.from_dir(os.environ["DAGSTER_HOME"], overrides={"compute_logs": noop})
+    )
+
+
+def _interrupted(result) -> bool:
+    """Whether a SIGINT or SIGTERM ended the in-process run ``result``. Dagster turns the signal into a failure of the
+    running step (error source ``INTERRUPT``) or, between steps, of the run (reason ``UNEXPECTED_TERMINATION``)."""
+    for event in result.all_events:
+        if event.is_step_failure and getattr(event.step_failure_data.error_source, "value", None) == "INTERRUPT":
+            return True
+        if event.event_type_value == "RUN_FAILURE":
+            reason = getattr(event.event_specific_data, "failure_reason", None)
+            if getattr(reason, "value", reason) == "UNEXPECTED_TERMINATION":
+                return True
+    return False
 
 
 def _day(text: str | None, flag: str):
@@ -188,57 +302,173 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(paths, timings: dict[str, float], user: str | None) -> None:
+SUMMARY_WIDTH = 100  # columns: every line of the demo's summary fits (but a path longer than that)
+TITLE_CHARS = 60  # a longer title is cut, with "…"
+SUMMARY_TABLES = (
+    "raw_events",
+    "interactions",
+    "quarantine",
+    "item_catalog",
+    "text_embeddings",
+    "image_embeddings",
+    "audio_embeddings",
+    "media_failures",
+    "item_features",
+    "recommendations",
+    "evaluation_ranked_lists",
+)
+# metric -> column label of the summary's tables, in this order
+WARM_FIGURES = {
+    "ndcg_at_10": "NDCG@10",
+    "recall_at_10": "Recall@10",
+    "recall_at_20": "Recall@20",
+    "coverage": "coverage",
+}
+COLD_FIGURES = {
+    "cold_candidates_ndcg_at_10": "NDCG@10",
+    "cold_candidates_recall_at_20": "Recall@20",
+    "cold_candidates_random_recall_at_20": "random Recall@20",
+}
+ABLATION_FIGURES = {
+    "ndcg_at_10": "NDCG@10",
+    "recall_at_20": "Recall@20",
+    "with_image_recall_at_20": "with image",
+    "without_image_recall_at_20": "without image",
+}
+COLD_START = "item_cold_start"
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    """``frame`` as a Markdown table, empty cells where a figure is missing (not ``nan``)."""
+    return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, missingval="")
+
+
+def _figures(long: pd.DataFrame, index: list[str], figures: dict[str, str]) -> pd.DataFrame:
+    """One row per ``index`` of the long ``(*index, metric, value)`` frame, in order of first appearance of each
+    ``index`` column; one column per metric of ``figures`` (labelled, in that order, rounded to 4 places). Metrics
+    that no row has are left out."""
+    rows = long[long["metric"].isin(list(figures))]
+    if rows.empty:  # e.g. no protocol of this kind was evaluated
+        return rows[index].iloc[:0]
+    wide = rows.pivot_table(index=index, columns="metric", values="value", aggfunc="first").reset_index()
+    first_seen = {c: {v: i for i, v in enumerate(rows[c].unique())} for c in index}
+    wide = wide.sort_values(index, key=lambda c: c.map(first_seen[c.name]), kind="stable")
+    kept = [m for m in figures if m in wide.columns and wide[m].notna().any()]
+    return wide[[*index, *kept]].round(4).rename(columns=figures)
+
+
+ABLATION_SHOWN = ("evaluation model", "masked at inference", "trained")  # statuses with figures of their own
+
+
+def ablation_summary(ablation: pd.DataFrame) -> str:
+    """The modality ablation (long :data:`~recsys_pipeline.evaluation.ablation.ABLATION_COLUMNS`) as one compact
+    table: a row per protocol and variant, :data:`ABLATION_FIGURES` (for item cold start, those of the ranking of
+    the held-out items only). A variant that repeats an earlier one (``same as ...``) or was skipped is a note
+    under the table, not a row."""
+    import pandas as pd
+
+    shown = ablation["status"].isin(ABLATION_SHOWN)
+    notes = [
+        f"{r.variant}: {r.status}" for r in ablation.loc[~shown, ["variant", "status"]].drop_duplicates().itertuples()
+    ]
+    figures = ablation[shown]
+    cold = figures["protocol"] == COLD_START
+    held_out = figures[cold & figures["metric"].str.startswith("cold_candidates_")]
+    figures = pd.concat(
+        [figures[~cold], held_out.assign(metric=held_out["metric"].str.removeprefix("cold_candidates_"))]
+    )
+    table = _figures(figures, ["protocol", "variant"], ABLATION_FIGURES)
+    return "\n".join([_markdown(table) if len(table) else "(no ablation figures)", *notes])
+
+
+def format_summary(
+    *,
+    rows: dict[str, int],
+    media_failures: pd.DataFrame,
+    timings: dict[str, float],
+    metrics: pd.DataFrame,
+    ablation: pd.DataFrame | None,
+    user: str,
+    recommendations: pd.DataFrame,
+    liked: pd.DataFrame,
+    mlflow_uri: str,
+) -> str:
+    """The text ``recsys demo`` prints after its run; every line fits :data:`SUMMARY_WIDTH` columns, except the one
+    holding ``mlflow_uri`` when that alone is longer.
+
+    Args:
+        rows: table -> row count.
+        media_failures: ``modality, reason, items``.
+        timings: step -> wall seconds.
+        metrics: the ``evaluation_metrics`` table (``protocol, model, metric, value``).
+        ablation: the ``evaluation_ablation`` table, or ``None`` when the run made none.
+        user: the example user; ``recommendations`` (``rank, title, score``) and ``liked`` (``title, value``) are
+            that user's.
+        mlflow_uri: the MLflow tracking URI of the home.
+    """
+    out = ["", "Rows per table:"]
+    out += [f"    {table:<24} {count:>10,}" for table, count in rows.items()]
+    out += ["", "Items without an image / audio vector, by reason (listed in media_failures):"]
+    out.append(_markdown(media_failures) if len(media_failures) else "    none")
+    out += ["", "Wall time per step (s):"]
+    width = max([28, *map(len, timings)])  # asset check steps have long keys
+    out += [f"    {name:<{width}} {seconds:8.1f}" for name, seconds in timings.items()]
+    out.append(f"    {'total':<{width}} {sum(timings.values()):8.1f}")
+    warm = metrics[metrics["protocol"] != COLD_START]
+    if len(warm):
+        out += ["", "Evaluation, ranking all unseen items (ours vs. popularity, same split):"]
+        out.append(_markdown(_figures(warm, ["protocol", "model"], WARM_FIGURES)))
+    cold = metrics[metrics["protocol"] == COLD_START]
+    if len(cold):
+        out += ["", "Item cold start, ranking only the held-out items (random: a random order's expected Recall@20):"]
+        out.append(_markdown(_figures(cold, ["protocol", "model"], COLD_FIGURES)))
+    if ablation is not None and len(ablation):
+        out += [
+            "",
+            "Modality ablation (modalities hidden at inference, same splits; item_cold_start: ranking only the",
+            "held-out items; with / without image: Recall@20 on the test items with / without an image):",
+            ablation_summary(ablation),
+        ]
+    clipped = {"title": lambda f: f["title"].map(lambda t: _clip(t, TITLE_CHARS))}
+    out += ["", f"User {user}: top-10 recommendations", _markdown(recommendations.assign(**clipped))]
+    out += [
+        "",
+        f"User {user}: titles with their highest interaction value (the rating, for MovieLens)",
+        _markdown(liked.assign(**clipped)),
+    ]
+    mlflow = f"    .venv/bin/mlflow ui --backend-store-uri {mlflow_uri}   # MLflow"
+    if len(mlflow) > SUMMARY_WIDTH:  # a long home: the URI on a line of its own, still one shell command
+        mlflow = f"    .venv/bin/mlflow ui --backend-store-uri \\\n        {mlflow_uri}"
+    out += ["", "Next:", f"    recsys recommend --user {user}", "    recsys ui   # Dagster", mlflow]
+    return "\n".join(out)
+
+
+def _clip(text, chars: int):
+    """``text`` cut to ``chars`` characters, the last one ``…``; anything that is not a string as it is."""
+    if not isinstance(text, str) or len(text) <= chars:
+        return text
+    return text[: chars - 1] + "…"
+
+
+def _summary(paths: HomePaths, timings: dict[str, float], user: str | None) -> None:
+    """Print :func:`format_summary` of the home's warehouse after a demo run (``user``: default the smallest id)."""
+    import pandas as pd
+
     from recsys_pipeline.data import warehouse
-    from recsys_pipeline.registry.runs import metrics_table
 
     with warehouse.session(paths.warehouse, read_only=True) as con:
-        print("\nRows per table:")
-        for table in (
-            "raw_events",
-            "interactions",
-            "quarantine",
-            "item_catalog",
-            "text_embeddings",
-            "image_embeddings",
-            "audio_embeddings",
-            "media_failures",
-            "item_features",
-            "recommendations",
-            "evaluation_ranked_lists",
-        ):
-            print(f"    {table:<24} {warehouse.row_count(con, table):>10,}")
+        rows = {table: warehouse.row_count(con, table) for table in SUMMARY_TABLES}
         if warehouse.table_exists(con, "media_failures"):
             missing = con.execute(
                 "SELECT modality, reason, count(*) AS items FROM media_failures GROUP BY ALL "
                 "ORDER BY modality, items DESC"
             ).df()
-            print("\nItems without an image / audio vector, by reason (listed in media_failures):")
-            print(missing.to_markdown(index=False) if len(missing) else "    none")
-        print("\nWall time per step (s):")
-        for name, seconds in timings.items():
-            print(f"    {name:<28} {seconds:8.1f}")
-        print(f"    {'total':<28} {sum(timings.values()):8.1f}")
+        else:
+            missing = pd.DataFrame(columns=["modality", "reason", "items"])
         metrics = con.execute("SELECT protocol, model, metric, value FROM evaluation_metrics").df()
-        warm = metrics[
-            (metrics["protocol"] != "item_cold_start")
-            & metrics["metric"].isin(["recall_at_10", "recall_at_20", "ndcg_at_10", "coverage"])
-        ]
-        cold = metrics[
-            (metrics["protocol"] == "item_cold_start")
-            & metrics["metric"].isin(
-                ["cold_candidates_recall_at_20", "cold_candidates_ndcg_at_10", "cold_candidates_random_recall_at_20"]
-            )
-        ]
-        print("\nEvaluation, ranking all unseen items (ours vs. popularity, same split):")
-        print(metrics_table(warm))
-        print("\nItem cold start: ranking only the held-out items (random = expected Recall@20 of a random order):")
-        print(metrics_table(cold))
+        ablation = None
         if warehouse.table_exists(con, "evaluation_ablation"):
-            from recsys_pipeline.evaluation.ablation import ablation_table
-
-            print("\nModality ablation (same splits; with/without_image = test items with/without a poster):")
-            print(ablation_table(con.execute("SELECT * FROM evaluation_ablation").df()))
+            ablation = con.execute("SELECT * FROM evaluation_ablation").df()
         if user is None:
             user = con.execute("SELECT min(user_id) FROM recommendations").fetchall()[0][0]
         recs = con.execute(
@@ -251,13 +481,18 @@ def _summary(paths, timings: dict[str, float], user: str | None) -> None:
             "WHERE i.user_id = ? GROUP BY c.title ORDER BY value DESC, c.title LIMIT 10",
             [user],
         ).df()
-    print(f"\nUser {user}: top-10 recommendations")
-    print(recs.to_markdown(index=False))
-    print(f"\nUser {user}: titles with their highest interaction value (the rating, for MovieLens)")
-    print(liked.to_markdown(index=False))
     print(
-        f"\nNext: `recsys recommend --user {user}`, `recsys ui` (Dagster), "
-        f"`.venv/bin/mlflow ui --backend-store-uri {paths.mlflow_tracking_uri}` (MLflow)"
+        format_summary(
+            rows=rows,
+            media_failures=missing,
+            timings=timings,
+            metrics=metrics,
+            ablation=ablation,
+            user=user,
+            recommendations=recs,
+            liked=liked,
+            mlflow_uri=paths.mlflow_tracking_uri,
+        )
     )
 
 
@@ -329,15 +564,65 @@ def serve(args: argparse.Namespace) -> int:
             "`recommendations` is materialized",
             file=sys.stderr,
         )
+    base = f"http://{args.host}:{args.port}"
     print(
-        f"recsys serve: http://{args.host}:{args.port}/recommendations/<user_id>?k=10 (home {paths.root})", flush=True
+        f"recsys serve: {base}/recommendations/<user_id>?k=10 (home {paths.root})\n"
+        f"    OpenAPI schema: {base}/openapi.json (no /docs page: it would load Swagger UI from the internet)",
+        flush=True,
     )
-    run_server(paths, args.host, args.port)
+    with _reraising_interrupts():  # uvicorn shuts down on SIGINT / SIGTERM, then returns as if nothing happened
+        run_server(paths, args.host, args.port)
     return 0
 
 
+@contextlib.contextmanager
+def _reraising_interrupts():
+    """Raise KeyboardInterrupt on leaving the block if a SIGINT or SIGTERM arrived in it, even if the code inside
+    swallowed it (``uvicorn.run`` does, after its graceful shutdown, which re-sends the signal to these handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def note(signum: int, frame) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+# Warnings `dagster dev` prints at every start that say nothing about this project, as (start of the message,
+# category) for PYTHONWARNINGS. Its categories (dagster_shared's SupersessionWarning, BetaWarning) cannot be named
+# there (PYTHONWARNINGS is read before site-packages is importable), so their builtin bases are, next to the message.
+UI_KNOWN_WARNINGS = (
+    ("Function `dev_command` is superseded", "FutureWarning"),  # "Use 'dg dev' instead": dg is not installed
+    ("Parameter `backfill_policy` of function `asset` is currently in beta", "Warning"),  # the single-run backfills
+)
+
+
+def ui_environment(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` plus :data:`UI_KNOWN_WARNINGS` as ``ignore`` filters in ``PYTHONWARNINGS`` (inherited by
+    ``dagster dev`` and the webserver, daemon and code-server processes it starts), before any filters already
+    there, which therefore win."""
+    known = ",".join(f"ignore:{message}:{category}" for message, category in UI_KNOWN_WARNINGS)
+    return {**environ, "PYTHONWARNINGS": ",".join(filter(None, [known, environ.get("PYTHONWARNINGS")]))}
+
+
 def ui(args: argparse.Namespace) -> int:
-    paths = _prepare_home(args.home)
+    """``dagster dev`` (webserver and daemon) on 127.0.0.1 over the home's instance; runs until interrupted.
+
+    ``dagster dev`` runs in a process group of its own, so a Ctrl-C reaches it once, forwarded by this process, the
+    same way as a SIGTERM sent to ``recsys`` alone; it then stops its webserver and daemon. A second interrupt
+    while it does so kills it.
+    """
+    paths = _prepare_home(args.home, in_process=False)
     cmd = [
         sys.executable,
         "-m",
@@ -351,7 +636,17 @@ def ui(args: argparse.Namespace) -> int:
         "recsys_pipeline.definitions",
     ]
     print(f"Dagster UI on http://127.0.0.1:{args.port} (instance {paths.dagster_home})", flush=True)
-    return subprocess.call(cmd, cwd=Path.cwd())
+    child = subprocess.Popen(cmd, cwd=Path.cwd(), env=ui_environment(os.environ), process_group=0)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=60)
+        except BaseException:  # a second interrupt, or a hung shutdown
+            child.kill()
+            child.wait()
+        raise
 
 
 def _positive_int(text: str) -> int:
@@ -371,52 +666,126 @@ def _port(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="recsys", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--home", help="project home (default: $RECSYS_HOME or ./.recsys); goes before the command")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="materialize every partition and everything downstream, print a summary")
-    p.add_argument("--start", help="first UTC day (default: first day of the data)")
-    p.add_argument("--end", help="last UTC day (default: last day of the data)")
-    p.add_argument("--user", help="user for the printed example (default: the first)")
-    p.set_defaults(func=demo)
-    p = sub.add_parser("backfill", help="re-ingest a range of UTC days as one run (a single-run backfill)")
-    p.add_argument("--start", required=True, help="first UTC day, YYYY-MM-DD")
-    p.add_argument("--end", required=True, help="last UTC day, YYYY-MM-DD (inclusive)")
+DESCRIPTION = "recsys: run, inspect and serve the multimodal recommender pipeline (Dagster, DuckDB, MLflow)."
+EPILOG = (
+    "--home works before or after the command. Every file the product writes goes under the home: "
+    "warehouse.duckdb, mlflow.db, mlartifacts/, dagster/, published/. "
+    "'recsys COMMAND --help' lists a command's options."
+)
+# name -> one line, shown in `recsys --help` and as the description of `recsys NAME --help`
+COMMANDS = {
+    "demo": "run the whole pipeline once (default data: the bundled MovieLens) and print a summary",
+    "backfill": "re-ingest a range of UTC days as one Dagster run, optionally with everything downstream",
+    "recommend": "print a user's latest published recommendations with titles",
+    "export": "write the interactions and item features for standalone training (e.g. under torchrun)",
+    "serve": "serve the published recommendations over HTTP: GET /recommendations/{user_id}?k=10",
+    "ui": "start the Dagster UI (webserver and daemon) on 127.0.0.1",
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Argparse's "(default: X)" after an option's help, only where X says something: not for ``None`` (the help
+    text says what unset means), a flag's ``False``, or a help that already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _global_options(parser: argparse.ArgumentParser, after_command: bool) -> None:
+    """``--home``, on the top-level parser and on every command's (so it may follow the command). After the command
+    its default is SUPPRESS: an unset ``--home`` there does not overwrite one given before the command."""
+    parser.add_argument(
+        "--home",
+        metavar="DIR",
+        default=argparse.SUPPRESS if after_command else None,
+        help="the home folder (default: $RECSYS_HOME, else ./.recsys)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``recsys`` argument parser: one sub-parser per entry of :data:`COMMANDS`, each with ``func``."""
+    parser = argparse.ArgumentParser(
+        prog="recsys", description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter
+    )
+    _global_options(parser, after_command=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name], formatter_class=_HelpFormatter)
+        _global_options(p, after_command=True)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("demo", demo)
+    p.add_argument("--start", metavar="YYYY-MM-DD", help="first UTC day (default: the first day of the data)")
+    p.add_argument("--end", metavar="YYYY-MM-DD", help="last UTC day, inclusive (default: the last day of the data)")
+    p.add_argument("--user", metavar="ID", help="user_id of the example lists (default: the smallest user_id)")
+    p = command("backfill", backfill)
+    p.add_argument("--start", metavar="YYYY-MM-DD", required=True, help="first UTC day")
+    p.add_argument("--end", metavar="YYYY-MM-DD", required=True, help="last UTC day, inclusive")
     p.add_argument(
         "--downstream",
         action="store_true",
-        help="also refresh catalog, embeddings, model, evaluation and recommendations in the same run",
+        help="also refresh embeddings, model, evaluation and recommendations in the same run",
     )
-    p.set_defaults(func=backfill)
-    p = sub.add_parser("recommend", help="print a user's latest recommendations")
-    p.add_argument("--user", required=True, help="user_id as in the interactions table")
-    p.add_argument("-k", type=_positive_int, default=10, help="list length (1..the published K, default 10)")
-    p.set_defaults(func=recommend)
-    p = sub.add_parser("export", help="write interactions.parquet + item_content.npz for standalone training")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=export)
-    p = sub.add_parser("serve", help="HTTP endpoint GET /recommendations/{user_id}?k=10 over the published table")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8000)
-    p.set_defaults(func=serve)
-    p = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
-    p.add_argument("--port", type=_port, default=3000)
-    p.set_defaults(func=ui)
-    args = parser.parse_args(argv)
+    p = command("recommend", recommend)
+    p.add_argument("--user", metavar="ID", required=True, help="user_id as in the interactions table")
+    p.add_argument("-k", metavar="N", type=_positive_int, default=10, help="list length, at most the published K")
+    p = command("export", export)
+    p.add_argument(
+        "--out", metavar="DIR", required=True, help="folder for interactions.parquet and item_features.npz (created)"
+    )
+    p = command("serve", serve)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind; 127.0.0.1 is this machine only, set RECSYS_API_KEY before binding any other",
+    )
+    p.add_argument("--port", type=_port, default=8000, help="TCP port")
+    p = command("ui", ui)
+    p.add_argument("--port", type=_port, default=3000, help="TCP port of the Dagster webserver")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``recsys`` with ``argv`` (default: the process's arguments); returns the exit code (argparse exits 2 on
+    bad arguments)."""
+    args = build_parser().parse_args(argv)
+    handles_signals = threading.current_thread() is threading.main_thread()  # signal.signal works only there
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if handles_signals else None
+    stdout = sys.stdout
+    if stdout.isatty():
+        sys.stdout = _LinesAboveBars(stdout)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: whatever was running has cleaned up on the way out
+        print("recsys: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
+    finally:
+        if sys.stdout is not stdout:
+            sys.stdout.flush()
+            sys.stdout = stdout
+        if handles_signals:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; configuration and data errors become one message and exit code 2."""
     from recsys_pipeline.data.sources import SourceError
     from recsys_pipeline.data.warehouse import WarehouseLockedError
 
     try:
         return args.func(args)
-    except (
-        SourceError,
-        ValueError,
-        LookupError,
-        WarehouseLockedError,
-    ) as exc:  # configuration and data errors: a message, not a traceback
+    except (SourceError, ValueError, LookupError, WarehouseLockedError) as exc:  # a message, not a traceback
         print(f"recsys {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _raise_interrupt(signum: int, frame) -> None:
+    """SIGTERM handler: the same path as Ctrl-C (``with`` blocks and ``finally`` run, one line, exit code 130)."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

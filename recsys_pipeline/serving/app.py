@@ -18,6 +18,9 @@ Contract of ``GET /recommendations/{user_id}?k=10[&fallback=true]``:
 
 ``GET /health``: ``200`` with what is loaded (users, model version, production date), ``503`` before the first
 publish.
+
+``GET /openapi.json``: the OpenAPI schema of the above. There is no ``/docs`` page (it would load Swagger UI from a
+CDN, so it is blank offline).
 """
 
 from __future__ import annotations
@@ -166,7 +169,9 @@ def create_app(paths: HomePaths, api_key: str | None = None):
     from fastapi.responses import JSONResponse
 
     state = PublishedSnapshots(paths)
-    app = FastAPI(title="recsys_pipeline recommendations", description=__doc__)
+    # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, blank offline. The schema they would
+    # render is /openapi.json (served as usual).
+    app = FastAPI(title="recsys_pipeline recommendations", description=__doc__, docs_url=None, redoc_url=None)
 
     if api_key:
         expected = api_key.encode()

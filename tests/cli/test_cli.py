@@ -1,8 +1,64 @@
 """CLI argument and error handling (no pipeline run needed)."""
 
+import argparse
+import io
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
 import pytest
 
-from recsys_pipeline.cli import main
+from recsys_pipeline.cli import build_parser, main, ui_environment
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    """Every sub-parser of ``recsys`` (read from the parser, so a command added later is covered too)."""
+    (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def help_of(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_command_has_a_description_and_documented_options(capsys):
+    top = help_of([], capsys)
+    assert "``" not in top
+    top = " ".join(top.split())
+    commands = subcommands()
+    assert {"demo", "backfill", "recommend", "export", "serve", "ui"} <= set(commands)
+    for name, parser in commands.items():
+        text = help_of([name], capsys)
+        assert "``" not in text, name
+        flat = " ".join(text.split())  # argparse wraps lines anywhere between words
+        description = parser.description
+        assert description and "\n" not in description and description in flat, name
+        assert f"{name} {description}" in top, f"`recsys --help` does not list {name} with its description"
+        for action in parser._actions:
+            assert action.help, f"recsys {name} {action.option_strings}: no help"
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert f"(default: {action.default})" in flat, f"recsys {name} {action.option_strings}"
+
+
+def test_home_may_follow_the_command(tmp_path, capsys):
+    before, after = tmp_path / "before", tmp_path / "after"
+    assert main(["recommend", "--user", "1", "--home", str(after)]) == 2
+    assert f"nothing published at {after}" in capsys.readouterr().err
+    assert main(["--home", str(before), "recommend", "--user", "1"]) == 2
+    assert f"nothing published at {before}" in capsys.readouterr().err
+    # given twice, the later one wins; an unset one after the command keeps the one before it
+    assert main(["--home", str(before), "recommend", "--user", "1", "--home", str(after)]) == 2
+    assert f"nothing published at {after}" in capsys.readouterr().err
 
 
 def test_bad_arguments_give_messages_not_tracebacks(tmp_path, capsys):
@@ -90,3 +146,244 @@ def test_backfill_is_one_run_over_the_range(tmp_path, movielens_slice):
         assert runs[0].tags["dagster/asset_partition_range_end"] == "2018-09-07"
         status = instance.get_materialized_partitions(dg.AssetKey("interactions"))
         assert status == {f"2018-09-0{d}" for d in range(1, 8)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_ends_with_one_line_and_exit_code_130(tmp_path, signum):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys_pipeline.cli", "serve", "--port", str(port), "--home", str(tmp_path / "home")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+        # a shell without job control starts background commands with SIGINT ignored; Ctrl-C is the case here
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # up once /health answers (503: nothing published in this home)
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "recsys serve did not start"
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=5) as schema:
+            assert "/recommendations/{user_id}" in json.loads(schema.read())["paths"]
+        with pytest.raises(urllib.error.HTTPError) as docs:  # it would load Swagger UI from a CDN: blank offline
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=5)
+        assert docs.value.code == 404
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert f"OpenAPI schema: http://127.0.0.1:{port}/openapi.json" in out
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-1] == "recsys: interrupted"
+    assert [line for line in lines if line.startswith("recsys")] == ["recsys: interrupted"]
+
+
+def test_ui_silences_exactly_the_known_dagster_warnings():
+    # what dagster dev 1.13 prints at every start, and two that must still show (same categories)
+    code = """if True:
+        import warnings
+        from dagster_shared.utils.warnings import BetaWarning, SupersessionWarning
+        warnings.warn("Function `dev_command` is superseded and its usage is discouraged. Use 'dg dev' instead.",
+                      SupersessionWarning)
+        warnings.warn("Parameter `backfill_policy` of function `asset` is currently in beta, and may have breaking "
+                      "changes in minor version releases.", BetaWarning)
+        warnings.warn("Parameter `pool` of function `asset` is currently in beta", BetaWarning)
+        warnings.warn("Function `other_command` is superseded", SupersessionWarning)
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=ui_environment(dict(os.environ)), capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Invalid -W option" not in out.stderr
+    assert "dev_command" not in out.stderr and "backfill_policy" not in out.stderr
+    assert "`pool`" in out.stderr and "other_command" in out.stderr
+
+
+class Terminal(io.StringIO):
+    """What a terminal shows of the text written to it: ``\\r`` returns to the line's start, later text overwrites."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def screen(self) -> list[str]:
+        lines, line, col = [], [], 0
+        for char in self.getvalue():
+            if char == "\n":
+                lines.append("".join(line).rstrip())
+                line, col = [], 0
+            elif char == "\r":
+                col = 0
+            else:
+                line[col : col + 1] = [char]
+                col += 1
+        return [*lines, "".join(line).rstrip()]
+
+
+def test_a_line_printed_while_a_progress_bar_is_drawn_goes_above_it():
+    from tqdm import tqdm
+
+    from recsys_pipeline.cli import _LinesAboveBars
+
+    terminal = Terminal()
+    out = _LinesAboveBars(terminal)
+    with tqdm(
+        total=10, desc="text_embeddings", unit="item", file=terminal, leave=False, mininterval=0, miniters=1
+    ) as bar:
+        bar.update(3)
+        print("==> recommendations", file=out, flush=True)
+        bar.update(1)
+        screen = terminal.screen()
+        assert "==> recommendations" in screen, screen  # a line of its own, nothing glued before or after it
+        assert "4/10" in screen[-1]  # the bar, drawn again below the line
+    print("    done in 1.0 s", file=out)
+    assert terminal.screen()[-2:] == ["    done in 1.0 s", ""]  # the closed bar (leave=False) left nothing
+
+
+def test_mlflow_notices_are_muted_its_log_records_are_not():
+    code = """if True:
+        import logging
+        from mlflow.utils.logging_utils import eprint
+        from recsys_pipeline.cli import _mute_mlflow_notices
+        from mlflow.utils.autologging_utils import MlflowEventsAndWarningsBehaviorGlobally
+        _mute_mlflow_notices()
+        with MlflowEventsAndWarningsBehaviorGlobally(  # on its way out it calls enable_logging()
+            disable_event_logs=False, disable_warnings=False, reroute_warnings=False
+        ):
+            pass
+        eprint("Successfully registered model 'recsys_ranker'.")  # how mlflow.register_model prints it
+        eprint("Created version '1' of model 'recsys_ranker'.")
+        logging.getLogger("mlflow.store").warning("a warning from MLflow")
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "registered model" not in out.stderr and "Created version" not in out.stderr
+    assert "a warning from MLflow" in out.stderr
+
+
+def metric_names(cold: bool, k: int = 20, groups=("with_image", "without_image")) -> list[str]:
+    """The figures ``evaluation.evaluate`` names (see its docstring): base, warm_, cold_, per item group, and for a
+    split with held-out items the cold_candidates_ ones."""
+    base = ["recall_at_10", f"recall_at_{k}", "ndcg_at_10", f"ndcg_at_{k}", "coverage", "n_users"]
+    names = [*base, *(f"warm_{m}" for m in base), *(f"cold_{m}" for m in base)]
+    names += [f"{g}_{m}" for g in groups for m in base]
+    if cold:
+        names += [f"cold_candidates_{m}" for m in base] + [f"cold_candidates_random_recall_at_{k}"]
+        names += [f"cold_candidates_{g}_{m}" for g in groups for m in base]
+    return names
+
+
+def realistic_summary_inputs(mlflow_uri: str) -> dict:
+    """What the demo reads back from the warehouse, at its real sizes and names (figures random, some missing)."""
+    import numpy as np
+    import pandas as pd
+
+    from recsys_pipeline.cli import SUMMARY_TABLES
+    from recsys_pipeline.evaluation.ablation import ABLATION_COLUMNS
+
+    rng = np.random.default_rng(0)
+    protocols = {"user_last_fraction": False, "item_cold_start": True, "temporal": False}
+    metrics = pd.DataFrame(
+        [
+            (protocol, model, name, float("nan") if name.startswith("cold_") and not cold else rng.random())
+            for protocol, cold in protocols.items()
+            for model in ("ours", "popularity")
+            for name in metric_names(cold)
+        ],
+        columns=["protocol", "model", "metric", "value"],
+    )
+    ours = metrics[metrics["model"] == "ours"]
+    ablation = []
+    for variant, modalities, status in [
+        ("text", "text", "masked at inference"),
+        ("text_image", "text+image", "masked at inference"),
+        ("all", "text+image+audio", "evaluation model"),
+        ("all_concat", "text+image+audio", "same as all"),
+    ]:
+        ablation += [
+            (
+                variant,
+                modalities,
+                "attention",
+                status,
+                r.protocol,
+                r.metric,
+                r.value if variant in ("all", "all_concat") else rng.random(),  # "same as": a copy
+            )
+            for r in ours.itertuples()
+        ]
+    ablation.append(("audio", "audio", "attention", "skipped: no audio vectors", "", "", float("nan")))
+    long_title = (
+        "Dragon Ball Z the Movie: The World's Strongest (a.k.a. Dragon Ball Z: The Strongest Guy in The World) "
+        "(Doragon bôru Z: Kono yo de ichiban tsuyoi yatsu) (1990)"
+    )
+    titles = [long_title, "Shawshank Redemption, The (1994)", *(f"Movie number {i} (2001)" for i in range(8))]
+    return dict(
+        rows={table: int(rng.integers(0, 10_000_000)) for table in SUMMARY_TABLES},
+        media_failures=pd.DataFrame(
+            {
+                "modality": ["audio", "image", "image"],
+                "reason": ["no_source", "missing", "corrupt"],
+                "items": [9742, 6795, 2],
+            }
+        ),
+        timings={
+            step: float(rng.random() * 400)
+            for step in (
+                "item_catalog",
+                "text_embeddings",
+                "text_embeddings_text_embeddings_finite_unit_norm",  # an asset check's step
+                "model_evaluation_model_beats_popularity",
+                "recommendations",
+            )
+        },
+        metrics=metrics,
+        ablation=pd.DataFrame(ablation, columns=ABLATION_COLUMNS),
+        user="1",
+        recommendations=pd.DataFrame({"rank": range(1, 11), "title": titles, "score": rng.random(10).round(3)}),
+        liked=pd.DataFrame({"title": titles, "value": rng.integers(1, 11, 10) / 2}),
+        mlflow_uri=mlflow_uri,
+    )
+
+
+def test_the_demo_summary_fits_100_columns():
+    import re
+
+    from recsys_pipeline.cli import format_summary
+
+    text = format_summary(**realistic_summary_inputs("sqlite:////home/someone/projects/recsys/.recsys/mlflow.db"))
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 100, max(lines, key=len)
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE)
+    assert not re.search(r"\d\.\d{5,}", text), "figures are rounded to 4 places"
+    times = lines[lines.index("Wall time per step (s):") + 1 :][:6]
+    assert len({len(line) for line in times}) == 1, times  # one column of seconds
+    start = next(i for i, line in enumerate(lines) if line.startswith("Modality ablation"))
+    after = itertools.dropwhile(lambda line: not line.startswith("|"), lines[start:])
+    table = itertools.takewhile(lambda line: line.startswith("|"), after)
+    header, _, *body = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    assert header[:2] == ["protocol", "variant"] and {"NDCG@10", "Recall@20"} <= set(header)
+    keys = [tuple(row[:2]) for row in body]
+    assert len(keys) == len(set(keys)) == 3 * 3  # protocols x variants with figures of their own: no repeated row
+    assert "all_concat: same as all" in text and "audio: skipped: no audio vectors" in text
+    # a home deep enough that the MLflow command cannot fit: the URI alone on the line after it
+    deep = "sqlite:///" + "/very-long-folder-name" * 5 + "/.recsys/mlflow.db"
+    lines = format_summary(**realistic_summary_inputs(deep)).splitlines()
+    assert [line for line in lines if len(line) > 100] == [f"        {deep}"]
