@@ -146,13 +146,19 @@ def _run(
     first: str | None = None,
     last: str | None = None,
     run_config: dict | None = None,
+    origin: str = "demo",
 ) -> dict[str, float]:
     """Execute ``selection`` (asset names; ``None`` = every asset) of ``recsys_pipeline_job`` as ONE run on the home's
-    instance, over the daily partitions ``first..last`` when given. Prints a line per step; returns wall seconds per
-    step. Raises SystemExit naming the failed step or blocking check."""
+    instance, over the daily partitions ``first..last`` when given, tagged with where it came from (``origin``:
+    ``demo`` or ``backfill``, run tag ``recsys/origin``). Prints a line per step; returns wall seconds per step.
+    Raises SystemExit naming the failed step or blocking check."""
     import dagster as dg
 
+    from recsys_pipeline.assets.metadata import ORIGIN_TAG, ORIGINS
     from recsys_pipeline.instance import free_slots_of_dead_steps, kill_orphaned_mlflow_runs
+
+    if origin not in ORIGINS:
+        raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
 
     instance = _instance()
     for run_id in free_slots_of_dead_steps(instance):  # else a killed earlier run blocks every DuckDB step
@@ -160,9 +166,9 @@ def _run(
     for run_id in kill_orphaned_mlflow_runs(instance):
         print(f"    MLflow run {run_id[:8]} of a dead Dagster run marked KILLED", flush=True)
     job = _definitions().resolve_job_def(PIPELINE_JOB)
-    tags = {}
+    tags = {ORIGIN_TAG: origin}
     if first is not None:
-        tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+        tags |= {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     print(f"==> {label}", flush=True)
     result = job.execute_in_process(
         instance=instance,
@@ -292,6 +298,7 @@ def backfill(args: argparse.Namespace) -> int:
         f"{what}: daily partitions {first} .. {last} (one single-run backfill)",
         first,
         last,
+        origin="backfill",
     )
     return 0
 

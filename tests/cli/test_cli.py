@@ -144,6 +144,7 @@ def test_backfill_is_one_run_over_the_range(tmp_path, movielens_slice):
         runs = instance.get_runs()
         assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
         assert runs[0].tags["dagster/asset_partition_range_end"] == "2018-09-07"
+        assert runs[0].tags["recsys/origin"] == "backfill"  # the UI's runs list tells it from a demo or a schedule
         status = instance.get_materialized_partitions(dg.AssetKey("interactions"))
         assert status == {f"2018-09-0{d}" for d in range(1, 8)}
 
