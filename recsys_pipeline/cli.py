@@ -248,7 +248,8 @@ def _day(text: str | None, flag: str):
 
 def _partition_range(first, last) -> tuple[str, str]:
     """``first..last`` (dates) as partition keys, checked against the code location's daily partitions (what
-    ``recsys demo`` and ``recsys backfill`` both run over: never past yesterday, UTC).
+    ``recsys demo`` and ``recsys backfill`` both run over: to the last day of a static source, never past
+    yesterday, UTC).
 
     Raises:
         ValueError: a reversed range, or a day that is not a partition.
@@ -261,7 +262,8 @@ def _partition_range(first, last) -> tuple[str, str]:
     for flag, day in (("--start", first), ("--end", last)):
         if not partitions.has_partition_key(day.isoformat()):
             raise ValueError(
-                f"{flag} {day} is not a daily partition: they run from {partitions.start.date()} to yesterday (UTC)"
+                f"{flag} {day} is not a daily partition: they run from {partitions.start.date()} to "
+                f"{partitions.get_last_partition_key()} (UTC; a growing source's run to yesterday)"
             )
     return first.isoformat(), last.isoformat()
 

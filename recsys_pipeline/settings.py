@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         description="first daily partition (YYYY-MM-DD); default: the bundled data's first day, or the "
         "first file name of the daily-files folder",
     )
+    partitions_end: date | None = Field(
+        None,
+        description="last daily partition (YYYY-MM-DD) of a static source; default: the bundled data's last day "
+        "(2018-09-24) for the bundled data, else yesterday (UTC): the partitions grow by a day each day",
+    )
     image_root: str = Field("", description="folders images may be read from, os.pathsep-separated")
     image_pattern: str | None = Field(
         None, description="image file name for items without image_uri, with {item_id} (unset: {item_id}.jpg)"

@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from recsys_pipeline.data.schema import LANDING_REJECTIONS, RAW_EVENTS
-from recsys_pipeline.settings import BUNDLED_FIRST_DAY, BUNDLED_MOVIELENS_DIR, Settings
+from recsys_pipeline.settings import BUNDLED_FIRST_DAY, BUNDLED_LAST_DAY, BUNDLED_MOVIELENS_DIR, Settings
 
 RAW_EVENT_COLUMNS = RAW_EVENTS.column_names
 MAX_RAW_LINE_CHARS = 1000  # text of an unparseable line kept for diagnosis; the file itself stays the record
@@ -593,6 +593,17 @@ def partitions_start(settings: Settings) -> date:
         if days:
             return days[0]
     return BUNDLED_FIRST_DAY
+
+
+def partitions_end(settings: Settings) -> date | None:
+    """The last daily partition of a static source, without parsing any data file: ``RECSYS_PARTITIONS_END`` if
+    set; the bundled data's last day (2018-09-24) when the source is the bundled MovieLens; else ``None``: a growing
+    source, whose partitions run to yesterday (UTC)."""
+    if settings.partitions_end is not None:
+        return settings.partitions_end
+    if settings.source_kind == "movielens" and settings.movielens_path is None:
+        return BUNDLED_LAST_DAY
+    return None
 
 
 def listed_days(folder: str | Path, today: date | None = None) -> list[date]:
