@@ -3,7 +3,6 @@ ratings of the 1,000 movies they rated most, over every day of the data (long hi
 this slice ours measured NDCG@10 0.123 to 0.131 over three seeds, popularity 0.077, so the gate passes by a margin
 and the test does not depend on luck)."""
 
-import os
 import subprocess
 import sys
 
@@ -12,24 +11,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from recsys_pipeline.data import warehouse
+from tests.e2e.support import recsys
 
 pytestmark = pytest.mark.slow
-
-
-def recsys(*args, env):
-    return subprocess.run(
-        [sys.executable, "-m", "recsys_pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=900
-    )
-
-
-@pytest.fixture(scope="module")
-def demo_home(tmp_path_factory, movielens_slice):
-    root = tmp_path_factory.mktemp("e2e")
-    data = movielens_slice(root / "ml-slice", max_users=150, top_items=1000)
-    env = {**os.environ, "RECSYS_HOME": str(root / "home"), "RECSYS_MOVIELENS_PATH": str(data)}
-    result = recsys("demo", env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return root / "home", env, result.stdout
 
 
 def test_demo_materializes_every_table(demo_home):

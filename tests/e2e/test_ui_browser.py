@@ -1,8 +1,11 @@
-"""The Dagster UI in a real browser: every asset is on the graph, one partition materializes from the UI.
+"""The Dagster and MLflow UIs in a real browser, driven with Playwright through Debian's headless Chromium (no
+browser download); screenshots and server logs go to ``tests/test-artifacts/``.
 
-Starts ``dagster dev`` (webserver + daemon, which the queued run coordinator needs) on 127.0.0.1 with a temporary
-home and a one-week slice of the bundled data, drives Debian's headless Chromium with Playwright (no browser
-download), and saves screenshots under ``test-artifacts/`` in the repository root.
+- On a home with a one-week slice of the bundled data and nothing materialized: every asset is on its group's
+  graph, and one partition of the ingestion group materializes from the UI's launch dialog.
+- On the home ``recsys demo`` made (``demo_home``): the Dagster UI shows the row count, the MLflow links, the
+  gate's decision and the headline figures, and no missing partition; the MLflow UI shows the champion alias and
+  the evaluation chart.
 """
 
 import contextlib
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -55,10 +59,49 @@ def _graphql(base: str, query: str) -> dict:
         return json.load(response)["data"]
 
 
+@contextlib.contextmanager
+def _server(name: str, command: list[str], env: dict, cwd: Path, ready: str):
+    """Start ``command`` (a web server) in its own process group, wait until ``ready`` answers (up to 300 s), yield;
+    then stop the whole group and copy its log to ``test-artifacts/<name>.log``."""
+    log_path = cwd / f"{name}.log"
+    log = open(log_path, "w")  # noqa: SIM115  (open while the server runs; closed in finally)
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(ready, timeout=5).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{name} did not come up: {log_path.read_text()[-3000:]}")
+                time.sleep(2)
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(log_path, ARTIFACTS / f"{name}.log")
+
+
+def _dagster_dev(name: str, env: dict, cwd: Path):
+    """``dagster dev`` (webserver + daemon, which the queued run coordinator needs) of the code location on a free
+    port of 127.0.0.1; yields its base URL."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "recsys_pipeline.definitions"]
+    return base, _server(name, [*command, "-h", "127.0.0.1", "-p", str(port)], env, cwd, f"{base}/server_info")
+
+
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory, movielens_slice):
-    """``dagster dev`` on a free port; yields (base URL, home). Stopped (its whole process group) afterwards."""
-    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    """``dagster dev`` on a home with a one-week slice of the bundled data and nothing materialized; yields
+    (base URL, home)."""
     root = tmp_path_factory.mktemp("ui")
     data = movielens_slice(root / "ml", "2018-09-01", "2018-09-08")
     home = root / "home"
@@ -68,59 +111,42 @@ def ui(tmp_path_factory, movielens_slice):
         "DAGSTER_HOME": str(home / "dagster"),
         "RECSYS_MOVIELENS_PATH": str(data),
         "RECSYS_PARTITIONS_START": "2018-09-01",
+        "RECSYS_PARTITIONS_END": "2018-09-07",
         "HF_HUB_OFFLINE": "1",
     }
     from recsys_pipeline.settings import HomePaths, ensure_home
 
     ensure_home(HomePaths.at(home))  # dagster.yaml (queued run coordinator) under DAGSTER_HOME
-    port = _free_port()
-    log = open(root / "dagster-dev.log", "w")  # noqa: SIM115  (open while the server runs; closed in finally)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dagster",
-            "dev",
-            "-m",
-            "recsys_pipeline.definitions",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env=env,
-        cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/server_info", timeout=5).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"dagster dev did not come up: {(root / 'dagster-dev.log').read_text()[-3000:]}")
-                time.sleep(2)
+    base, server = _dagster_dev("dagster-dev", env, root)
+    with server:
         yield base, home
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        if (root / "dagster-dev.log").exists():
-            ARTIFACTS.mkdir(exist_ok=True)
-            shutil.copy(root / "dagster-dev.log", ARTIFACTS / "dagster-dev.log")
+
+
+@pytest.fixture(scope="module")
+def demo_ui(demo_home):
+    """``dagster dev`` on the home ``recsys demo`` made (every asset materialized, a champion published); yields
+    (base URL, home)."""
+    home, env, _ = demo_home
+    base, server = _dagster_dev("dagster-dev-demo", {**env, "DAGSTER_HOME": str(home / "dagster")}, home.parent)
+    with server:
+        yield base, home
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(demo_home):
+    """``mlflow ui`` on the MLflow store of the demo's home, as the README starts it; yields (base URL, home)."""
+    home, env, _ = demo_home
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    store = f"sqlite:///{home / 'mlflow.db'}"
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "-h", "127.0.0.1", "-p", str(port)]
+    with _server("mlflow-ui", command, env, home.parent, f"{base}/health"):
+        yield base, home
 
 
 @pytest.fixture
-def page(ui):
+def page():
+    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -131,6 +157,26 @@ def page(ui):
         page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda button: button.click())
         yield page
         browser.close()
+
+
+def _screenshot(page, name: str) -> Path:
+    """A screenshot of the whole page under ``test-artifacts/`` once Dagster's one-time community dialog is gone.
+
+    Both UIs scroll inside an inner panel, which ``full_page`` does not unroll: the viewport is made as tall as
+    the tallest scrolling content (at most 6,000 px) for the shot, then restored."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    with contextlib.suppress(PlaywrightTimeout):
+        page.get_by_role("button", name="Skip").click(timeout=3_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / f"{name}.png"
+    viewport = page.viewport_size
+    tallest = page.evaluate("Math.max(...Array.from(document.querySelectorAll('*'), e => e.scrollHeight))")
+    page.set_viewport_size({"width": viewport["width"], "height": min(max(tallest, viewport["height"]), 6000)})
+    page.wait_for_timeout(500)  # let the panels re-lay out at the new height
+    page.screenshot(path=str(shot), full_page=True)
+    page.set_viewport_size(viewport)
+    return shot
 
 
 def _group_url(base: str, group: str) -> str:
@@ -167,7 +213,7 @@ def test_graph_lists_every_asset_and_one_partition_materializes(ui, page, defini
         page.goto(_group_url(base, group), wait_until="domcontentloaded")
         for name in sorted(names):  # each asset is a node on its group's graph
             page.get_by_text(name, exact=True).first.wait_for(state="visible")
-        page.screenshot(path=str(ARTIFACTS / f"ui-graph-{group}.png"))
+        _screenshot(page, f"ui-graph-{group}")
 
     # Materialize the ingestion group (item_catalog, raw_events, interactions) for one partition, from the UI.
     try:
@@ -215,3 +261,94 @@ def test_graph_lists_every_asset_and_one_partition_materializes(ui, page, defini
     day = pd.to_datetime(ratings["timestamp"], unit="s").dt.strftime("%Y-%m-%d")
     with warehouse.session(home / "warehouse.duckdb", read_only=True) as con:
         assert warehouse.row_count(con, "interactions") == int((day == PARTITION).sum()) > 0
+
+
+def _wait_text(page, pattern: str) -> str:
+    """The page's text once ``pattern`` (a regular expression) matches it (the UI fills metadata in lazily)."""
+    deadline = time.monotonic() + 60
+    while True:
+        text = page.inner_text("body")
+        if re.search(pattern, text) or time.monotonic() > deadline:
+            return text
+        time.sleep(1)
+
+
+def test_dagster_ui_shows_row_counts_mlflow_links_headline_figures_and_every_partition(demo_ui, demo_home, page):
+    from mlflow.tracking import MlflowClient
+
+    from recsys_pipeline.data import warehouse
+
+    base, home = demo_ui
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    (version,) = client.search_model_versions("name='recsys_ranker'")
+    with warehouse.session(home / "warehouse.duckdb", read_only=True) as con:
+        n_recommendations = warehouse.row_count(con, "recommendations")
+        ours, popularity = (
+            con.execute(
+                "SELECT value FROM evaluation_metrics WHERE protocol = 'user_last_fraction' "
+                "AND metric = 'ndcg_at_10' AND model = ?",
+                [model],
+            ).fetchall()[0][0]
+            for model in ("ours", "popularity")
+        )
+    env = demo_home[1]
+    first, last = (date.fromisoformat(env[k]) for k in ("RECSYS_PARTITIONS_START", "RECSYS_PARTITIONS_END"))
+
+    # recommender_model: links to its MLflow run and registered version (the `mlflow ui` default address)
+    page.goto(f"{base}/assets/recommender_model", wait_until="domcontentloaded")
+    _wait_text(page, "mlflow_model_version")
+    links = set(page.eval_on_selector_all("a[href^='http://127.0.0.1:5000/']", "els => els.map(e => e.href)"))
+    assert f"http://127.0.0.1:5000/#/models/recsys_ranker/versions/{version.version}" in links
+    assert any(link.endswith(f"/runs/{version.run_id}") for link in links), links
+    _screenshot(page, "ui-demo-recommender_model")
+
+    # recommendations: the row count Dagster shows is the table's
+    page.goto(f"{base}/assets/recommendations", wait_until="domcontentloaded")
+    text = _wait_text(page, r"Row count\s+[\d,]+")
+    assert re.search(r"Row count\s+([\d,]+)", text).group(1) == f"{n_recommendations:,}"
+    _screenshot(page, "ui-demo-recommendations")
+
+    # model_evaluation: the gate's decision and the headline table of judged figures, rounded to 4 places
+    page.goto(f"{base}/assets/model_evaluation", wait_until="domcontentloaded")
+    text = _wait_text(page, r"user_last_fraction\tndcg_at_10")
+    decision = re.search(r"gate\.decision\s+(?:[^\n]*\d:\d\d [AP]M\s+)?(\w+)", text)  # key, [timestamp,] value
+    assert decision and decision.group(1) == "champion", text[:3000]
+    row = re.search(r"user_last_fraction\tndcg_at_10\t([\d.]+)\t([\d.]+)", text)
+    assert row and (float(row.group(1)), float(row.group(2))) == (round(ours, 4), round(popularity, 4))
+    _screenshot(page, "ui-demo-model_evaluation")
+
+    # raw_events: the partitions run from the data's first day to its last, and the demo materialized every one
+    page.goto(f"{base}/assets/raw_events?view=partitions", wait_until="domcontentloaded")
+    text = _wait_text(page, r"Missing \(\d+\)")
+    counts = {k: int(v) for k, v in re.findall(r"(Materialized|Missing|Failed) \((\d+)\)", text)}
+    assert counts == {"Failed": 0, "Materialized": (last - first).days + 1, "Missing": 0}, counts
+    _screenshot(page, "ui-demo-raw_events-partitions")
+
+
+def test_mlflow_ui_shows_the_champion_alias_and_the_evaluation_chart(mlflow_ui, page, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    base, home = mlflow_ui
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("recsys_ranker", "champion")
+    evaluation_run = client.get_run(champion.tags["gate.evaluation_run_id"])
+
+    page.goto(f"{base}/#/models/recsys_ranker/versions/{champion.version}", wait_until="domcontentloaded")
+    text = _wait_text(page, r"Aliases\s*:\s*@\s*champion")
+    assert re.search(r"Aliases\s*:\s*@\s*champion", text), text[:3000]
+    assert f"Version {champion.version}" in text
+    _screenshot(page, "mlflow-champion-version")
+
+    # the chart of the figures each protocol is judged by, among the evaluation run's artifacts, as an image
+    chart = f"{base}/#/experiments/{evaluation_run.info.experiment_id}/runs/{evaluation_run.info.run_id}"
+    page.goto(f"{chart}/artifacts/charts/evaluation.png", wait_until="domcontentloaded")
+    _wait_text(page, r"Path: \S+/charts/evaluation\.png")
+    image = page.locator("img[src^='blob:']").first  # the artifact viewer shows the fetched file as a blob
+    image.wait_for(state="visible")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    from PIL import Image
+
+    logged = client.download_artifacts(evaluation_run.info.run_id, "charts/evaluation.png", str(tmp_path))
+    shown = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert tuple(shown) == Image.open(logged).size  # the logged PNG itself, not a broken-image icon
+    _screenshot(page, "mlflow-evaluation-chart")

@@ -69,13 +69,13 @@ def test_bad_rows_are_quarantined_through_the_asset(ingestion, tmp_path):
     raw_events, interactions, item_catalog = ingestion
     events_dir = tmp_path / "events"
     events_dir.mkdir()
-    (events_dir / "2024-01-05.csv").write_text(
+    (events_dir / "2018-09-05.csv").write_text(
         "user_id,item_id,timestamp,value\n"
-        "u1,a,2024-01-05T10:00:00Z,1\n"
-        "u1,a,2024-01-05T10:00:00Z,1\n"  # duplicate
-        "u2,zzz,2024-01-05T11:00:00Z,1\n"  # unknown item
-        "u3,a,2024-01-06T00:00:00Z,1\n"  # next day
-        ",a,2024-01-05T12:00:00Z,1\n"  # no user
+        "u1,a,2018-09-05T10:00:00Z,1\n"
+        "u1,a,2018-09-05T10:00:00Z,1\n"  # duplicate
+        "u2,zzz,2018-09-05T11:00:00Z,1\n"  # unknown item
+        "u3,a,2018-09-06T00:00:00Z,1\n"  # next day
+        ",a,2018-09-05T12:00:00Z,1\n"  # no user
     )
     (tmp_path / "items.csv").write_text("item_id,title\na,Alpha\n")
     resources = {
@@ -89,7 +89,7 @@ def test_bad_rows_are_quarantined_through_the_asset(ingestion, tmp_path):
         result = dg.materialize(
             [raw_events, interactions, item_catalog],
             resources=resources,
-            partition_key="2024-01-05",
+            partition_key="2018-09-05",
             selection=[raw_events, interactions],
         )
         meta = result.asset_materializations_for_node("interactions")[0].metadata

@@ -16,7 +16,7 @@ from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.schema import ITEM_CATALOG
 from recsys_pipeline.definitions import build_definitions
 from recsys_pipeline.resources import ModelOverrides, TrainingResource, resources_for_home
-from recsys_pipeline.settings import HomePaths
+from recsys_pipeline.settings import BUNDLED_FIRST_DAY, HomePaths, Settings, get_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -55,6 +55,12 @@ class Children:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def growing_settings() -> Settings:
+    """Settings of a growing source (daily files): its partitions run from the bundled data's first day to yesterday,
+    so the tests ingest daily files of any recent day as well as the bundled data's days."""
+    return get_settings(source_kind="daily_files", partitions_start=BUNDLED_FIRST_DAY)
 
 
 def wait_for(predicate, proc: subprocess.Popen, what: str, seconds: float = 240):

@@ -13,10 +13,11 @@ from recsys_pipeline.definitions import build_definitions
 from recsys_pipeline.registry.gate import ndcg_against_popularity
 from recsys_pipeline.resources import SourceResource, WarehouseResource, resources_for_home
 from recsys_pipeline.settings import HomePaths
+from tests.reliability.support import growing_settings
 
 pytestmark = pytest.mark.reliability
 
-DEFS = build_definitions()
+DEFS = build_definitions(growing_settings())
 raw_events, interactions, item_catalog, recommendations = (
     DEFS.get_assets_def(name) for name in ("raw_events", "interactions", "item_catalog", "recommendations")
 )

@@ -13,8 +13,9 @@ from recsys_pipeline.data.catalog import MAX_TEXT_CHARS
 from recsys_pipeline.data.sources import DailyFileSource
 from recsys_pipeline.resources import SourceResource, WarehouseResource
 from recsys_pipeline.settings import get_settings
+from tests.reliability.support import growing_settings
 
-raw_events, interactions, item_catalog = ingestion_assets(daily_partitions(get_settings()))
+raw_events, interactions, item_catalog = ingestion_assets(daily_partitions(growing_settings()))
 
 pytestmark = pytest.mark.reliability
 

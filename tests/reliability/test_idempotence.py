@@ -10,9 +10,10 @@ import pytest
 from recsys_pipeline.assets import daily_partitions, ingestion_assets
 from recsys_pipeline.data import warehouse
 from recsys_pipeline.resources import SourceResource, WarehouseResource
-from recsys_pipeline.settings import BUNDLED_MOVIELENS_DIR, get_settings
+from recsys_pipeline.settings import BUNDLED_MOVIELENS_DIR
+from tests.reliability.support import growing_settings
 
-raw_events, interactions, item_catalog = ingestion_assets(daily_partitions(get_settings()))
+raw_events, interactions, item_catalog = ingestion_assets(daily_partitions(growing_settings()))
 
 pytestmark = pytest.mark.reliability
 
