@@ -1,12 +1,13 @@
 """Ingestion assets and their checks: raw_events -> interactions (daily partitions), and item_catalog."""
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
-from recsys_pipeline.assets.metadata import table_metadata
+from recsys_pipeline.assets.metadata import PARTITION_ROW_COUNT, add_daily_metadata, table_metadata
 from recsys_pipeline.assets.partitions import window
 from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.catalog import build_item_catalog
@@ -20,6 +21,26 @@ from recsys_pipeline.resources import SourceResource, WarehouseResource
 def _reasons(quarantined) -> dg.MetadataValue:
     counts = quarantined["reason"].value_counts().to_dict() if len(quarantined) else {}
     return dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()})
+
+
+def _per_day(context: dg.AssetExecutionContext, window: bool = False, **counts: pd.Series) -> dict[str, dict]:
+    """Each day of the run with its own counts (``counts``: name -> a day per row, datetime64; the name ``rows``
+    becomes ``dagster/partition_row_count``), 0 on a day without rows, and with ``window`` its ``window_*_utc``."""
+    by_day = {}
+    for name, days in counts.items():
+        per_day = pd.to_datetime(days).dt.normalize().value_counts()
+        per_day.index = per_day.index.strftime("%Y-%m-%d")
+        by_day[name] = per_day
+    out = {}
+    for key in context.partition_keys:
+        start = datetime.fromisoformat(key)
+        entries: dict = {}
+        if window:
+            entries = {"window_start_utc": start.isoformat(), "window_end_utc": (start + timedelta(days=1)).isoformat()}
+        for name, per_day in by_day.items():
+            entries[PARTITION_ROW_COUNT if name == "rows" else name] = dg.MetadataValue.int(int(per_day.get(key, 0)))
+        out[key] = entries
+    return out
 
 
 def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetsDefinition]:
@@ -65,9 +86,10 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
         with warehouse_db.session() as con:
             n = warehouse.replace_window(con, "raw_events", "partition_date", start, end, events)
             table = table_metadata(con, RAW_EVENTS, partition_rows=n)
+        add_daily_metadata(context, _per_day(context, window=True, rows=events["partition_date"]))
         return dg.MaterializeResult(
             metadata={
-                **table,  # row_count: the whole table; partition_row_count: the run's days
+                **table,  # row_count: the whole table; partition_row_count and window: each day's own (_per_day)
                 "seconds": round(time.perf_counter() - started, 2),
                 "unparseable_lines": int(events["parse_error"].notna().sum()),  # quarantined by interactions
                 "window_start_utc": start.isoformat(),
@@ -109,6 +131,8 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
                 warehouse.insert_frame(con, "interactions", clean)
                 warehouse.insert_frame(con, "quarantine", quarantined)
             table = table_metadata(con, INTERACTIONS, partition_rows=len(clean))
+        days = _per_day(context, rows=clean["timestamp"], quarantined=quarantined["partition_date"])
+        add_daily_metadata(context, days)
         return dg.MaterializeResult(
             metadata={
                 **table,

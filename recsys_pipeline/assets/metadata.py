@@ -63,6 +63,42 @@ def table_metadata(con: duckdb.DuckDBPyConnection, table: Table, partition_rows:
     return out
 
 
+def add_daily_metadata(context: dg.AssetExecutionContext, days: Mapping[str, Mapping[str, object]]) -> None:
+    """Metadata of each day of the run, on top of the metadata the asset returns (a key given here wins on that
+    day's materialization): in a range run each partition's page then shows its own figures, such as that day's
+    ``dagster/partition_row_count``, where the returned metadata is the run's (one result for every partition).
+
+    ``days`` maps a partition key of the run (``"2018-09-03"``) to its entries. Dagster's public
+    ``context.add_asset_metadata(metadata, partition_key=...)`` re-lists the run's range and copies every entry
+    added so far on each call, quadratic in the days: about 8 s for the bundled data's 8,215 days. The entries are
+    therefore added to the step's metadata accumulator in one pass where this Dagster version has one (checked
+    by type; the same lookup ``context.add_asset_metadata`` feeds), else through the public call.
+
+    Raises:
+        ValueError: a key of ``days`` is not a partition of this run.
+    """
+    if not days:
+        return
+    outside = sorted(set(days) - set(context.partition_keys))
+    if outside:
+        raise ValueError(f"metadata for days outside the run's partitions: {outside[:3]}")
+    step = getattr(context, "_step_execution_context", None)
+    accumulator = getattr(step, "_metadata_accumulator", None)
+    try:
+        from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
+    except ImportError:  # another Dagster layout: the public call, slower on long ranges
+        accumulator = None
+    if not isinstance(accumulator, OutputMetadataAccumulator):
+        for key, entries in days.items():
+            context.add_asset_metadata(dict(entries), partition_key=key)
+        return
+    merged = dict(accumulator.per_output_metadata)
+    for key, entries in days.items():
+        handle = AssetMetadataHandle(asset_key=context.asset_key, partition_key=key)
+        merged[handle] = {**merged.get(handle, {}), **entries}
+    step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=merged)
+
+
 def declared_width(con: duckdb.DuckDBPyConnection, table: str, column: str = "embedding") -> int | None:
     """The ``d`` of ``table.column FLOAT[d]`` as the warehouse holds it; ``None`` when the table or column is absent
     or the array has no fixed width (the argument of ``schema.embedding_table`` / ``item_features_table``)."""

@@ -1,5 +1,7 @@
 """Ingestion assets through Dagster on a temporary home: partitions, re-materialization, quarantine."""
 
+import collections
+
 import dagster as dg
 import pytest
 
@@ -63,6 +65,32 @@ def test_partitions_rematerialize_to_identical_rows(ingestion, resources, tmp_pa
     day = sum(1 for r in first if r[2].date().isoformat() == "2018-09-24")
     assert mats[0].metadata["dagster/partition_row_count"].value == day  # the run's day
     assert mats[0].metadata["dagster/row_count"].value == len(first)  # the whole table
+
+
+def test_a_range_run_shows_each_days_own_row_count_and_window(ingestion, resources, tmp_path):
+    raw_events, interactions, item_catalog = ingestion
+    assert dg.materialize([item_catalog], resources=resources).success
+    result = materialize_days(ingestion, resources, "2018-09-18", "2018-09-24")  # 11, 1, 4, 0, 7, 2, 3 ratings
+    rows = snapshot(tmp_path / "w.duckdb")
+    with warehouse.session(tmp_path / "w.duckdb", read_only=True) as con:
+        raw_days = dict(
+            con.execute("SELECT strftime(partition_date, '%Y-%m-%d'), count(*) FROM raw_events GROUP BY 1").fetchall()
+        )
+    for node, per_day in (
+        ("interactions", collections.Counter(r[2].date().isoformat() for r in rows)),
+        ("raw_events", raw_days),
+    ):
+        mats = {m.partition: m.metadata for m in result.asset_materializations_for_node(node)}
+        assert sorted(mats) == [f"2018-09-{d}" for d in range(18, 25)]
+        shown = {day: meta["dagster/partition_row_count"].value for day, meta in mats.items()}
+        assert shown == {day: per_day.get(day, 0) for day in mats}
+        assert shown["2018-09-18"] == 11 and shown["2018-09-21"] == 0  # not the range's 28
+        assert {meta["dagster/row_count"].value for meta in mats.values()} == {sum(per_day.values())}  # the table
+    raw = {m.partition: m.metadata for m in result.asset_materializations_for_node("raw_events")}
+    assert (raw["2018-09-21"]["window_start_utc"].value, raw["2018-09-21"]["window_end_utc"].value) == (
+        "2018-09-21T00:00:00",
+        "2018-09-22T00:00:00",
+    )
 
 
 def test_bad_rows_are_quarantined_through_the_asset(ingestion, tmp_path):
