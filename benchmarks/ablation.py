@@ -50,6 +50,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
+    from dataclasses import replace
+
     from recsys_pipeline.evaluation.ablation import ablation_table, masked_ablation, retrained_ablation
     from recsys_pipeline.evaluation.evaluate import evaluate_protocols, modality_groups
     from recsys_pipeline.evaluation.protocols import EvaluationSettings
@@ -63,7 +65,11 @@ def main() -> int:
     print(f"cores: {os.cpu_count()}   load average: {os.getloadavg()}   config: {config}", flush=True)
     started = time.perf_counter()
     evaluation = evaluate_protocols(
-        lambda: TwoTowerRecommender(config, trainer), interactions, features, settings, modality_groups(features)
+        lambda val_split: TwoTowerRecommender(replace(config, val_split=val_split), trainer),
+        interactions,
+        features,
+        settings,
+        modality_groups(features),
     )
     masked_variants = [v for v in args.variants if v in MASKED_VARIANTS]
     masked = masked_ablation(evaluation, features, settings.k, masked_variants)

@@ -47,6 +47,7 @@ class EvaluationConfig(dg.Config):
 
     protocols: list[str] = list(_EVALUATION_DEFAULTS.protocols)
     holdout_fraction: float = _EVALUATION_DEFAULTS.holdout_fraction
+    random_fraction: float = _EVALUATION_DEFAULTS.random_fraction
     cold_fraction: float = _EVALUATION_DEFAULTS.cold_fraction
     temporal_cutoff: str | None = None
     k: int = _EVALUATION_DEFAULTS.k

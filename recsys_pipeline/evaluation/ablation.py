@@ -23,7 +23,7 @@ import pandas as pd
 
 from recsys_pipeline.content.features import ItemFeatures
 from recsys_pipeline.evaluation.evaluate import EvaluationResult, evaluate, modality_groups
-from recsys_pipeline.evaluation.protocols import EvaluationSettings, make_split
+from recsys_pipeline.evaluation.protocols import EvaluationSettings, make_split, validation_split
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
 
 __all__ = [
@@ -173,7 +173,8 @@ def retrained_ablation(
             config = replace(model_config, fusion=fusion)
             for protocol in settings.protocols:
                 split = make_split(interactions, protocol, settings)
-                model = TwoTowerRecommender(config, trainer_config).fit(split.train, subset)
+                protocol_config = replace(config, val_split=validation_split(protocol))
+                model = TwoTowerRecommender(protocol_config, trainer_config).fit(split.train, subset)
                 figures = evaluate(model, split, settings.k, groups).metrics
                 rows += [
                     {**base, "status": "trained", "protocol": protocol, "metric": m, "value": float(v)}

@@ -22,7 +22,7 @@ import pandas as pd
 
 from recsys_pipeline.content.features import ItemFeatures
 from recsys_pipeline.evaluation.metrics import ranking_metrics
-from recsys_pipeline.evaluation.protocols import EvaluationSettings, Split, make_split
+from recsys_pipeline.evaluation.protocols import EvaluationSettings, Split, make_split, validation_split
 from recsys_pipeline.models.base import Recommender
 from recsys_pipeline.models.popularity import PopularityRecommender
 
@@ -126,7 +126,7 @@ class EvaluationResult:
 
 
 def evaluate_protocols(
-    make_model: Callable[[], Recommender],
+    make_model: Callable[[str], Recommender],
     interactions: pd.DataFrame,
     features: ItemFeatures,
     settings: EvaluationSettings,
@@ -136,7 +136,10 @@ def evaluate_protocols(
     and :func:`evaluate` both on the test part (model names ``ours`` and ``popularity``).
 
     Args:
-        make_model: returns a new, unfitted recommender (e.g. ``lambda: TwoTowerRecommender(config, trainer)``).
+        make_model: given the protocol's validation split (``"last"`` or ``"random"``,
+            :func:`~recsys_pipeline.evaluation.protocols.validation_split`), returns a new, unfitted recommender
+            that carves its early-stopping validation that way, e.g.
+            ``lambda val_split: TwoTowerRecommender(replace(config, val_split=val_split), trainer)``.
         interactions: every interaction (``user_id, item_id, timestamp[, value]``).
         features: the catalog's item features (fit input and ranked catalog of both models).
         settings: protocols, fractions, ``k``, seed.
@@ -146,13 +149,15 @@ def evaluate_protocols(
     for protocol in settings.protocols:
         split = make_split(interactions, protocol, settings)
         started = time.perf_counter()
-        ours = make_model().fit(split.train, features)
+        val_split = validation_split(protocol)
+        ours = make_model(val_split).fit(split.train, features)
         models[protocol], splits[protocol] = ours, split
         details[protocol] = {
             "train_seconds": round(time.perf_counter() - started, 1),
             "test_users": int(split.test["user_id"].nunique()),
             "test_interactions": len(split.test),
             "epochs": getattr(ours, "train_stats", {}).get("epochs_trained"),
+            "val_split": val_split,
         }
         popularity = PopularityRecommender().fit(split.train, features)
         for name, model in (("ours", ours), ("popularity", popularity)):

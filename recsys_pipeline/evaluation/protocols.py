@@ -1,6 +1,8 @@
 """Evaluation protocols: how interactions are split into train and test, and the settings that choose them.
 
 - ``user_last_fraction``: per user (by time) the latest ``holdout_fraction`` is test (users with < 5 stay train).
+- ``user_random_fraction``: per user a seeded random ``random_fraction`` is test (a stratified random split, as
+  Microsoft Recommenders' ``python_stratified_split``; users with < 5 stay train).
 - ``item_cold_start``: a seeded random ``cold_fraction`` of items moves to test with all its interactions; their
   users rank only those held-out items (item cold start).
 - ``temporal``: a global cutoff; test keeps the users with train history.
@@ -19,7 +21,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from recsys_pipeline.models.validation import split_last_fraction_per_user
+from recsys_pipeline.models.validation import split_last_fraction_per_user, split_random_fraction_per_user
 
 __all__ = [
     "PROTOCOLS",
@@ -27,12 +29,18 @@ __all__ = [
     "Split",
     "make_split",
     "split_user_last_fraction",
+    "split_user_random_fraction",
+    "validation_split",
     "split_temporal",
     "split_item_cold_start",
     "evaluation_fingerprint",
 ]
 
-PROTOCOLS = ("user_last_fraction", "item_cold_start", "temporal")
+PROTOCOLS = ("user_last_fraction", "user_random_fraction", "item_cold_start", "temporal")
+# How a model evaluated on a protocol carves its early-stopping validation split from the train part
+# (``ModelConfig.val_split``): the same way as the protocol carves its test part, so early stopping optimises
+# what the protocol measures.
+_VALIDATION_OF = {"user_last_fraction": "last", "user_random_fraction": "random", "item_cold_start": "last"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class EvaluationSettings:
     Attributes:
         protocols: names from :data:`PROTOCOLS`.
         holdout_fraction: ``user_last_fraction``: per-user latest fraction held out.
+        random_fraction: ``user_random_fraction``: per-user random fraction held out (drawn with ``seed``).
         cold_fraction: ``item_cold_start``: fraction of items held out.
         temporal_cutoff: ``temporal``: naive UTC datetime; train is before it, test from it on.
         k: list length (Recall@k, NDCG@k; Recall@10 and NDCG@10 are always computed too).
@@ -53,6 +62,7 @@ class EvaluationSettings:
 
     protocols: tuple[str, ...] = ("user_last_fraction", "item_cold_start")
     holdout_fraction: float = 0.2
+    random_fraction: float = 0.25
     cold_fraction: float = 0.2
     temporal_cutoff: datetime | None = None
     k: int = 20
@@ -63,7 +73,7 @@ class EvaluationSettings:
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
         if unknown or not self.protocols:
             raise ValueError(f"unknown or no protocols {list(unknown)}; choose from {PROTOCOLS}")
-        for name in ("holdout_fraction", "cold_fraction"):
+        for name in ("holdout_fraction", "random_fraction", "cold_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
         if self.k < 1:
@@ -95,6 +105,27 @@ def split_user_last_fraction(interactions: pd.DataFrame, fraction: float = 0.2, 
     return Split(train.reset_index(drop=True), test.reset_index(drop=True))
 
 
+def split_user_random_fraction(
+    interactions: pd.DataFrame, fraction: float = 0.25, seed: int = 0, min_interactions: int = 5
+) -> Split:
+    """Per user a random ``fraction`` (``seed``) is test; users with < ``min_interactions`` stay all-train."""
+    train, test = split_random_fraction_per_user(interactions, fraction, min_interactions, seed)
+    return Split(train.reset_index(drop=True), test.reset_index(drop=True))
+
+
+def validation_split(protocol: str) -> str:
+    """The ``ModelConfig.val_split`` (``"last"`` or ``"random"``) of a model evaluated on ``protocol``: its
+    validation rows are carved from the train part as the protocol carves its test rows (``item_cold_start`` and
+    ``temporal`` hold out by time within users: ``"last"``).
+
+    Raises:
+        ValueError: unknown protocol.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    return _VALIDATION_OF.get(protocol, "last")
+
+
 def split_temporal(interactions: pd.DataFrame, cutoff: datetime) -> Split:
     """Global time split: train ``timestamp < cutoff <=`` test; test keeps only users with train history."""
     ts = interactions["timestamp"]
@@ -124,6 +155,8 @@ def make_split(interactions: pd.DataFrame, protocol: str, settings: EvaluationSe
     """
     if protocol == "user_last_fraction":
         return split_user_last_fraction(interactions, fraction=settings.holdout_fraction)
+    if protocol == "user_random_fraction":
+        return split_user_random_fraction(interactions, fraction=settings.random_fraction, seed=settings.seed)
     if protocol == "item_cold_start":
         return split_item_cold_start(interactions, fraction=settings.cold_fraction, seed=settings.seed)
     if protocol == "temporal":

@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 
 import mlflow
@@ -238,6 +238,7 @@ def evaluate_and_log(
             {
                 "protocols": ",".join(settings.protocols),
                 "holdout_fraction": settings.holdout_fraction,
+                "random_fraction": settings.random_fraction,
                 "cold_fraction": settings.cold_fraction,
                 "temporal_cutoff": str(settings.temporal_cutoff),
                 "k": settings.k,
@@ -246,7 +247,7 @@ def evaluate_and_log(
         )
         log_inputs(interactions, features, "evaluation", data_source)
         result = evaluate_protocols(
-            lambda: TwoTowerRecommender(model_config, trainer_config),
+            lambda val_split: TwoTowerRecommender(replace(model_config, val_split=val_split), trainer_config),
             interactions,
             features,
             settings,

@@ -1,5 +1,7 @@
 """The modality ablation: hidden at inference on the evaluated models (logged in MLflow), or retrained per variant."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -49,7 +51,11 @@ def test_masked_ablation_hides_modalities_of_the_evaluated_models_and_logs_it(tm
     config = ModelConfig(**SMALL)
     trainer = TrainerConfig(accelerator="cpu", devices=1)
     evaluation = evaluate_protocols(
-        lambda: TwoTowerRecommender(config, trainer), interactions, content, settings, modality_groups(content)
+        lambda val_split: TwoTowerRecommender(replace(config, val_split=val_split), trainer),
+        interactions,
+        content,
+        settings,
+        modality_groups(content),
     )
     assert set(evaluation.models) == set(evaluation.splits) == set(settings.protocols)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_pipeline.evaluation.evaluate import evaluate
+from recsys_pipeline.evaluation.evaluate import evaluate, evaluate_protocols
 from recsys_pipeline.evaluation.protocols import (
     EvaluationSettings,
     Split,
@@ -14,6 +14,8 @@ from recsys_pipeline.evaluation.protocols import (
     split_item_cold_start,
     split_temporal,
     split_user_last_fraction,
+    split_user_random_fraction,
+    validation_split,
 )
 from recsys_pipeline.models.base import Recommender
 from recsys_pipeline.models.popularity import PopularityRecommender
@@ -43,6 +45,35 @@ def test_user_last_fraction_takes_latest(interactions):
         assert t["timestamp"].min() >= tr["timestamp"].max()  # test = the latest timestamps
         assert len(t) == max(1, int(np.floor(counts[u] * 0.2)))
     assert sp.cold_items is None
+
+
+def test_user_random_fraction_is_a_seeded_stratified_random_holdout(interactions):
+    sp = split_user_random_fraction(interactions, fraction=0.25, seed=42)
+    key = ["user_id", "item_id", "timestamp"]
+    both = pd.concat([sp.train, sp.test])
+    assert len(both) == len(interactions) and not both.duplicated(key).any()  # a partition of the rows
+    counts = interactions.groupby("user_id").size()
+    assert not set(sp.test["user_id"]) & set(counts[counts < 5].index)  # users below the minimum stay all-train
+    held = sp.test.groupby("user_id").size()
+    assert held.to_dict() == {u: max(1, int(np.floor(n * 0.25))) for u, n in counts.items() if n >= 5}
+    # random, not the latest: over the users, some held-out rows are older than some kept ones
+    latest = split_user_last_fraction(interactions, fraction=0.25)
+    assert set(map(tuple, sp.test[key].to_numpy())) != set(map(tuple, latest.test[key].to_numpy()))
+    # seeded, and independent of the row order; another seed draws other rows
+    again = split_user_random_fraction(interactions.sample(frac=1.0, random_state=3), fraction=0.25, seed=42)
+    assert sorted(map(tuple, again.test[key].to_numpy())) == sorted(map(tuple, sp.test[key].to_numpy()))
+    other = split_user_random_fraction(interactions, fraction=0.25, seed=7)
+    assert sorted(map(tuple, other.test[key].to_numpy())) != sorted(map(tuple, sp.test[key].to_numpy()))
+    via_settings = make_split(interactions, "user_random_fraction", EvaluationSettings(random_fraction=0.25, seed=42))
+    assert via_settings.test.equals(sp.test)
+
+
+def test_each_protocol_names_the_validation_split_its_models_carve():
+    assert validation_split("user_last_fraction") == "last"
+    assert validation_split("user_random_fraction") == "random"
+    assert validation_split("item_cold_start") == validation_split("temporal") == "last"
+    with pytest.raises(ValueError, match="unknown protocol"):
+        validation_split("leave_one_out")
 
 
 def test_temporal_split(interactions):
@@ -125,6 +156,23 @@ def test_settings_are_validated_and_choose_the_split(interactions):
         EvaluationSettings(protocols=["temporal"])
     with pytest.raises(ValueError, match="cold_fraction"):
         EvaluationSettings(cold_fraction=1.5)
+    with pytest.raises(ValueError, match="random_fraction"):
+        EvaluationSettings(random_fraction=0.0)
+
+
+def test_evaluated_models_carve_their_validation_as_their_protocol_carves_its_test(interactions):
+    asked = []
+
+    def make_model(val_split):
+        asked.append(val_split)
+        return PopularityRecommender()
+
+    settings = EvaluationSettings(protocols=["user_random_fraction", "user_last_fraction", "item_cold_start"], k=5)
+    result = evaluate_protocols(make_model, interactions, Catalog(interactions), settings)
+    assert asked == ["random", "last", "last"]
+    assert {p: d["val_split"] for p, d in result.details.items()} == dict(zip(settings.protocols, asked))
+    figures = result.metrics.set_index(["protocol", "model", "metric"])["value"]
+    assert 0 < figures["user_random_fraction", "popularity", "recall_at_5"] <= 1
 
 
 def test_split_dataclass_describe(interactions):

@@ -197,6 +197,34 @@ def test_train_rejects_bad_inputs(content, toy):
         TwoTowerRecommender().fit(inter)
 
 
+def test_validation_split_is_each_users_latest_or_a_seeded_random_draw(content, toy):
+    from recsys_pipeline.models.two_tower import InteractionDataModule
+
+    inter = toy.interactions()
+    last = InteractionDataModule(inter, content, 0.2, 64, 0, val_split="last")
+    random = InteractionDataModule(inter, content, 0.2, 64, 0, val_split="random")
+    again = InteractionDataModule(inter, content, 0.2, 64, 0, val_split="random")
+    pairs = [set(zip(*(a.tolist() for a in dm.val_pairs))) for dm in (last, random, again)]
+    assert len(pairs[0]) == len(pairs[1]) > 0 and pairs[1] == pairs[2]  # same size per user; seeded
+    assert pairs[0] != pairs[1]
+    # the random draw holds out some user's rows that are older than rows that user keeps for training
+    when = {
+        (u, it): t
+        for u, it, t in inter[["user_id", "item_id", "timestamp"]].astype({"item_id": str}).itertuples(index=False)
+    }
+    item_of_row = {row: it for it, row in content.index.items()}
+    user_of = {i: u for u, i in random.user_index.items()}
+    val_times = pd.Series([when[user_of[u], item_of_row[r]] for u, r in pairs[1]], dtype="datetime64[ns]")
+    val_users = [user_of[u] for u, _ in pairs[1]]
+    train_latest = {
+        user_of[u]: max(when[user_of[u], item_of_row[r]] for uu, r in zip(*random.train_pairs) if uu == u)
+        for u in set(random.val_pairs[0].tolist())
+    }
+    assert (val_times < pd.Series([train_latest[u] for u in val_users], dtype="datetime64[ns]")).any()
+    with pytest.raises(ValueError, match="val_split"):
+        ModelConfig(val_split="first")
+
+
 def test_bpr_and_concat_variants_train(content, toy):
     inter = toy.interactions()
     cfg = ModelConfig(**dict(toy.FAST, max_epochs=2, loss="bpr", fusion="concat", refit=True))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from recsys_pipeline.models.validation import VALIDATION_SPLITS
+
 __all__ = ["ModelConfig", "TrainerConfig", "FUSIONS", "LOSSES"]
 
 FUSIONS = ("attention", "concat")
@@ -61,7 +63,8 @@ class ModelConfig:
     batch_size: int = 1024
     max_epochs: int = 20
     patience: int = 2  # early stopping on validation NDCG@10
-    val_fraction: float = 0.1  # per user, the latest fraction is the early-stopping validation split
+    val_fraction: float = 0.1  # per user, this fraction is the early-stopping validation split
+    val_split: str = "last"  # which rows: "last" (latest by time) or "random" (seeded); evaluation sets it per protocol
     refit: bool = True  # after early stopping, retrain on all interactions for the best epoch count
     seed: int = 42
 
@@ -97,6 +100,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_split not in VALIDATION_SPLITS:
+            raise ValueError(f"val_split must be one of {VALIDATION_SPLITS}, got {self.val_split!r}")
         if not (self.lr > 0 and self.weight_decay >= 0 and self.history_decay > 0):
             raise ValueError("lr and history_decay must be > 0, weight_decay >= 0")
 

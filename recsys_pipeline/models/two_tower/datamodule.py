@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from recsys_pipeline.content.features import ItemFeatures
-from recsys_pipeline.models.validation import split_last_fraction_per_user
+from recsys_pipeline.models.validation import split_per_user
 
 __all__ = ["InteractionDataModule", "PairDataset", "UserEvalDataset"]
 
@@ -95,8 +95,9 @@ class InteractionDataModule(L.LightningDataModule):
         interactions: ``user_id, item_id, timestamp[, value]``; every row is a positive. Duplicated
             ``(user, item)`` pairs keep their first occurrence.
         items: the catalog's item features; every interacted item must be in it.
-        val_fraction: per user (with ``>= min_val_interactions`` rows) the latest fraction goes to validation.
-        batch_size, seed: loader settings.
+        val_fraction: per user (with ``>= min_val_interactions`` rows) this fraction goes to validation.
+        batch_size, seed: loader settings (``seed`` also draws a random validation split).
+        val_split: which rows: ``"last"`` (each user's latest) or ``"random"`` (``models.validation``).
 
     Attributes (after construction):
         user_ids: index ``i`` -> user ``user_ids[i-1]``; ``user_index`` the inverse (1-based).
@@ -114,6 +115,7 @@ class InteractionDataModule(L.LightningDataModule):
         batch_size: int = 1024,
         seed: int = 42,
         min_val_interactions: int = 3,
+        val_split: str = "last",
     ):
         super().__init__()
         self.items = items
@@ -123,7 +125,7 @@ class InteractionDataModule(L.LightningDataModule):
         df["user_id"] = df["user_id"].astype(str)
         df["item_id"] = df["item_id"].astype(str)
         df = df.sort_values("timestamp", kind="stable").drop_duplicates(["user_id", "item_id"], keep="first")
-        train, val = split_last_fraction_per_user(df, val_fraction, min_val_interactions)
+        train, val = split_per_user(df, val_fraction, min_val_interactions, val_split, seed)
         # time order within each user is what the history CSR (and a causal user history) relies on
         train = train.sort_values("timestamp", kind="stable")
         self.user_ids: list[str] = sorted(df["user_id"].unique())

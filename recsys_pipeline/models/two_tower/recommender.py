@@ -188,7 +188,8 @@ class TwoTowerRecommender(Recommender):
 
     # ------------------------------------------------------------------ training
     def fit(self, interactions: pd.DataFrame, features: ItemFeatures | None = None) -> TwoTowerRecommender:
-        """Train with early stopping on validation NDCG@10 (the latest ``val_fraction`` of each user), restore
+        """Train with early stopping on validation NDCG@10 (``val_fraction`` of each user: the latest rows, or
+        random ones with ``val_split="random"``), restore
         the best weights, then (``refit``) retrain on everything for the best epoch count.
 
         Args:
@@ -250,7 +251,9 @@ class TwoTowerRecommender(Recommender):
                 dm.n_users, dm.n_items, modality_dims, len(features.genre_names), config, table, dm.train_history
             )
 
-        dm = InteractionDataModule(interactions, features, config.val_fraction, config.batch_size, config.seed)
+        dm = InteractionDataModule(
+            interactions, features, config.val_fraction, config.batch_size, config.seed, val_split=config.val_split
+        )
         module = make_module(dm)
         best = BestStateCallback("val_ndcg_at_10", "max")
         cbs = list(self.callbacks)
@@ -265,7 +268,7 @@ class TwoTowerRecommender(Recommender):
         n_samples = len(dm.train_pairs[0]) * epochs
         n_val_users = int(len(dm.val_users))
         if config.refit and dm.has_validation:
-            # the validation holdout is each user's most recent activity: retrain on everything for the best epochs
+            # the validation holdout is part of each user's activity: retrain on everything for the best epochs
             L.seed_everything(config.seed, workers=True, verbose=False)
             dm = InteractionDataModule(interactions, features, 0.0, config.batch_size, config.seed)
             module = make_module(dm)
