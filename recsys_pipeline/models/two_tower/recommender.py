@@ -189,8 +189,8 @@ class TwoTowerRecommender(Recommender):
     # ------------------------------------------------------------------ training
     def fit(self, interactions: pd.DataFrame, features: ItemFeatures | None = None) -> TwoTowerRecommender:
         """Train with early stopping on validation NDCG@10 (``val_fraction`` of each user: the latest rows, or
-        random ones with ``val_split="random"``), restore
-        the best weights, then (``refit``) retrain on everything for the best epoch count.
+        random ones with ``val_split="random"``), restore the best weights, then (``refit``) retrain on everything
+        for the best epoch count.
 
         Args:
             interactions: ``user_id, item_id, timestamp[, value]`` implicit positives.
