@@ -114,7 +114,7 @@ def main() -> int:
     if args.json:
         figures = {
             "steps": {name: {"seconds": s, "peak_rss_mib": p} for name, s, p in rows},
-            "rows": {asset: _rows(meta(asset)) for asset in steps},
+            "rows": _run_rows(instance, run.run_id, meta, steps),
             "training": _training_figures(model),
             "stopped": stopped,
         }
@@ -136,13 +136,25 @@ def main() -> int:
     return 1 if stopped else 0
 
 
-def _rows(metadata: dict):
-    """The rows a step's materialization reports: its partitions' (ingestion), its table's, or the interactions it
-    trained on (``recommender_model`` writes no table); ``None`` when it reports none."""
-    for key in ("dagster/partition_row_count", "dagster/row_count", "interactions"):
-        if key in metadata:
-            return metadata[key]
-    return None
+def _run_rows(instance, run_id: str, meta, steps) -> dict:
+    """Per step, the rows its materializations in the run report: the sum of each day's
+    ``dagster/partition_row_count`` (ingestion: every partition's materialization carries its own day's), else
+    the table's ``dagster/row_count``, else the interactions it trained on (``recommender_model`` writes no table);
+    ``None`` when it reports none."""
+    import dagster as dg
+
+    per_partition: dict[str, int] = {}
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    for record in records:
+        mat = record.event_log_entry.asset_materialization
+        if mat is not None and "dagster/partition_row_count" in mat.metadata:
+            asset = mat.asset_key.to_user_string()
+            per_partition[asset] = per_partition.get(asset, 0) + mat.metadata["dagster/partition_row_count"].value
+    out = {}
+    for asset in steps:
+        metadata = meta(asset)
+        out[asset] = per_partition.get(asset, metadata.get("dagster/row_count", metadata.get("interactions")))
+    return out
 
 
 def _training_figures(metadata: dict) -> dict:

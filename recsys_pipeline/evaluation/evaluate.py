@@ -132,8 +132,9 @@ def evaluate_protocols(
     settings: EvaluationSettings,
     item_groups: Mapping[str, Collection[str]] | None = None,
 ) -> EvaluationResult:
-    """For each protocol of ``settings``: split, fit ``make_model()`` and the popularity baseline on the train part,
-    and :func:`evaluate` both on the test part (model names ``ours`` and ``popularity``).
+    """For each protocol of ``settings``: split, fit ``make_model(validation_split(protocol))`` and the popularity
+    baseline on the train part, and :func:`evaluate` both on the test part (model names ``ours`` and
+    ``popularity``).
 
     Args:
         make_model: given the protocol's validation split (``"last"`` or ``"random"``,

@@ -115,8 +115,8 @@ def split_user_random_fraction(
 
 def validation_split(protocol: str) -> str:
     """The ``ModelConfig.val_split`` (``"last"`` or ``"random"``) of a model evaluated on ``protocol``: its
-    validation rows are carved from the train part as the protocol carves its test rows (``item_cold_start`` and
-    ``temporal`` hold out by time within users: ``"last"``).
+    validation rows are carved from the train part as the protocol carves its test rows. ``item_cold_start`` (held-out
+    items) and ``temporal`` (one global cutoff) have no per-user equivalent here and keep the default ``"last"``.
 
     Raises:
         ValueError: unknown protocol.

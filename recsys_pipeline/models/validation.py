@@ -43,10 +43,11 @@ def split_random_fraction_per_user(
     random (a per-user stratified random split, as Microsoft Recommenders' ``python_stratified_split``).
 
     The draw depends on ``seed`` and on the rows, not on their order: rows are first sorted stably by
-    ``(user_id, timestamp, item_id)``. Returns ``(train, held_out)``, each in that sorted order.
+    ``(user_id, timestamp, item_id)``. Returns ``(train, held_out)``, each in that sorted order; with
+    ``fraction <= 0`` (or no rows), ``(interactions, empty)`` unchanged, as :func:`split_last_fraction_per_user`.
 
     Raises:
-        ValueError: ``fraction`` outside ``[0, 1)``.
+        ValueError: ``fraction >= 1``.
     """
     if fraction <= 0 or interactions.empty:
         return interactions, interactions.iloc[:0]
@@ -73,7 +74,7 @@ def split_per_user(
     (``how="random"``, ``seed``). Returns ``(train, held_out)``.
 
     Raises:
-        ValueError: ``how`` not in :data:`VALIDATION_SPLITS`, or ``fraction`` outside ``[0, 1)``.
+        ValueError: ``how`` not in :data:`VALIDATION_SPLITS`, or ``fraction >= 1``.
     """
     if how == "last":
         return split_last_fraction_per_user(interactions, fraction, min_interactions)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from recsys_pipeline.content.features import ItemFeatures
 from recsys_pipeline.evaluation.evaluate import evaluate
-from recsys_pipeline.evaluation.protocols import EvaluationSettings, make_split
+from recsys_pipeline.evaluation.protocols import EvaluationSettings, make_split, validation_split
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
 from recsys_pipeline.registry import tracking
 from recsys_pipeline.registry.gate import (
@@ -130,7 +131,8 @@ def score_config(
     settings: EvaluationSettings,
 ) -> float:
     """Train ``model_config`` on the train part of the ``policy.protocol`` split (the same split
-    ``evaluate_protocols`` builds from the same settings) and return ``policy.metric_name`` on its test part.
+    ``evaluate_protocols`` builds from the same settings, and its validation carved the same way:
+    ``validation_split(policy.protocol)``) and return ``policy.metric_name`` on its test part.
 
     Raises:
         ValueError: unknown protocol, or ``policy.metric_name`` not computed by ``evaluation.evaluate``.
@@ -138,7 +140,8 @@ def score_config(
     from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
 
     split = make_split(interactions, policy.protocol, settings)
-    model = TwoTowerRecommender(model_config, trainer_config).fit(split.train, features)
+    config = replace(model_config, val_split=validation_split(policy.protocol))
+    model = TwoTowerRecommender(config, trainer_config).fit(split.train, features)
     figures = evaluate(model, split, settings.k).metrics
     if policy.metric_name not in figures:
         raise ValueError(f"metric {policy.metric_name!r} is not computed by the evaluation; have {sorted(figures)}")

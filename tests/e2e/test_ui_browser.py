@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 PARTITION = "2018-09-03"
@@ -146,7 +148,6 @@ def mlflow_ui(demo_home):
 
 @pytest.fixture
 def page():
-    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

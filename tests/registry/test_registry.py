@@ -228,3 +228,25 @@ def test_a_model_logged_by_the_previous_release_still_loads(tmp_path, toy):
     loaded = model_registry.load_version(uri, f"runs:/{run.info.run_id}/model")
     users = ["u0", "u3", "stranger"]
     pd.testing.assert_frame_equal(loaded.recommend(users, k=5), model.recommend(users, k=5))
+
+
+def test_the_champion_is_rescored_with_its_validation_carved_as_the_gate_protocol(toy, monkeypatch):
+    from recsys_pipeline.models.popularity import PopularityRecommender
+    from recsys_pipeline.models.two_tower import recommender
+
+    built = []
+
+    class Recording:
+        def __init__(self, config, trainer_config):
+            built.append(config)
+
+        def fit(self, interactions, features):
+            return PopularityRecommender().fit(interactions, features)
+
+    monkeypatch.setattr(recommender, "TwoTowerRecommender", Recording)
+    data, features = toy.interactions(), toy.features()
+    for protocol, val_split in (("user_random_fraction", "random"), ("user_last_fraction", "last")):
+        policy = gate.ChampionPolicy(metric=f"{protocol}.ours.ndcg_at_10")
+        settings = EvaluationSettings(protocols=(protocol,), k=20)
+        value = model_registry.score_config(data, features, ModelConfig(val_split="last"), TRAINER, policy, settings)
+        assert built[-1].val_split == val_split and 0 < value <= 1
