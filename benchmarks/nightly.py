@@ -79,6 +79,11 @@ def main() -> int:
     parser.add_argument("--nights", type=int, default=7)
     parser.add_argument("--home")
     parser.add_argument("--results", help="write the Markdown table here (e.g. benchmarks/results/nightly.md)")
+    parser.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="nights retrain from the champion's weights (RECSYS_WARM_START=1) instead of a full retrain",
+    )
     args = parser.parse_args()
     posters = HERE.parents[1] / "shared" / "data" / "movielens-posters"
     if not os.environ.get("RECSYS_IMAGE_ROOT") and posters.is_dir():
@@ -95,6 +100,9 @@ def main() -> int:
     import dagster as dg
 
     paths = HomePaths.at(home)
+    if args.warm_start:  # the initial run has no champion to start from: it trains in full either way
+        os.environ["RECSYS_WARM_START"] = "1"
+    mode = "warm-started retrain (RECSYS_WARM_START=1)" if args.warm_start else "full retrain"
     rows = []
     for n in range(args.nights):
         day = first_night + timedelta(days=n)
@@ -134,7 +142,7 @@ def main() -> int:
             f"{r['load']:.2f} |"
         )
     facts = [
-        f"commit `{commit()}`, {os.cpu_count()} cores; full retrain every night (the only mode so far)",
+        f"commit `{commit()}`, {os.cpu_count()} cores; every night: {mode}",
         f"initial run (every day before {first_night}): {initial:.1f} s",
         f"images: {os.environ.get('RECSYS_IMAGE_ROOT') or 'none'}",
     ]
@@ -142,7 +150,8 @@ def main() -> int:
     if args.results:
         Path(args.results).write_text(
             "# Nightly path, simulated\n\n"
-            f"Command: `.venv/bin/python benchmarks/nightly.py --nights {args.nights}`\n\n"
+            f"Command: `.venv/bin/python benchmarks/nightly.py --nights {args.nights}"
+            f"{' --warm-start' if args.warm_start else ''}`\n\n"
             + "\n".join(f"- {fact}" for fact in facts)
             + "\n\n"
             + "\n".join(lines)

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     num_nodes: int | None = Field(None, ge=1, description="Lightning num_nodes for multi-node DDP (unset: 1)")
     max_epochs: int | None = Field(None, ge=1, description="cap on training epochs (unset: ModelConfig's)")
     nightly_hour_utc: int = Field(2, ge=0, le=23, description="hour (UTC) of the nightly_retrain schedule")
+    warm_start: bool = Field(
+        False,
+        description="recommender_model starts from the champion's weights (a few epochs on every interaction) "
+        "instead of a full retrain; benchmarks/results/nightly.md compares the two",
+    )
     duckdb_lock_timeout: float = Field(
         300.0,
         ge=0,

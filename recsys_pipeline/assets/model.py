@@ -35,9 +35,14 @@ def _day_end(day: str | None, name: str) -> datetime | None:
 
 
 class TrainConfig(dg.Config):
-    """``cutoff_date``: train on interactions up to the end of this UTC day (YYYY-MM-DD); empty = all."""
+    """``cutoff_date``: train on interactions up to the end of this UTC day (YYYY-MM-DD); empty = all.
+    ``warm_start``: start from the champion's weights and train ``model.warm_start_epochs`` epochs on every
+    interaction (the new ones, and the older ones as replay) instead of a full retrain; a full retrain when there is
+    no champion yet or its architecture differs from the configured one (the metadata says which). Unset: the
+    ``training`` resource's ``warm_start`` (``RECSYS_WARM_START``, default off)."""
 
     cutoff_date: str | None = None
+    warm_start: bool | None = None
 
 
 class EvaluationConfig(dg.Config):
@@ -78,6 +83,20 @@ def _mlflow_links(tracking_uri: str, run_id: str, name: str, version: str | None
     return links
 
 
+def _champion_to_start_from(wanted: bool, tracking_uri: str, name: str, features):
+    """``(model, note)``: the champion to warm start from (``None`` for a full retrain) and what happened, in
+    words, for the materialization."""
+    if not wanted:
+        return None, "off (full retrain)"
+    from recsys_pipeline.registry.model_registry import champion_uri, champion_version, load_version
+
+    try:
+        version = champion_version(tracking_uri, name).version
+    except LookupError:
+        return None, "no champion yet: full retrain"
+    return load_version(tracking_uri, champion_uri(name), features), f"from champion version {version}"
+
+
 class RecommendationsConfig(dg.Config):
     """``k``: list length per user."""
 
@@ -109,6 +128,9 @@ def model_assets() -> list[dg.AssetsDefinition]:
         if data.empty:
             raise dg.Failure("no interactions to train on: materialize the interactions partitions first")
         tracking_uri, experiment_id = mlflow.resolved_tracking_uri(), mlflow.experiment_id()
+        init, warm_note = _champion_to_start_from(
+            config.warm_start, tracking_uri, mlflow.registered_model_name, features
+        )
         result = train_and_log(
             data,
             features,
@@ -120,8 +142,11 @@ def model_assets() -> list[dg.AssetsDefinition]:
             run_name="recommender_model",
             tags=mlflow_tags(context),
             data_source=str(warehouse_db.file()),
+            init=init,
         )
         stats = result.stats
+        if init is not None and not stats.get("warm_start"):
+            warm_note = "champion's architecture differs from the config: full retrain"
         return dg.MaterializeResult(
             metadata={
                 "seconds": round(time.perf_counter() - started, 2),
@@ -130,6 +155,7 @@ def model_assets() -> list[dg.AssetsDefinition]:
                     tracking_uri, result.run_id, mlflow.registered_model_name, result.model_version, experiment_id
                 ),
                 "interactions": len(data),  # trained on
+                "warm_start": warm_note,
                 "epochs_trained": int(stats["epochs_trained"]),
                 "train_seconds": round(float(stats["train_seconds"]), 2),
                 "samples_per_second": round(float(stats["samples_per_second"]), 1),

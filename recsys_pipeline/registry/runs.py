@@ -159,6 +159,7 @@ def train_and_log(
     run_name: str = "train",
     tags: Mapping[str, str] | None = None,
     data_source: str | None = None,
+    init=None,
 ) -> TrainResult:
     """Train on ``interactions`` and log, in one MLflow run: params (``model.*``, ``trainer.*``, ``data.*``), the
     inputs (:func:`log_inputs`, context ``training``), per-epoch metrics (Lightning's ``MLFlowLogger``: the fit's
@@ -169,6 +170,9 @@ def train_and_log(
     Args:
         tags: set on the run (the assets give ``dagster.run_id`` and the partition).
         data_source: where ``interactions`` and ``features`` were read (the warehouse file), for the datasets.
+        init: a trained ``TwoTowerRecommender`` to warm start from (``fit(init=...)``); when its architecture
+            differs from ``model_config`` (``ValueError`` "cannot warm start"), a full retrain instead, and the
+            tag ``train.warm_start_skipped`` says why.
 
     Raises:
         ValueError: from ``TwoTowerRecommender.fit`` on empty or inconsistent inputs.
@@ -190,9 +194,14 @@ def train_and_log(
             }
         )
         log_inputs(interactions, features, "training", data_source)
-        model = TwoTowerRecommender(
-            model_config, trainer_config, logger=_mlflow_logger(tracking_uri, run.info.run_id)
-        ).fit(interactions, features)
+        model = TwoTowerRecommender(model_config, trainer_config, logger=_mlflow_logger(tracking_uri, run.info.run_id))
+        try:
+            model.fit(interactions, features, init=init)
+        except ValueError as exc:
+            if init is None or not str(exc).startswith("cannot warm start"):
+                raise
+            mlflow.set_tag("train.warm_start_skipped", str(exc))
+            model.fit(interactions, features)
         stats = model.train_stats
         figures = {k: float(stats[k]) for k in TRAIN_FIGURES if k in stats and math.isfinite(float(stats[k]))}
         mlflow.log_metrics(figures)

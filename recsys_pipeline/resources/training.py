@@ -31,7 +31,8 @@ class TrainingResource(dg.ConfigurableResource):
     """``model``: ``ModelConfig`` overrides (unset fields keep its defaults; ``RECSYS_MAX_EPOCHS`` caps epochs).
     Trainer: ``accelerator`` (``auto`` uses a GPU when present), ``devices`` (``auto``, a count ``"2"`` or a list
     ``"0,1"``), ``strategy`` (``ddp`` with ``devices`` > 1 trains data-parallel), ``precision``, ``num_nodes``,
-    ``num_threads``; unset: ``RECSYS_ACCELERATOR`` etc., else ``TrainerConfig``'s defaults.
+    ``num_threads``; unset: ``RECSYS_ACCELERATOR`` etc., else ``TrainerConfig``'s defaults. ``warm_start``: retrain
+    from the champion's weights (``recommender_model``; unset: ``RECSYS_WARM_START``, default off).
     """
 
     accelerator: str | None = None
@@ -40,6 +41,7 @@ class TrainingResource(dg.ConfigurableResource):
     precision: str | None = None
     num_nodes: int | None = None
     num_threads: int | None = None
+    warm_start: bool | None = None
     model: ModelOverrides = pydantic.Field(default_factory=ModelOverrides)
 
     def build_model_config(self) -> ModelConfig:
@@ -53,6 +55,10 @@ class TrainingResource(dg.ConfigurableResource):
         if max_epochs is not None and "max_epochs" not in overrides:
             overrides["max_epochs"] = max_epochs
         return ModelConfig(**overrides)
+
+    def warm_start_default(self) -> bool:
+        """Whether ``recommender_model`` warm starts when its run config does not say (``RECSYS_WARM_START``)."""
+        return self.warm_start if self.warm_start is not None else get_settings().warm_start
 
     def build_trainer_config(self) -> TrainerConfig:
         s = get_settings()

@@ -504,8 +504,9 @@ def test_history_never_trained_items_are_left_out_of_serving(content, toy):
 
 
 def test_saved_model_holds_folded_history_and_old_artifacts_load(content, toy, tmp_path):
-    """Saved weights hold the folded per-user history vectors, not the pooling; a model saved before the history
-    head existed (plain two-tower, no history keys in its config) still loads and scores as before."""
+    """Saved weights hold the folded per-user history vectors (what serving reads) and the pooling (kept for
+    warm-started retraining; loaded aside, saved again by a loaded model); a model saved before the history head
+    existed (plain two-tower, no history keys in its config) still loads and scores as before."""
     from safetensors.torch import load_file
 
     inter = toy.interactions()
@@ -513,8 +514,12 @@ def test_saved_model_holds_folded_history_and_old_artifacts_load(content, toy, t
     model.save(tmp_path / "m")
     keys = set(load_file(str(tmp_path / "m" / "model.safetensors")))
     assert {"user_tower.folded_history", "next_item_emb.weight"} <= keys
-    assert not [k for k in keys if k.startswith("user_tower.history.")]
+    pooling = {k for k in keys if k.startswith("user_tower.history.")}
+    assert "user_tower.history.emb.weight" in pooling
     back = TwoTowerRecommender.load(tmp_path / "m", content)
+    assert set(back._history_state) == pooling
+    back.save(tmp_path / "again")
+    assert set(load_file(str(tmp_path / "again" / "model.safetensors"))) == keys
     assert back.config.history_length == 5  # how it was trained is kept
     np.testing.assert_array_equal(
         back.score(["u1", "u2"], content.item_ids), model.score(["u1", "u2"], content.item_ids)

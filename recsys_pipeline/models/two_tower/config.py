@@ -65,7 +65,9 @@ class ModelConfig:
     patience: int = 2  # early stopping on validation NDCG@10
     val_fraction: float = 0.1  # per user, this fraction is the early-stopping validation split
     val_split: str = "last"  # which rows: "last" (latest by time) or "random" (seeded); evaluation sets it per protocol
-    refit: bool = True  # after early stopping, retrain on all interactions for the best epoch count
+    refit: bool = True  # after early stopping, train on all interactions (validation part included)
+    refit_epochs: int = 0  # 0: the refit starts from scratch for the best epoch count; n: on from the best weights
+    warm_start_epochs: int = 2  # warm-started retraining (fit(init=champion)): epochs on every interaction
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -82,13 +84,14 @@ class ModelConfig:
             "num_negatives",
             "batch_size",
             "max_epochs",
+            "warm_start_epochs",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.embedding_dim % self.n_heads:
             raise ValueError(f"embedding_dim {self.embedding_dim} must be divisible by n_heads {self.n_heads}")
-        if self.cross_layers < 0 or self.patience < 0:
-            raise ValueError("cross_layers and patience must be >= 0")
+        if self.cross_layers < 0 or self.patience < 0 or self.refit_epochs < 0:
+            raise ValueError("cross_layers, patience and refit_epochs must be >= 0")
         for name in ("dropout", "id_dropout", "modality_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")

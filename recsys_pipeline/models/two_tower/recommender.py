@@ -32,6 +32,7 @@ from recsys_pipeline.models.two_tower.lightning_module import (
     compute_item_vectors,
 )
 from recsys_pipeline.models.two_tower.modules import TwoTowerModel
+from recsys_pipeline.models.two_tower.warm_start import carry_rows, remap_state
 
 __all__ = ["TwoTowerRecommender", "FORMAT_VERSION"]
 
@@ -107,6 +108,7 @@ class TwoTowerRecommender(Recommender):
         self.callbacks = tuple(callbacks)
         self.model: TwoTowerModel | None = None
         self.train_stats: dict = {}
+        self._history_state: dict[str, torch.Tensor] = {}  # pooling weights of a loaded model (warm starts)
 
     # ------------------------------------------------------------------ fitted state
     def _set_state(
@@ -142,6 +144,7 @@ class TwoTowerRecommender(Recommender):
         """The same weights and seen items over another catalog (e.g. one with new, cold items)."""
         other = TwoTowerRecommender(self.config, self.trainer_config)
         other.train_stats = dict(self.train_stats)
+        other._history_state = self._history_state
         return other._set_state(
             self.model, self.user_ids, self.trained_item_ids, features, self.modality_dims, self.genre_names, self.seen
         )
@@ -187,15 +190,25 @@ class TwoTowerRecommender(Recommender):
         return (self.user_vectors(user_ids) @ self.item_vectors()[rows].T).float().cpu().numpy()
 
     # ------------------------------------------------------------------ training
-    def fit(self, interactions: pd.DataFrame, features: ItemFeatures | None = None) -> TwoTowerRecommender:
+    def fit(
+        self,
+        interactions: pd.DataFrame,
+        features: ItemFeatures | None = None,
+        init: TwoTowerRecommender | None = None,
+    ) -> TwoTowerRecommender:
         """Train with early stopping on validation NDCG@10 (``val_fraction`` of each user: the latest rows, or
-        random ones with ``val_split="random"``), restore the best weights, then (``refit``) retrain on everything
-        for the best epoch count.
+        random ones with ``val_split="random"``), restore the best weights, then (``refit``) train on everything:
+        from scratch for the best epoch count, or (``refit_epochs = n > 0``) on from the best weights for ``n``
+        epochs.
 
         Args:
             interactions: ``user_id, item_id, timestamp[, value]`` implicit positives.
             features: item features covering every interacted item (may hold more items: they rank as cold
                 items). Required.
+            init: warm-started retraining: a trained model of the same architecture (e.g. the champion) to start
+                from. Its weights are carried over by user and item id (``warm_start.remap_state``; ids it never
+                saw start fresh), then it trains ``config.warm_start_epochs`` epochs on every interaction (the
+                new ones and, as replay, all the older ones), without validation, early stopping or refit.
 
         Sets ``train_stats``: ``best_val_ndcg_at_10, epochs_trained, best_epoch, train_seconds,
         samples_per_second, n_train_interactions, n_val_users, refit, history_items_trained``.
@@ -252,14 +265,26 @@ class TwoTowerRecommender(Recommender):
             )
 
         dm = InteractionDataModule(
-            interactions, features, config.val_fraction, config.batch_size, config.seed, val_split=config.val_split
+            interactions,
+            features,
+            0.0 if init is not None else config.val_fraction,
+            config.batch_size,
+            config.seed,
+            val_split=config.val_split,
         )
         module = make_module(dm)
+        carried = {}
+        if init is not None:
+            if init.model is None:
+                raise ValueError("fit(init=...) needs a trained model to start from")
+            carried = _warm_start(module, init, init.user_ids, dm.user_ids, init.trained_item_ids, dm.item_ids)
         best = BestStateCallback("val_ndcg_at_10", "max")
         cbs = list(self.callbacks)
         if dm.has_validation:
             cbs += [best, EarlyStopping(monitor="val_ndcg_at_10", mode="max", patience=config.patience)]
-        trainer = make_trainer(config.max_epochs, cbs, dm.has_validation)
+        trainer = make_trainer(
+            config.warm_start_epochs if init is not None else config.max_epochs, cbs, dm.has_validation
+        )
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         epochs = int(trainer.current_epoch)
@@ -268,14 +293,19 @@ class TwoTowerRecommender(Recommender):
         n_samples = len(dm.train_pairs[0]) * epochs
         n_val_users = int(len(dm.val_users))
         if config.refit and dm.has_validation:
-            # the validation holdout is part of each user's activity: retrain on everything for the best epochs
+            # the validation holdout is part of each user's activity: train on everything, either again from
+            # scratch for the best epoch count or (refit_epochs > 0) on from the best weights for a few epochs
             L.seed_everything(config.seed, workers=True, verbose=False)
+            fit_dm, fit_module = dm, module
             dm = InteractionDataModule(interactions, features, 0.0, config.batch_size, config.seed)
             module = make_module(dm)
+            refit_epochs = config.refit_epochs or best_epoch + 1
+            if config.refit_epochs:
+                _warm_start(module, fit_module, fit_dm.user_ids, dm.user_ids, fit_dm.item_ids, dm.item_ids)
             refit_logger = _RefitLogger(self.logger) if self.logger is not None else None
-            refit = make_trainer(best_epoch + 1, list(self.callbacks), False, refit_logger)
+            refit = make_trainer(refit_epochs, list(self.callbacks), False, refit_logger)
             refit.fit(module, datamodule=dm)
-            n_samples += len(dm.train_pairs[0]) * (best_epoch + 1)
+            n_samples += len(dm.train_pairs[0]) * refit_epochs
         elif module.use_history and dm.has_validation:
             # serve from every interaction: the folded history ends with the user's latest (validation) items,
             # except items seen only in validation (no id embedding, so padding)
@@ -293,7 +323,10 @@ class TwoTowerRecommender(Recommender):
             "refit": bool(config.refit and n_val_users > 0),
             # item ids whose history embedding was trained (merged over DDP ranks); the rest pool as padding
             "history_items_trained": int(module.h_trained[1:].sum()) if hasattr(module, "h_trained") else 0,
+            "warm_start": init is not None,
+            **{f"warm_start_{k}": v for k, v in carried.items()},
         }
+        self._history_state = {}
         return self._set_state(
             module.model,
             dm.user_ids,
@@ -313,12 +346,9 @@ class TwoTowerRecommender(Recommender):
         d = Path(directory)
         self._save_common(d, {"format_version": FORMAT_VERSION})
         # the user-history pooling is folded into ``user_tower.folded_history`` after training: its weights are
-        # dead in the served model and not saved
-        state = {
-            k: v.detach().cpu().contiguous()
-            for k, v in self.model.state_dict().items()
-            if not k.startswith(_HISTORY_PREFIX)
-        }
+        # dead in the served model, saved for warm-started retraining only (``fit(init=...)``)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        state.update({k: v.detach().cpu().contiguous() for k, v in getattr(self, "_history_state", {}).items()})
         save_file(state, str(d / "model.safetensors"), metadata={"format_version": str(FORMAT_VERSION)})
         meta = {
             "format_version": FORMAT_VERSION,
@@ -379,7 +409,9 @@ class TwoTowerRecommender(Recommender):
         )
         module.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(_HISTORY_PREFIX)})
         module.model.to(map_location)  # load_state_dict copies into the CPU-built module
-        return cls(config)._set_state(
+        loaded = cls(config)
+        loaded._history_state = {k: v for k, v in state.items() if k.startswith(_HISTORY_PREFIX)}
+        return loaded._set_state(
             module.model,
             maps["user_ids"],
             maps["item_ids"],
@@ -388,6 +420,28 @@ class TwoTowerRecommender(Recommender):
             meta["genre_names"],
             SeenItems(seen),
         )
+
+
+def _warm_start(
+    module: RecommenderModule,
+    trained: RecommenderModule | TwoTowerRecommender,
+    old_users: Sequence[str],
+    new_users: Sequence[str],
+    old_items: Sequence[str],
+    new_items: Sequence[str],
+) -> dict[str, int]:
+    """Load ``trained``'s weights (a module being fitted, or a fitted / loaded recommender) into ``module``
+    (other vocabularies: ``warm_start.remap_state``), and which items' history embeddings were trained.
+    Returns the counts of carried users and items."""
+    old_state = dict(trained.model.state_dict())
+    old_state.update(getattr(trained, "_history_state", {}))  # a loaded model keeps its pooling weights aside
+    # a loaded model has no flags: the warm epochs mark every item they pool again
+    trained_ids = getattr(trained, "h_trained", None)
+    state, counts = remap_state(old_state, module.model.state_dict(), old_users, new_users, old_items, new_items)
+    module.model.load_state_dict(state)
+    if trained_ids is not None and hasattr(module, "h_trained"):
+        module.h_trained, _ = carry_rows(trained_ids.cpu(), module.h_trained, old_items, new_items)
+    return counts
 
 
 def _check_inputs(interactions: pd.DataFrame, features: ItemFeatures) -> None:
