@@ -128,9 +128,8 @@ def model_assets() -> list[dg.AssetsDefinition]:
         if data.empty:
             raise dg.Failure("no interactions to train on: materialize the interactions partitions first")
         tracking_uri, experiment_id = mlflow.resolved_tracking_uri(), mlflow.experiment_id()
-        init, warm_note = _champion_to_start_from(
-            config.warm_start, tracking_uri, mlflow.registered_model_name, features
-        )
+        warm_start = training.warm_start_default() if config.warm_start is None else config.warm_start
+        init, warm_note = _champion_to_start_from(warm_start, tracking_uri, mlflow.registered_model_name, features)
         result = train_and_log(
             data,
             features,
