@@ -143,7 +143,8 @@ def _training_description(interactions: pd.DataFrame, features: ItemFeatures, st
         f"{interactions['item_id'].nunique():,} of {len(features.item_ids):,} catalog items, up to "
         f"{interactions['timestamp'].max()} UTC; modalities {', '.join(features.modalities) or 'none'}; "
         f"{stats['epochs_trained']} epochs{', ' + val if val else ''}"
-        f"{', then refit on every interaction' if stats.get('refit') else ''}.\n\n"
+        f"{', then refit on every interaction' if stats.get('refit') else ''}"
+        f"{', warm-started from the champion' if stats.get('warm_start') else ''}.\n\n"
         "Not gated yet: model_evaluation evaluates it and decides champion or challenger."
     )
 

@@ -211,7 +211,8 @@ class TwoTowerRecommender(Recommender):
                 new ones and, as replay, all the older ones), without validation, early stopping or refit.
 
         Sets ``train_stats``: ``best_val_ndcg_at_10, epochs_trained, best_epoch, train_seconds,
-        samples_per_second, n_train_interactions, n_val_users, refit, history_items_trained``.
+        samples_per_second, n_train_interactions, n_val_users, refit, history_items_trained, warm_start`` (and
+        with ``init``: ``warm_start_users_carried``, ``warm_start_items_carried``, the ids whose rows came from it).
 
         Raises:
             ValueError: no features, empty interactions, missing columns, or interacted items absent from the
