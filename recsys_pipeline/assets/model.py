@@ -154,7 +154,6 @@ def model_assets() -> list[dg.AssetsDefinition]:
                     tracking_uri, result.run_id, mlflow.registered_model_name, result.model_version, experiment_id
                 ),
                 "interactions": len(data),  # trained on
-                "warm_start": warm_note,
                 "epochs_trained": int(stats["epochs_trained"]),
                 "train_seconds": round(float(stats["train_seconds"]), 2),
                 "samples_per_second": round(float(stats["samples_per_second"]), 1),
@@ -163,6 +162,7 @@ def model_assets() -> list[dg.AssetsDefinition]:
                         "best validation NDCG@10": stats["best_val_ndcg_at_10"],
                         "best epoch (0-based)": stats["best_epoch"],
                         "refit on every interaction": stats["refit"],
+                        "warm start": warm_note,
                         "interactions in the last fit": stats["n_train_interactions"],
                         "validation users": stats["n_val_users"],
                         "items with a trained history embedding": stats["history_items_trained"],

@@ -10,6 +10,12 @@ from tests.reliability.support import definitions_training, materialize, toy_war
 pytestmark = pytest.mark.reliability
 
 
+def _training_table(result) -> dict:
+    """The ``training`` table of the run's ``recommender_model`` materialization as ``{name: value}``."""
+    table = result.asset_materializations_for_node("recommender_model")[0].metadata["training"].value
+    return {r.data["what"]: r.data["value"] for r in table.records}
+
+
 @pytest.mark.slow
 def test_recommender_model_warm_starts_from_the_champion(tmp_path, toy, monkeypatch):
     home = tmp_path / "home"
@@ -21,13 +27,12 @@ def test_recommender_model_warm_starts_from_the_champion(tmp_path, toy, monkeypa
 
     first = materialize(defs, ["recommender_model", "model_evaluation"], with_check=True)
     assert first.success
-    meta = first.asset_materializations_for_node("recommender_model")[0].metadata
-    assert meta["warm_start"].value == "no champion yet: full retrain"
+    assert _training_table(first)["warm start"] == "no champion yet: full retrain"
 
     second = materialize(defs, ["recommender_model"], with_check=False)
     assert second.success
     meta = second.asset_materializations_for_node("recommender_model")[0].metadata
-    assert meta["warm_start"].value == "from champion version 1"
+    assert _training_table(second)["warm start"] == "from champion version 1"
     assert meta["epochs_trained"].value == 1 and meta["model_version"].value == "2"
     client = MlflowClient(paths.mlflow_tracking_uri)
     run = client.get_run(client.get_model_version("recsys_ranker", "2").run_id)
