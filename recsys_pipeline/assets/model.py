@@ -145,7 +145,9 @@ def model_assets() -> list[dg.AssetsDefinition]:
         )
         stats = result.stats
         if init is not None and not stats.get("warm_start"):
-            warm_note = "champion's architecture differs from the config: full retrain"
+            warm_note = (
+                "cannot warm start from the champion (another architecture, or saved before warm starts): full retrain"
+            )
         return dg.MaterializeResult(
             metadata={
                 "seconds": round(time.perf_counter() - started, 2),
