@@ -50,13 +50,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
-    from dataclasses import replace
+    from functools import partial
 
     from recsys_pipeline.evaluation.ablation import ablation_table, masked_ablation, retrained_ablation
     from recsys_pipeline.evaluation.evaluate import evaluate_protocols, modality_groups
     from recsys_pipeline.evaluation.protocols import EvaluationSettings
     from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
-    from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
+    from recsys_pipeline.models.two_tower.recommender import two_tower_for_split
 
     interactions, features, source = _data(Path(args.home))
     settings = EvaluationSettings(protocols=tuple(args.protocols))
@@ -65,7 +65,7 @@ def main() -> int:
     print(f"cores: {os.cpu_count()}   load average: {os.getloadavg()}   config: {config}", flush=True)
     started = time.perf_counter()
     evaluation = evaluate_protocols(
-        lambda val_split: TwoTowerRecommender(replace(config, val_split=val_split), trainer),
+        partial(two_tower_for_split, config, trainer),
         interactions,
         features,
         settings,

@@ -6,9 +6,9 @@ Usage: ``.venv/bin/python benchmarks/pipeline.py [--section demo|events|text|sco
 * ``demo``: the full demo (fresh temporary home by default), as ``recsys demo`` runs it (one in-process Dagster run):
   wall time and peak RSS per step and for the whole job, text items/s, training samples/s; written to
   ``--results`` (default ``benchmarks/results/pipeline.md``) with the commit, cores and load average. Peak RSS of
-  a step is the highest resident set size sampled every 20 ms (``/proc/self/status``, Linux) between its
-  STEP_START and STEP_SUCCESS events. Posters are used as ``scripts/demo.sh`` uses them (``RECSYS_IMAGE_ROOT``,
-  else ``../shared/data/movielens-posters`` when present).
+  a step is the highest resident set size of this process and its children (the evaluation's fit processes)
+  sampled every 20 ms (``/proc``, Linux) between its STEP_START and STEP_SUCCESS events. Posters are used as
+  ``scripts/demo.sh`` uses them (``RECSYS_IMAGE_ROOT``, else ``../shared/data/movielens-posters`` when present).
 * ``events``: Dagster's bookkeeping alone: one single-run range of ``--partitions`` daily partitions of two empty
   assets, on Dagster's default SQLite event log and on the home's ``BatchedSqliteEventLogStorage``: seconds and
   events/s (the cost ingestion pays per partition, whatever the rows).
@@ -130,7 +130,8 @@ def main() -> int:
             + "\n\n"
             + "\n".join(lines)
             + "\n\nThe whole job's wall time includes what runs outside the steps (run start, the code location, "
-            "Dagster's bookkeeping between steps). Peak RSS is the process's, sampled every 20 ms.\n"
+            "Dagster's bookkeeping between steps). Peak RSS is the process's and its children's together, "
+            "sampled every 20 ms.\n"
         )
         print(f"wrote {args.results}")
     return 1 if stopped else 0
@@ -201,12 +202,37 @@ class RssSampler(threading.Thread):
         return before[-1] if before else float("nan")
 
 
+def _vmrss_kib(pid: int | str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:  # the process ended between listing and reading
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += children
+            todo += children
+    return out
+
+
 def rss_mib() -> float:
-    """Current VmRSS of this process in MiB (``/proc/self/status``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Current VmRSS in MiB of this process plus its descendants (``model_evaluation`` fits its protocols' models
+    in spawned processes): ``/proc/<pid>/status`` and ``/proc/<pid>/task/*/children``."""
+    if not Path("/proc/self/status").exists():
+        return float("nan")
+    me = os.getpid()
+    return sum(_vmrss_kib(pid) for pid in [me, *_descendants(me)]) / 1024
 
 
 def step_windows(instance, run_id: str) -> dict[str, tuple[float, float]]:

@@ -96,7 +96,9 @@ class Settings(BaseSettings):
     strategy: str | None = Field(None, description="Lightning strategy: auto (unset), ddp")
     precision: str | None = Field(None, description="Lightning precision: 32-true (unset), 16-mixed, bf16-mixed")
     num_nodes: int | None = Field(None, ge=1, description="Lightning num_nodes for multi-node DDP (unset: 1)")
-    max_epochs: int | None = Field(None, ge=1, description="cap on training epochs (unset: ModelConfig's)")
+    max_epochs: int | None = Field(
+        None, ge=1, description="training epochs, the cap of early stopping when it is on (unset: ModelConfig's)"
+    )
     nightly_hour_utc: int = Field(2, ge=0, le=23, description="hour (UTC) of the nightly_retrain schedule")
     warm_start: bool = Field(
         False,

@@ -55,7 +55,16 @@ def _write_movielens_slice(
 # ------------------------------------------------------------------------------------------ toy data for models
 TOY_GENRES, TOY_ITEMS, TOY_USERS, TOY_DIM = 4, 120, 60, 16
 # Small and fast settings for the toy data (the product's defaults are ModelConfig's).
-TOY_FAST = dict(batch_size=128, num_negatives=64, embedding_dim=32, mlp_hidden=64, max_epochs=12, patience=4, lr=3e-3)
+TOY_FAST = dict(
+    batch_size=128,
+    num_negatives=64,
+    embedding_dim=32,
+    mlp_hidden=64,
+    max_epochs=12,
+    patience=4,
+    lr=3e-3,
+    val_fraction=0.1,
+)
 
 
 def _toy_features(n_items: int = TOY_ITEMS, seed: int = 0, prefix: str = "i"):

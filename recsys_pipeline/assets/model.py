@@ -161,8 +161,12 @@ def model_assets() -> list[dg.AssetsDefinition]:
                 "samples_per_second": round(float(stats["samples_per_second"]), 1),
                 "training": key_value_table(
                     {
-                        "best validation NDCG@10": stats["best_val_ndcg_at_10"],
-                        "best epoch (0-based)": stats["best_epoch"],
+                        "best validation NDCG@10": (
+                            stats["best_val_ndcg_at_10"]
+                            if stats["n_val_users"]
+                            else "no validation split (val_fraction 0): every epoch on every interaction"
+                        ),
+                        "best epoch (0-based)": stats["best_epoch"] if stats["n_val_users"] else "",
                         "refit on every interaction": stats["refit"],
                         "warm start": warm_note,
                         "interactions in the last fit": stats["n_train_interactions"],

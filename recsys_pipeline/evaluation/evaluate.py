@@ -13,9 +13,14 @@ Example::
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -125,12 +130,60 @@ class EvaluationResult:
     splits: dict[str, Split] = field(default_factory=dict, repr=False, compare=False)
 
 
+def _fit_timed(make_model: Callable[[str], Recommender], val_split: str, train: pd.DataFrame, features: ItemFeatures):
+    started = time.perf_counter()
+    model = make_model(val_split).fit(train, features)
+    return model, time.perf_counter() - started
+
+
+def _fit_and_save(make_model, val_split, train, features, threads: int, directory: str) -> tuple[dict, float]:
+    """In a spawned process: fit with ``threads`` torch threads, save to ``directory``; ``(train_stats, seconds)``."""
+    import torch
+
+    torch.set_num_threads(threads)  # a TrainerConfig.num_threads of the model, if set, still wins inside fit
+    model, seconds = _fit_timed(make_model, val_split, train, features)
+    model.save(directory)
+    return getattr(model, "train_stats", {}), seconds
+
+
+def _fit_protocols(
+    make_model: Callable[[str], Recommender],
+    splits: Mapping[str, Split],
+    features: ItemFeatures,
+    processes: int,
+) -> dict[str, tuple[Recommender, float]]:
+    """``protocol -> (fitted model, fit seconds)``, fitted here one after another or in ``processes`` spawned
+    processes at once (each with ``cores // processes`` torch threads; models come back through ``save`` /
+    ``load``, the contract's own persistence)."""
+    if processes <= 1 or len(splits) <= 1:
+        return {p: _fit_timed(make_model, validation_split(p), s.train, features) for p, s in splits.items()}
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    out: dict[str, tuple[Recommender, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="recsys-eval-") as tmp:
+        # spawn, not fork: the parent may hold torch / OpenMP threads, which a forked child would inherit broken
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(processes, len(splits)), mp_context=context) as pool:
+            futures = {
+                p: pool.submit(
+                    _fit_and_save, make_model, validation_split(p), s.train, features, threads, str(Path(tmp) / p)
+                )
+                for p, s in splits.items()
+            }
+            for protocol, future in futures.items():
+                stats, seconds = future.result()
+                model = type(make_model(validation_split(protocol))).load(Path(tmp) / protocol)
+                model.train_stats = stats
+                out[protocol] = (model, seconds)
+    return out
+
+
 def evaluate_protocols(
     make_model: Callable[[str], Recommender],
     interactions: pd.DataFrame,
     features: ItemFeatures,
     settings: EvaluationSettings,
     item_groups: Mapping[str, Collection[str]] | None = None,
+    processes: int = 1,
 ) -> EvaluationResult:
     """For each protocol of ``settings``: split, fit ``make_model(validation_split(protocol))`` and the popularity
     baseline on the train part, and :func:`evaluate` both on the test part (model names ``ours`` and
@@ -140,25 +193,27 @@ def evaluate_protocols(
         make_model: given the protocol's validation split (``"last"`` or ``"random"``,
             :func:`~recsys_pipeline.evaluation.protocols.validation_split`), returns a new, unfitted recommender
             that carves its early-stopping validation that way, e.g.
-            ``lambda val_split: TwoTowerRecommender(replace(config, val_split=val_split), trainer)``.
+            ``partial(two_tower_for_split, config, trainer)``. Picklable when ``processes > 1``.
         interactions: every interaction (``user_id, item_id, timestamp[, value]``).
         features: the catalog's item features (fit input and ranked catalog of both models).
         settings: protocols, fractions, ``k``, seed.
         item_groups: extra per-group figures (e.g. :func:`modality_groups`).
+        processes: fit the protocols' models in up to this many spawned processes at once (``1``: here, one after
+            another). The figures are the same either way up to floating-point summation order (the fits have
+            their seeds; thread counts differ).
     """
-    rows, ranked_all, truth_all, details, models, splits = [], [], [], {}, {}, {}
-    for protocol in settings.protocols:
-        split = make_split(interactions, protocol, settings)
-        started = time.perf_counter()
-        val_split = validation_split(protocol)
-        ours = make_model(val_split).fit(split.train, features)
-        models[protocol], splits[protocol] = ours, split
+    rows, ranked_all, truth_all, details, models = [], [], [], {}, {}
+    splits = {protocol: make_split(interactions, protocol, settings) for protocol in settings.protocols}
+    fitted = _fit_protocols(make_model, splits, features, processes)
+    for protocol, split in splits.items():
+        ours, seconds = fitted[protocol]
+        models[protocol] = ours
         details[protocol] = {
-            "train_seconds": round(time.perf_counter() - started, 1),
+            "train_seconds": round(seconds, 1),
             "test_users": int(split.test["user_id"].nunique()),
             "test_interactions": len(split.test),
             "epochs": getattr(ours, "train_stats", {}).get("epochs_trained"),
-            "val_split": val_split,
+            "val_split": validation_split(protocol),
         }
         popularity = PopularityRecommender().fit(split.train, features)
         for name, model in (("ours", ours), ("popularity", popularity)):

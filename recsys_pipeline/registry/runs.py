@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from functools import partial
 
 import mlflow
@@ -239,8 +239,11 @@ def evaluate_and_log(
     as metrics ``{protocol}.{model}.{metric}`` (the users each figure counts, ``n_users``, are not figures: they are
     in ``evaluation.md``; test users and interactions per protocol are params), ``evaluation.md``,
     ``evaluation_details.json`` and the chart ``charts/evaluation.png`` of the figures each protocol is judged by
-    (``tracking.judged_metrics``)."""
-    from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
+    (``tracking.judged_metrics``). The protocols' models are fitted at once in their own processes where
+    ``trainer_config.concurrent_fits`` allows (param ``fit_processes``)."""
+    from recsys_pipeline.models.two_tower.recommender import two_tower_for_split
+
+    processes = trainer_config.concurrent_fits(len(settings.protocols))
 
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name="evaluation", tags=dict(tags or {})) as run:
@@ -253,15 +256,17 @@ def evaluate_and_log(
                 "temporal_cutoff": str(settings.temporal_cutoff),
                 "k": settings.k,
                 "seed": settings.seed,
+                "fit_processes": processes,
             }
         )
         log_inputs(interactions, features, "evaluation", data_source)
         result = evaluate_protocols(
-            lambda val_split: TwoTowerRecommender(replace(model_config, val_split=val_split), trainer_config),
+            partial(two_tower_for_split, model_config, trainer_config),
             interactions,
             features,
             settings,
             modality_groups(features, "image"),
+            processes,
         )
         mlflow.log_metrics(_figures(result.metrics, ("protocol", "model", "metric")))
         mlflow.log_params(

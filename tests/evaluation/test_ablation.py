@@ -1,6 +1,6 @@
 """The modality ablation: hidden at inference on the evaluated models (logged in MLflow), or retrained per variant."""
 
-from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ from recsys_pipeline.evaluation.ablation import ablation_table, masked_ablation,
 from recsys_pipeline.evaluation.evaluate import evaluate_protocols, modality_groups
 from recsys_pipeline.evaluation.protocols import EvaluationSettings
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
-from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
+from recsys_pipeline.models.two_tower.recommender import two_tower_for_split
 from recsys_pipeline.registry import tracking
 from recsys_pipeline.registry.runs import ablation_and_log
 
@@ -51,7 +51,7 @@ def test_masked_ablation_hides_modalities_of_the_evaluated_models_and_logs_it(tm
     config = ModelConfig(**SMALL)
     trainer = TrainerConfig(accelerator="cpu", devices=1)
     evaluation = evaluate_protocols(
-        lambda val_split: TwoTowerRecommender(replace(config, val_split=val_split), trainer),
+        partial(two_tower_for_split, config, trainer),
         interactions,
         content,
         settings,

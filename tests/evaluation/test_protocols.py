@@ -178,3 +178,34 @@ def test_evaluated_models_carve_their_validation_as_their_protocol_carves_its_te
 def test_split_dataclass_describe(interactions):
     sp = Split(interactions.iloc[:10], interactions.iloc[10:20])
     assert sp.describe()["n_train"] == 10
+
+
+def test_protocol_models_fitted_in_processes_equal_the_ones_fitted_here(toy):
+    """``processes=2`` fits each protocol's model in its own spawned process and brings it back through save / load:
+    at the same thread count the figures, lists and training stats are those of the fits in this process."""
+    from functools import partial
+
+    import torch
+
+    from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
+    from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender, two_tower_for_split
+
+    data, features = toy.interactions(), toy.features()
+    config = ModelConfig(**dict(toy.FAST, max_epochs=2, val_fraction=0.0))
+    # one thread in both (the children get cores // processes = 1 on 2 cores): bit-identical CPU training
+    make_model = partial(two_tower_for_split, config, TrainerConfig(accelerator="cpu", devices=1, num_threads=1))
+    settings = EvaluationSettings(protocols=["user_last_fraction", "item_cold_start"], k=10)
+    threads = torch.get_num_threads()
+    try:
+        here = evaluate_protocols(make_model, data, features, settings, processes=1)
+        spawned = evaluate_protocols(make_model, data, features, settings, processes=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(isinstance(m, TwoTowerRecommender) for m in spawned.models.values())
+    pd.testing.assert_frame_equal(spawned.metrics, here.metrics)
+    pd.testing.assert_frame_equal(spawned.ranked, here.ranked)
+    for protocol in settings.protocols:
+        assert spawned.models[protocol].train_stats["epochs_trained"] == 2
+        assert spawned.details[protocol]["epochs"] == here.details[protocol]["epochs"] == 2
+    figures = here.metrics.set_index(["protocol", "model", "metric"])["value"]
+    assert figures["user_last_fraction", "ours", "ndcg_at_10"] > 0

@@ -236,6 +236,19 @@ def test_bpr_and_concat_variants_train(content, toy):
     assert np.isfinite(model.score(["u0"], content.item_ids)).all()
 
 
+def test_default_trains_max_epochs_on_every_interaction(content, toy):
+    """The default has no validation split: exactly ``max_epochs`` epochs on every interaction, no refit."""
+    assert ModelConfig().val_fraction == 0.0
+    inter = toy.interactions()
+    cfg = ModelConfig(**dict(toy.FAST, val_fraction=0.0, max_epochs=3))
+    model = TwoTowerRecommender(cfg, CPU).fit(inter, content)
+    stats = model.train_stats
+    assert (stats["epochs_trained"], stats["n_val_users"], stats["refit"]) == (3, 0, False)
+    assert stats["n_train_interactions"] == len(inter) and np.isnan(stats["best_val_ndcg_at_10"])
+    # nothing held back: every interacted item has a trained id embedding
+    assert set(model.trained_item_ids) == set(inter["item_id"].astype(str))
+
+
 def test_train_cli(tmp_path, content, toy):
     from recsys_pipeline.models.two_tower.train import main
 

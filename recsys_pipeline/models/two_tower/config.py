@@ -6,6 +6,7 @@ the recommender receive them. No torch import here, so light processes (the code
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 
 from recsys_pipeline.models.validation import VALIDATION_SPLITS
@@ -22,9 +23,14 @@ class ModelConfig:
 
     Defaults were chosen on MovieLens ml-latest-small (per-user last-20% holdout, MiniLM text vectors): larger lr /
     batch, a linear MLP shortcut (``skip``) and stronger weight decay all converged faster but to worse NDCG@10.
-    ``refit=True`` retrains on all interactions for the best epoch count after early stopping: measured +0.018
-    NDCG@10 / +0.005 Recall@20 on the per-user holdout (0.1125 / 0.1002 vs 0.0942 / 0.0953; popularity 0.0868 /
-    0.0676) at ~1.5x the training time.
+
+    Epochs: by default ``max_epochs`` epochs on every interaction, no validation split (``val_fraction=0``). With
+    ``val_fraction > 0`` training early-stops on that validation split (``patience``, ``max_epochs`` the cap) and,
+    with ``refit=True``, retrains on all interactions for the best epoch count: about twice the time of a fixed
+    count (an early-stopping phase of best + 1 + patience epochs, then the refit), for figures within the seed
+    spread of 8 fixed epochs on both protocols of ``model_evaluation`` (``benchmarks/results/model_changes.md``,
+    session of 2026-12-05). On data of another size or density the best epoch count differs: set ``max_epochs``
+    from ``benchmarks/variants.py`` or turn early stopping on (``val_fraction=0.1, max_epochs=20``).
 
     Negatives (every loss) are drawn only from items with training interactions: an item nobody has interacted
     with yet is unknown, not disliked. ``loss="softmax"`` is the full softmax over all those items (no sampling
@@ -61,9 +67,9 @@ class ModelConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-5
     batch_size: int = 1024
-    max_epochs: int = 20
-    patience: int = 2  # early stopping on validation NDCG@10
-    val_fraction: float = 0.1  # per user, this fraction is the early-stopping validation split
+    max_epochs: int = 8  # epochs on every interaction; with val_fraction > 0, the cap of early stopping
+    patience: int = 2  # with val_fraction > 0: early stopping on validation NDCG@10
+    val_fraction: float = 0.0  # > 0: per user, this fraction is an early-stopping validation split (0 = none)
     val_split: str = "last"  # which rows: "last" (latest by time) or "random" (seeded); evaluation sets it per protocol
     refit: bool = True  # after early stopping, train on all interactions (validation part included)
     refit_epochs: int = 0  # 0: the refit starts from scratch for the best epoch count; n: on from the best weights
@@ -161,3 +167,16 @@ class TrainerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def concurrent_fits(self, n_fits: int) -> int:
+        """How many independent fits of this config may run at once in their own processes (the evaluation's
+        per-protocol models): ``min(n_fits, cores)`` on a CPU-only machine with the ``auto`` / ``cpu``
+        accelerator, else 1 (one accelerator, or DDP, is not shared between processes)."""
+        if self.strategy == "ddp" or self.accelerator not in ("auto", "cpu") or self.num_nodes > 1:
+            return 1
+        if self.accelerator == "auto":
+            import torch
+
+            if torch.cuda.is_available() or torch.backends.mps.is_available():
+                return 1
+        return max(1, min(n_fits, os.cpu_count() or 1))

@@ -34,7 +34,7 @@ from recsys_pipeline.models.two_tower.lightning_module import (
 from recsys_pipeline.models.two_tower.modules import TwoTowerModel
 from recsys_pipeline.models.two_tower.warm_start import carry_rows, remap_state
 
-__all__ = ["TwoTowerRecommender", "FORMAT_VERSION"]
+__all__ = ["TwoTowerRecommender", "FORMAT_VERSION", "two_tower_for_split"]
 
 FORMAT_VERSION = 2  # 2: history head (``user_tower.folded_history``, ``next_item_emb``); 1: plain two-tower
 _READABLE_FORMATS = (1, 2)
@@ -196,7 +196,8 @@ class TwoTowerRecommender(Recommender):
         features: ItemFeatures | None = None,
         init: TwoTowerRecommender | None = None,
     ) -> TwoTowerRecommender:
-        """Train with early stopping on validation NDCG@10 (``val_fraction`` of each user: the latest rows, or
+        """Train ``max_epochs`` epochs on every interaction (the default, ``val_fraction=0``); or, with
+        ``val_fraction > 0``, early-stop on validation NDCG@10 (that fraction of each user: the latest rows, or
         random ones with ``val_split="random"``), restore the best weights, then (``refit``) train on everything:
         from scratch for the best epoch count, or (``refit_epochs = n > 0``) on from the best weights for ``n``
         epochs.
@@ -421,6 +422,12 @@ class TwoTowerRecommender(Recommender):
             meta["genre_names"],
             SeenItems(seen),
         )
+
+
+def two_tower_for_split(config: ModelConfig, trainer: TrainerConfig, val_split: str) -> TwoTowerRecommender:
+    """An unfitted model whose validation split (if ``config`` has one) is carved as ``val_split``: evaluation's
+    ``make_model`` as ``functools.partial(two_tower_for_split, config, trainer)`` (picklable, unlike a lambda)."""
+    return TwoTowerRecommender(replace(config, val_split=val_split), trainer)
 
 
 def _warm_start(
