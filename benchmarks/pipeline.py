@@ -104,8 +104,9 @@ def main() -> int:
         f"commit `{commit()}`, {os.cpu_count()} cores, load average before {load_before[0]:.2f} / {load_before[1]:.2f}"
         f" / {load_before[2]:.2f} (1/5/15 min), after {os.getloadavg()[0]:.2f}; python {sys.version.split()[0]}",
         f"text: {text.get('encoded')} items encoded at {_num(text.get('items_per_second'))} items/s; training: "
-        f"{_num(model.get('samples_per_second'))} samples/s, {model.get('epochs_trained')} epochs before early "
-        f"stopping (then the refit), {_num(model.get('train_seconds'))} s",
+        f"{_num(model.get('samples_per_second'))} samples/s, {model.get('epochs_trained')} epochs"
+        f"{' before early stopping (then the refit)' if model.get('refit') else ' on every interaction'}, "
+        f"{_num(model.get('train_seconds'))} s",
     ]
     if stopped:
         facts.append(f"the run stopped: {stopped}")
@@ -388,7 +389,7 @@ def bench_training(threads: int) -> None:
     print(f"training: {s['n_train_interactions']} interactions, load {os.getloadavg()[0]:.1f}, config {ModelConfig()}")
     print(
         f"train_samples_per_second = {s['samples_per_second']:.0f}   epochs_trained = {s['epochs_trained']}"
-        f"   best_epoch(early stopping) = {s['best_epoch']}   train_seconds = {s['train_seconds']:.1f}"
+        f"   best_epoch = {s['best_epoch']}   train_seconds = {s['train_seconds']:.1f}"
         f"   best_val_ndcg_at_10 = {s['best_val_ndcg_at_10']:.4f}"
     )
 
