@@ -42,6 +42,33 @@ def test_absent_modalities_do_not_change_the_fusion_output():
         assert not torch.allclose(out[0], out[1])
 
 
+def test_projecting_only_present_rows_equals_projecting_every_row():
+    """The attention fusion projects a modality only where it is present; projecting every row (the reference
+    below) gives the same fused vectors and the same weight gradients."""
+    torch.manual_seed(2)
+    fusion = ModalityAttentionFusion(DIMS, width=16, n_heads=4, dropout=0.0)
+    present = torch.rand(64, 3) < 0.5
+    feats = {m: torch.randn(64, d) * 10 for m, d in DIMS.items()}  # absent rows hold large garbage
+
+    def run(project):
+        fusion.zero_grad()
+        original = ModalityAttentionFusion._project
+        ModalityAttentionFusion._project = project
+        try:
+            out, _ = fusion(feats, present)
+        finally:
+            ModalityAttentionFusion._project = original
+        out.pow(2).sum().backward()
+        return out.detach(), [p.grad.clone() for p in fusion.proj.parameters()]
+
+    out, grads = run(ModalityAttentionFusion._project)
+    ref, ref_grads = run(lambda self, j, x, rows: self.proj[j](x))
+    assert not present.all(dim=0).any()  # every modality is absent somewhere: the subset path ran
+    torch.testing.assert_close(out, ref)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
 def test_item_tower_trains_with_modality_dropout_and_keeps_content():
     config = ModelConfig(embedding_dim=16, modality_dropout=0.9, id_dropout=0.0)
     tower = ItemTower(5, DIMS, n_genres=2, config=config).train()

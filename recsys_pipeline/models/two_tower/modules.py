@@ -110,10 +110,21 @@ class ModalityAttentionFusion(nn.Module):
             return [features[name] for name in self.modality_names]
         return list(features)
 
+    def _project(self, j: int, x: Tensor, rows: Tensor) -> Tensor:
+        """``(B, W)``: modality ``j``'s projection of the rows where it is present, zeros elsewhere. An absent
+        token is never a key and never pooled, so its value cannot reach the output: projecting only present
+        rows gives the same fused vectors (a poster-less item costs no 1280-wide product)."""
+        if bool(rows.all()):
+            return self.proj[j](x)
+        idx = torch.nonzero(rows).flatten()
+        out = x.new_zeros(x.shape[0], self.width)
+        return out.index_copy(0, idx, self.proj[j](x.index_select(0, idx)))
+
     def forward(self, features, present: Tensor) -> tuple[Tensor, Tensor]:
         feats = self._features(features)
         present = present.bool()
-        tokens = torch.stack([p(x) for p, x in zip(self.proj, feats)], dim=1) + self.type_emb  # (B, M, W)
+        tokens = torch.stack([self._project(j, x, present[:, j]) for j, x in enumerate(feats)], dim=1)
+        tokens = tokens + self.type_emb  # (B, M, W)
         has_content = present.any(dim=1)  # (B,)
         # rows with nothing present: unmask everything (output discarded below) to avoid an all-masked softmax
         kpm = ~(present | ~has_content[:, None])
