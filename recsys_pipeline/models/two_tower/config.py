@@ -30,8 +30,9 @@ class ModelConfig:
     count (an early-stopping phase of best + 1 + patience epochs, then the refit), and measured over 5 seeds on
     ``model_evaluation``'s protocols (``benchmarks/results/model_changes.md``, session of 2026-12-05) 12 fixed
     epochs are level or better: per-user holdout NDCG@10 0.1386 ± 0.0026 vs 0.1300 ± 0.0069, item cold start
-    0.3112 ± 0.0130 vs 0.3162 ± 0.0080 (within the seed spread). On data of another size or density the best epoch count differs: set ``max_epochs``
-    from ``benchmarks/variants.py`` or turn early stopping on (``val_fraction=0.1, max_epochs=20``).
+    0.3112 ± 0.0130 vs 0.3162 ± 0.0080 (within the seed spread). On data of another size or density the best
+    epoch count differs: set ``max_epochs`` from ``benchmarks/variants.py`` or turn early stopping on
+    (``val_fraction=0.1, max_epochs=20``).
 
     Negatives (every loss) are drawn only from items with training interactions: an item nobody has interacted
     with yet is unknown, not disliked. ``loss="softmax"`` is the full softmax over all those items (no sampling
