@@ -289,7 +289,10 @@ def test_train_cli_ddp_two_processes_on_cpu(tmp_path, content, toy):
 
     toy.interactions().to_parquet(tmp_path / "i.parquet")
     content.to_npz(tmp_path / "c.npz")
-    cfg = json.dumps({"batch_size": 64, "num_negatives": 32, "history_length": 3, "history_dropout": 0.0})
+    # early stopping on a validation split, then the refit: the validation ranking is gathered across ranks
+    cfg = json.dumps(
+        {"batch_size": 64, "num_negatives": 32, "history_length": 3, "history_dropout": 0.0, "val_fraction": 0.1}
+    )
     common = [
         "--interactions",
         str(tmp_path / "i.parquet"),
