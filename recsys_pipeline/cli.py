@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -155,7 +156,7 @@ def _run(
     import dagster as dg
 
     from recsys_pipeline.assets.metadata import ORIGIN_TAG, ORIGINS
-    from recsys_pipeline.instance import free_slots_of_dead_steps, kill_orphaned_mlflow_runs
+    from recsys_pipeline.instance import HOST_TAG, free_slots_of_dead_steps, kill_orphaned_mlflow_runs
 
     if origin not in ORIGINS:
         raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
@@ -166,7 +167,7 @@ def _run(
     for run_id in kill_orphaned_mlflow_runs(instance):
         print(f"    MLflow run {run_id[:8]} of a dead Dagster run marked KILLED", flush=True)
     job = _definitions().resolve_job_def(PIPELINE_JOB)
-    tags = {ORIGIN_TAG: origin}
+    tags = {ORIGIN_TAG: origin, HOST_TAG: socket.gethostname()}  # this process runs it (dead-run judgement)
     if first is not None:
         tags |= {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     print(f"==> {label}", flush=True)
@@ -500,7 +501,8 @@ def _summary(paths: HomePaths, timings: dict[str, float], user: str | None) -> N
             user=user,
             recommendations=recs,
             liked=liked,
-            mlflow_uri=paths.mlflow_tracking_uri,
+            # the postgres URL may hold a password: name the variable instead of printing it
+            mlflow_uri=paths.mlflow_tracking_uri if get_settings().profile == "sqlite" else '"$RECSYS_POSTGRES_URL"',
         )
     )
 
