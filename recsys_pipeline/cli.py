@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -501,10 +502,15 @@ def _summary(paths: HomePaths, timings: dict[str, float], user: str | None) -> N
             user=user,
             recommendations=recs,
             liked=liked,
-            # the postgres URL may hold a password: name the variable instead of printing it
-            mlflow_uri=paths.mlflow_tracking_uri if get_settings().profile == "sqlite" else '"$RECSYS_POSTGRES_URL"',
+            mlflow_uri=_shown_uri(get_settings().mlflow_tracking_uri(paths)),
         )
     )
+
+
+def _shown_uri(uri: str) -> str:
+    """``uri`` as printed: a password replaced by ``***``, quoted for the shell when it has a query (postgres)."""
+    shown = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", uri)
+    return f"'{shown}'" if "?" in shown else shown
 
 
 def recommend(args: argparse.Namespace) -> int:

@@ -328,6 +328,7 @@ def test_backfill_second_run_and_two_trainings_at_once_on_postgres(postgres_serv
     rows = sum(expected.values())
     print(
         f"\npostgres profile: 2 Dagster runs (multi-process, {step_pids} step processes; backfill 7 days + second "
-        f"run 4 days, 2 shared) + 2 MLflow trainings at once: {len(expected)} days, {rows} interactions, each once; "
+        f"run 4 days, 2 shared) + 2 MLflow trainings at once: {len(days)} days ({len(expected)} with ratings), {rows} "
+        f"interactions, each once; "
         f"{len(intervals)} duckdb steps, none overlapping; 2 MLflow runs, 2 versions; {wall:.0f} s"
     )
