@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -155,7 +157,7 @@ def _run(
     import dagster as dg
 
     from recsys_pipeline.assets.metadata import ORIGIN_TAG, ORIGINS
-    from recsys_pipeline.instance import free_slots_of_dead_steps, kill_orphaned_mlflow_runs
+    from recsys_pipeline.instance import HOST_TAG, free_slots_of_dead_steps, kill_orphaned_mlflow_runs
 
     if origin not in ORIGINS:
         raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
@@ -166,7 +168,7 @@ def _run(
     for run_id in kill_orphaned_mlflow_runs(instance):
         print(f"    MLflow run {run_id[:8]} of a dead Dagster run marked KILLED", flush=True)
     job = _definitions().resolve_job_def(PIPELINE_JOB)
-    tags = {ORIGIN_TAG: origin}
+    tags = {ORIGIN_TAG: origin, HOST_TAG: socket.gethostname()}  # this process runs it (dead-run judgement)
     if first is not None:
         tags |= {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     print(f"==> {label}", flush=True)
@@ -500,9 +502,15 @@ def _summary(paths: HomePaths, timings: dict[str, float], user: str | None) -> N
             user=user,
             recommendations=recs,
             liked=liked,
-            mlflow_uri=paths.mlflow_tracking_uri,
+            mlflow_uri=_shown_uri(get_settings().mlflow_tracking_uri(paths)),
         )
     )
+
+
+def _shown_uri(uri: str) -> str:
+    """``uri`` as printed: a password replaced by ``***``, quoted for the shell when it has a query (postgres)."""
+    shown = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", uri)
+    return f"'{shown}'" if "?" in shown else shown
 
 
 def recommend(args: argparse.Namespace) -> int:

@@ -23,8 +23,12 @@ def build_definitions(
     """The code location for ``settings`` (default: the environment now) with ``resources`` (default: every
     resource resolving from the settings when a run starts; e.g. ``resources_for_home(path)`` in tests).
 
-    Steps run in the run's process, one after another: they share one DuckDB file (one writer at a time), and a
-    subprocess per step would re-import torch and transformers for every asset and check.
+    The executor is ``settings.resolved_executor`` (``instance.pool_aware_executor``): on the sqlite profile steps
+    run in the run's process, one after another (they share one DuckDB file, and a subprocess per step would
+    re-import torch and transformers for every asset and check); on the postgres profile a process per step
+    (Dagster's ``multi_or_in_process`` executor; ``execution: config: in_process: {}`` in the run config selects one
+    process), or a Kubernetes job per step (``RECSYS_EXECUTOR=k8s``). The ``duckdb`` pool keeps the DuckDB writers
+    one at a time in every case.
     """
     from recsys_pipeline import automation, instance
     from recsys_pipeline.assets import (
@@ -48,7 +52,7 @@ def build_definitions(
         schedules=automation.schedules(jobs[0], settings),
         sensors=automation.sensors(partitions),
         resources=dict(resources) if resources is not None else default_resources(),
-        executor=instance.pool_aware_in_process_executor,
+        executor=instance.pool_aware_executor(settings.resolved_executor),
         loggers={"step_lines": instance.step_lines},
     )
 

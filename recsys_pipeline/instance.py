@@ -1,29 +1,35 @@
 """The local Dagster instance under the home (orchestration layer; imports Dagster).
 
-- :func:`prepare` points ``DAGSTER_HOME`` at ``<home>/dagster`` (its ``dagster.yaml`` written from the package's one
-  template by ``settings.ensure_home``) and relaxes SQLite's fsync there (:func:`relax_sqlite_sync`). The ``recsys``
-  commands and the code-location loader call it; importing a module never does.
+- :func:`prepare` points ``DAGSTER_HOME`` at ``<home>/dagster`` (its ``dagster.yaml`` written from the profile's
+  template by ``settings.ensure_home``: SQLite files under the home, or the ``postgres`` profile's PostgreSQL
+  storage) and, on SQLite, relaxes its fsync there (:func:`relax_sqlite_sync`). The ``recsys`` commands and the
+  code-location loader call it; importing a module never does.
 - :func:`free_slots_of_dead_steps`: the ``duckdb`` concurrency pool. Every asset that writes the warehouse takes
   the one slot of the ``duckdb`` pool (``pool=DUCKDB_POOL``; ``concurrency: pools: default_limit: 1`` in
   dagster.yaml), because DuckDB lets one process write a file at a time. Dagster frees a slot when its step ends. A
   step whose process was killed (SIGKILL, OOM killer, power cut) never ends: its run stays "started" and the slot
   stays claimed, so every later DuckDB step would wait for it forever. The default run launcher cannot check run
-  workers (Dagster's run monitoring does not cover it), so this does it for this local, single-machine instance.
-- :data:`pool_aware_in_process_executor`: the code location's executor (Dagster's in-process executor, wrapped), so
-  every run that Dagster starts with it (``dagster asset materialize``, a UI launch with or without the daemon, a
-  schedule or sensor run) frees dead runs' slots when it starts and, while one of its steps waits for the pool,
-  every few seconds; a step that waits longer than ``RECSYS_POOL_WAIT_TIMEOUT`` for a live run fails its run with a
-  message naming the holding run; SIGTERM ends a waiting run at once. ``recsys`` (``execute_in_process``, which
-  always uses Dagster's own in-process executor) frees dead slots itself before each run. Either way, MLflow runs
-  left ``RUNNING`` by a dead Dagster run are marked ``KILLED`` (:func:`kill_orphaned_mlflow_runs`).
+  workers (Dagster's run monitoring does not cover it), so this does it for the runs that execute on this machine:
+  a run's host is its tag :data:`HOST_TAG`; a run without one is judged only on a SQLite (or in-memory) instance,
+  which no other machine shares. On Kubernetes the daemon's run monitoring (``K8sRunLauncher`` checks its pods)
+  does it instead.
+- :func:`pool_aware_executor`: the code location's executor (``RECSYS_EXECUTOR``: Dagster's in-process executor,
+  its ``multi_or_in_process`` executor, or dagster-k8s's ``k8s_job_executor``, wrapped), so every run that Dagster
+  starts with it (``dagster asset materialize``, a UI launch with or without the daemon, a schedule or sensor run)
+  frees dead runs' slots when it starts and, while one of its steps waits for the pool, every few seconds; a step
+  that waits longer than ``RECSYS_POOL_WAIT_TIMEOUT`` for a live run fails its run with a message naming the holding
+  run; SIGTERM ends a waiting run at once. ``recsys`` (``execute_in_process``, which always uses Dagster's own
+  in-process executor) frees dead slots itself before each run. Either way, MLflow runs left ``RUNNING`` by a dead
+  Dagster run are marked ``KILLED`` (:func:`kill_orphaned_mlflow_runs`).
 
 SQLite sync: Dagster's SQLite storage opens a connection per event and commits each one; with the default
 ``synchronous=FULL`` every event costs two fsyncs. A single-run backfill of the bundled data logs about 33,000
 events (8,215 daily partitions x 2 assets x planned + materialized), which took over 10 minutes; with
 ``synchronous=OFF`` the same events cost ~5 times less (measured: 200 partitions, 70 s -> 13 s). The trade-off: an
 OS crash or power loss (not a process crash) can lose or corrupt the latest run history; the warehouse (DuckDB)
-and MLflow store are not affected. ``RECSYS_DAGSTER_SQLITE_SYNC=full`` keeps SQLite's default; a production
-instance uses Postgres storage instead (another ``dagster.yaml``).
+and MLflow store are not affected. ``RECSYS_DAGSTER_SQLITE_SYNC=full`` keeps SQLite's default; the ``postgres``
+profile (``RECSYS_PROFILE=postgres``, the template ``dagster-postgres.yaml``) uses Dagster's PostgreSQL storage,
+which none of this SQLite tuning touches.
 
 Batched event writes: even with ``synchronous=OFF``, Dagster's SQLite event log opens a new engine and compiles a
 new INSERT for every event (about 16 ms per partition materialization, 8,215 x 2 of them for the bundled data).
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sqlite3
 import sys
 import threading
@@ -54,24 +61,32 @@ from recsys_pipeline.settings import HomePaths, ensure_home, get_settings
 __all__ = [
     "DUCKDB_POOL",
     "EVENT_BATCH_SIZE",
+    "HOST_TAG",
     "BatchedSqliteEventLogStorage",
     "PoolWaitError",
     "prepare",
     "relax_sqlite_sync",
     "free_slots_of_dead_steps",
     "kill_orphaned_mlflow_runs",
+    "pool_aware_executor",
     "pool_aware_in_process_executor",
     "step_lines",
 ]
 
 DUCKDB_POOL = "duckdb"
+# The run tag naming the machine (host name) whose processes execute the run: only those are judged dead by pid.
+HOST_TAG = "recsys/host"
 # Events per store_event_batch call (Dagster buffers a step's partition materializations up to this many).
 EVENT_BATCH_SIZE = 1000
 
 
 def prepare(paths: HomePaths | None = None) -> HomePaths:
     """Make ``paths`` (default: the settings' home) the home of this process: folders and ``dagster.yaml``,
-    ``RECSYS_HOME`` and ``DAGSTER_HOME``, the SQLite sync hook. Idempotent. Returns the paths."""
+    ``RECSYS_HOME`` and ``DAGSTER_HOME``, the SQLite sync hook (sqlite profile). Idempotent. Returns the paths.
+
+    Raises:
+        SettingsError: a setting is invalid, or the home's ``dagster.yaml`` serves the other profile.
+    """
     paths = ensure_home(paths or get_settings().paths)
     os.environ["RECSYS_HOME"] = str(paths.root)
     os.environ["DAGSTER_HOME"] = str(paths.dagster_home)
@@ -87,9 +102,11 @@ _installed = False
 
 
 def relax_sqlite_sync() -> None:
-    """Register the connect hook once per process (no effect when ``RECSYS_DAGSTER_SQLITE_SYNC=full``)."""
+    """Register the connect hook once per process (no effect when ``RECSYS_DAGSTER_SQLITE_SYNC=full``, nor on the
+    ``postgres`` profile, whose instance has no SQLite file)."""
     global _installed
-    if _installed or get_settings().dagster_sqlite_sync == "full":
+    settings = get_settings()
+    if _installed or settings.dagster_sqlite_sync == "full" or settings.profile != "sqlite":
         return
 
     @event.listens_for(Engine, "connect")
@@ -170,12 +187,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _local_instance(instance: dg.DagsterInstance) -> bool:
+    """The instance's runs can only execute on this machine: its run storage is a SQLite file or in memory."""
+    from dagster._core.storage.runs import InMemoryRunStorage, SqliteRunStorage
+
+    return isinstance(instance.run_storage, SqliteRunStorage | InMemoryRunStorage)
+
+
+def _executes_here(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """The run's processes are on this machine: its :data:`HOST_TAG` is this host name; without the tag, only on an
+    instance no other machine shares (:func:`_local_instance`). A pid says nothing about another machine's process."""
+    host = run.tags.get(HOST_TAG)
+    return host == socket.gethostname() if host is not None else _local_instance(instance)
+
+
 def free_slots_of_dead_steps(instance: dg.DagsterInstance, pool: str = DUCKDB_POOL) -> list[str]:
     """Free the slots (and queue places) of ``pool`` held by runs whose processes are gone; mark those runs failed.
 
-    A run's hold is stale when the run has finished, or when neither its run process (the ``pid`` of its
-    ``RUN_START`` event) nor the processes of its slot-holding steps (``STEP_START``) exist on this machine any
-    more. Only valid for an instance whose runs execute on this machine (the local SQLite instance under the home).
+    A run's hold is stale when the run has finished, or when it executes on this machine (:func:`_executes_here`)
+    and neither its run process (the ``pid`` of its ``RUN_START`` event) nor the processes of its slot-holding steps
+    (``STEP_START``) exist any more. A started run of another machine is never judged here (on Kubernetes the
+    daemon's run monitoring checks its pods).
 
     Returns:
         the ids of the runs whose slots were freed, sorted.
@@ -191,6 +223,8 @@ def free_slots_of_dead_steps(instance: dg.DagsterInstance, pool: str = DUCKDB_PO
     for run_id, steps in sorted(steps_by_run.items()):
         run = instance.get_run_by_id(run_id)
         if run is not None and not run.is_finished:
+            if not _executes_here(instance, run):
+                continue
             events = instance.all_logs(run_id, of_type={dg.DagsterEventType.RUN_START, dg.DagsterEventType.STEP_START})
             pids = {
                 e.dagster_event.pid
@@ -209,15 +243,15 @@ def free_slots_of_dead_steps(instance: dg.DagsterInstance, pool: str = DUCKDB_PO
 
 
 def _run_is_dead(instance: dg.DagsterInstance, run_id: str) -> bool:
-    """The Dagster run is finished, or started but none of its processes exist any more. A run this instance does
-    not know (another instance's, e.g. a test's) is not judged: ``False``."""
+    """The Dagster run is finished, or started on this machine (:func:`_executes_here`) but none of its processes
+    exist any more. A run this instance does not know (another instance's, e.g. a test's) is not judged: ``False``."""
     run = instance.get_run_by_id(run_id)
     if run is None:
         return False
     if run.is_finished:
         return True
-    if run.status != dg.DagsterRunStatus.STARTED:
-        return False  # queued or starting: not ours to judge
+    if run.status != dg.DagsterRunStatus.STARTED or not _executes_here(instance, run):
+        return False  # queued or starting, or another machine's: not ours to judge
     events = instance.all_logs(run_id, of_type={dg.DagsterEventType.RUN_START, dg.DagsterEventType.STEP_START})
     pids = {e.dagster_event.pid for e in events if e.dagster_event is not None and e.dagster_event.pid}
     return bool(pids) and not any(_alive(pid) for pid in pids)
@@ -225,15 +259,16 @@ def _run_is_dead(instance: dg.DagsterInstance, run_id: str) -> bool:
 
 def kill_orphaned_mlflow_runs(instance: dg.DagsterInstance, tracking_uri: str | None = None) -> list[str]:
     """Mark ``KILLED`` the MLflow runs (tag ``dagster.run_id``) still ``RUNNING`` whose Dagster run is dead
-    (:func:`~recsys_pipeline.registry.tracking.kill_orphaned_runs`); ``tracking_uri`` defaults to the home's
-    store, and a home without an MLflow store is left alone. Returns the MLflow run ids marked."""
+    (:func:`~recsys_pipeline.registry.tracking.kill_orphaned_runs`); ``tracking_uri`` defaults to the profile's
+    store (``Settings.mlflow_tracking_uri``), and a SQLite home without an MLflow store is left alone. Returns the
+    MLflow run ids marked."""
     from recsys_pipeline.registry import tracking
 
     if tracking_uri is None:
-        paths = get_settings().paths
-        if not paths.mlflow_db.exists():
+        settings = get_settings()
+        if settings.profile == "sqlite" and not settings.paths.mlflow_db.exists():
             return []
-        tracking_uri = paths.mlflow_tracking_uri
+        tracking_uri = settings.mlflow_tracking_uri()
     tracking.quiet()
     return tracking.kill_orphaned_runs(tracking_uri, lambda run_id: _run_is_dead(instance, run_id))
 
@@ -315,7 +350,8 @@ class _PoolWatchdog:
 
 
 class _PoolAwareExecutor(dg.Executor):
-    """Dagster's in-process executor, with dead slots freed at run start and a :class:`_PoolWatchdog` around it."""
+    """A Dagster executor with dead slots freed at run start and a :class:`_PoolWatchdog` around it; the run is
+    tagged with this machine's name (:data:`HOST_TAG`)."""
 
     def __init__(self, inner: dg.Executor, timeout: float) -> None:
         self._inner, self._timeout = inner, timeout
@@ -330,6 +366,7 @@ class _PoolAwareExecutor(dg.Executor):
 
     def execute(self, plan_context, execution_plan):
         instance = plan_context.instance
+        instance.add_run_tags(plan_context.run_id, {HOST_TAG: socket.gethostname()})
         freed = free_slots_of_dead_steps(instance)
         if freed:
             plan_context.log.warning(
@@ -348,15 +385,47 @@ class _PoolAwareExecutor(dg.Executor):
                 raise PoolWaitError(watchdog.message()) from None
 
 
-@dg.executor(
-    name="in_process",
-    config_schema=dg.in_process_executor.config_schema,
-)
-def pool_aware_in_process_executor(init_context) -> dg.Executor:
-    """Dagster's ``in_process`` executor (same config) that never lets a dead run's ``duckdb`` slot block this run,
-    and never waits for a live run's slot longer than ``RECSYS_POOL_WAIT_TIMEOUT`` (see the module docstring)."""
-    inner = dg.in_process_executor.executor_creation_fn(init_context)
-    return _PoolAwareExecutor(inner, get_settings().pool_wait_timeout)
+def _pool_aware(inner: dg.ExecutorDefinition) -> dg.ExecutorDefinition:
+    """``inner`` (same name, config and requirements) that never lets a dead run's ``duckdb`` slot block a run, and
+    never waits for a live run's slot longer than ``RECSYS_POOL_WAIT_TIMEOUT`` (see the module docstring)."""
+
+    @dg.executor(name=inner.name, config_schema=inner.config_schema, requirements=inner.get_requirements)
+    def _executor(init_context) -> dg.Executor:
+        return _PoolAwareExecutor(inner.executor_creation_fn(init_context), get_settings().pool_wait_timeout)
+
+    return _executor
+
+
+pool_aware_in_process_executor = _pool_aware(dg.in_process_executor)
+
+
+def pool_aware_executor(kind: str) -> dg.ExecutorDefinition:
+    """The code location's executor for ``RECSYS_EXECUTOR`` (``Settings.resolved_executor``), each with its
+    Dagster config (run config ``execution: config: ...``) and the ``duckdb`` pool's dead-slot handling:
+
+    - ``in_process``: Dagster's ``in_process`` executor, every step in the run's process (the sqlite default: one
+      DuckDB file, and a process per step would re-import torch and transformers for every asset and check);
+    - ``multiprocess``: Dagster's ``multi_or_in_process`` executor (its default, ``multiprocess``: a process per
+      step, ``max_concurrent`` at once; ``in_process: {}`` selects one process), the postgres default;
+    - ``k8s``: dagster-k8s's ``k8s_job_executor``, a Kubernetes job per step (``deploy/``).
+
+    Either way the DuckDB-writing steps stay one at a time: each claims the one slot of the ``duckdb`` pool.
+
+    Raises:
+        ValueError: an unknown kind.
+        ImportError: ``k8s`` without dagster-k8s (``pip install "recsys_pipeline[k8s]"``).
+    """
+    if kind == "in_process":
+        return pool_aware_in_process_executor
+    if kind == "multiprocess":
+        return _pool_aware(dg.multi_or_in_process_executor)
+    if kind == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError as exc:
+            raise ImportError('RECSYS_EXECUTOR=k8s needs dagster-k8s: pip install "recsys_pipeline[k8s]"') from exc
+        return _pool_aware(k8s_job_executor)
+    raise ValueError(f"unknown executor {kind!r}: in_process, multiprocess or k8s")
 
 
 class _StepLineHandler(logging.Handler):

@@ -6,11 +6,16 @@ a code-location load), so a changed variable takes effect on the next run withou
 Everything the product writes goes under one home folder (``RECSYS_HOME``, default ``./.recsys``)::
 
     warehouse.duckdb      DuckDB warehouse (every table)
-    mlflow.db             MLflow tracking + registry store (SQLite)
+    mlflow.db             MLflow tracking + registry store (SQLite; the ``postgres`` profile: on PostgreSQL instead)
     mlartifacts/          MLflow artifacts
-    dagster/              Dagster instance (DAGSTER_HOME), its dagster.yaml written from one template
+    dagster/              Dagster instance (DAGSTER_HOME), its dagster.yaml written from the profile's template
     published/            read-only snapshots for serving, replaced atomically
     models/               converted encoder weights (cache)
+
+Profiles (``RECSYS_PROFILE``): ``sqlite`` (default) keeps the Dagster instance and the MLflow store in SQLite files
+under the home, for one machine; ``postgres`` puts both on the PostgreSQL server of ``RECSYS_POSTGRES_URL`` (the
+home keeps the warehouse, the artifacts and the published snapshots), so runs can execute in several processes or
+on several machines.
 
 This is the lowest layer: it imports nothing else from the package.
 """
@@ -23,8 +28,10 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, urlencode
 
-from pydantic import Field, ValidationError
+import yaml
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -33,10 +40,14 @@ __all__ = [
     "HomePaths",
     "get_settings",
     "ensure_home",
+    "instance_profile",
     "BUNDLED_MOVIELENS_DIR",
     "BUNDLED_FIRST_DAY",
     "BUNDLED_LAST_DAY",
     "DAGSTER_YAML_TEMPLATE",
+    "DAGSTER_YAML_TEMPLATES",
+    "POSTGRES_URL_SCHEME",
+    "MLFLOW_SCHEMA",
     "pause_point",
 ]
 
@@ -45,6 +56,16 @@ BUNDLED_MOVIELENS_DIR = Path(__file__).parent / "data" / "ml-latest-small"
 BUNDLED_FIRST_DAY = date(1996, 3, 29)
 BUNDLED_LAST_DAY = date(2018, 9, 24)
 DAGSTER_YAML_TEMPLATE = Path(__file__).with_name("dagster.yaml")
+# the template of the home's dagster.yaml per profile (RECSYS_PROFILE)
+DAGSTER_YAML_TEMPLATES = {
+    "sqlite": DAGSTER_YAML_TEMPLATE,
+    "postgres": Path(__file__).with_name("dagster-postgres.yaml"),
+}
+# psycopg2 is the driver dagster-postgres installs; a bare postgresql:// picks SQLAlchemy's default driver, which is
+# psycopg (3) from SQLAlchemy 2.1 on and is not installed by the `postgres` extra
+POSTGRES_URL_SCHEME = "postgresql+psycopg2://"
+# the PostgreSQL schema of the MLflow store on the postgres profile: Dagster and MLflow both have a table `runs`
+MLFLOW_SCHEMA = "mlflow"
 ENV_PREFIX = "RECSYS_"
 
 
@@ -62,6 +83,24 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="ignore")
 
     home: Path = Field(Path(".recsys"), description="home folder: every file the product writes")
+    profile: Literal["sqlite", "postgres"] = Field(
+        "sqlite",
+        description="where the Dagster instance and the MLflow store live: sqlite (files under the home, one "
+        "machine) or postgres (the server of RECSYS_POSTGRES_URL)",
+    )
+    postgres_url: str | None = Field(
+        None,
+        validate_default=True,
+        repr=False,
+        description="postgres profile: the server and database, postgresql+psycopg2://user[:password]@host[:port]/db "
+        "(libpq fills what it leaves out from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE)",
+    )
+    executor: Literal["in_process", "multiprocess", "k8s"] | None = Field(
+        None,
+        description="the code location's executor: in_process (unset on sqlite), multiprocess (unset on postgres: "
+        "Dagster's multi_or_in_process executor, a process per step), k8s (dagster-k8s k8s_job_executor, a pod per "
+        "step; postgres only)",
+    )
     source_kind: Literal["movielens", "daily_files"] = Field(
         "movielens", description="where events come from: a GroupLens release or a folder of daily files"
     )
@@ -133,10 +172,48 @@ class Settings(BaseSettings):
     )
     fault_ready: Path | None = Field(None, description="crash tests only: file touched when the pause point is hit")
 
+    @field_validator("postgres_url")
+    @classmethod
+    def _postgres_url_for_the_profile(cls, url: str | None, info: ValidationInfo) -> str | None:
+        # messages never repeat the URL: it may hold a password
+        if info.data.get("profile") == "postgres" and not url:
+            raise ValueError(
+                f"RECSYS_PROFILE=postgres needs RECSYS_POSTGRES_URL ({POSTGRES_URL_SCHEME}user@host:port/db, or "
+                f"{POSTGRES_URL_SCHEME} alone to take every piece from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE)"
+            )
+        if url and not url.startswith(POSTGRES_URL_SCHEME):
+            raise ValueError(
+                f"must start with {POSTGRES_URL_SCHEME} (psycopg2, the driver the postgres extra installs; "
+                f"found {url.split('://', 1)[0]!r}://)"
+            )
+        return url
+
+    @field_validator("executor")
+    @classmethod
+    def _executor_for_the_profile(cls, executor: str | None, info: ValidationInfo) -> str | None:
+        if executor == "k8s" and info.data.get("profile") != "postgres":
+            raise ValueError("k8s needs RECSYS_PROFILE=postgres (pods share no SQLite file)")
+        return executor
+
     @property
     def paths(self) -> HomePaths:
         """The home's paths (the home made absolute; nothing is created)."""
         return HomePaths.at(self.home)
+
+    @property
+    def resolved_executor(self) -> str:
+        """``executor``, or the profile's default: ``in_process`` on sqlite, ``multiprocess`` on postgres."""
+        return self.executor or ("multiprocess" if self.profile == "postgres" else "in_process")
+
+    def mlflow_tracking_uri(self, paths: HomePaths | None = None) -> str:
+        """The MLflow tracking + registry store: on the postgres profile the database of ``RECSYS_POSTGRES_URL``,
+        schema :data:`MLFLOW_SCHEMA` (``options=-csearch_path=mlflow`` added to the URL: Dagster's tables are in the
+        database's default schema and both have a ``runs`` table; ``registry.tracking.ensure_store`` creates the
+        schema and MLflow's tables on first use); else the SQLite file ``mlflow.db`` of ``paths`` (default: this
+        home)."""
+        if self.profile == "postgres":
+            return _with_search_path(str(self.postgres_url), MLFLOW_SCHEMA)
+        return (paths or self.paths).mlflow_tracking_uri
 
     def image_roots(self) -> list[Path]:
         """``image_root`` split on ``os.pathsep``, each made absolute."""
@@ -150,6 +227,15 @@ class Settings(BaseSettings):
     def variables(cls) -> dict[str, str]:
         """``{RECSYS_X: description}`` for every setting (what the README's configuration table lists)."""
         return {ENV_PREFIX + name.upper(): field.description or "" for name, field in cls.model_fields.items()}
+
+
+def _with_search_path(url: str, schema: str) -> str:
+    """``url`` with libpq's ``options`` query parameter setting ``search_path`` to ``schema`` (kept after any options
+    the URL already has)."""
+    base, _, query_text = url.partition("?")
+    query = parse_qsl(query_text, keep_blank_values=True)
+    options = " ".join([v for k, v in query if k == "options"] + [f"-csearch_path={schema}"])
+    return base + "?" + urlencode([(k, v) for k, v in query if k != "options"] + [("options", options)])
 
 
 def _split_roots(text: str) -> list[Path]:
@@ -169,7 +255,10 @@ def get_settings(**overrides: object) -> Settings:
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else "?"
             value = os.environ.get(ENV_PREFIX + name.upper(), error.get("input"))
-            problems.append(f"{ENV_PREFIX}{name.upper()}={value!r}: {error['msg']}")
+            field = Settings.model_fields.get(name)
+            if value and field is not None and field.repr is False:  # a secret (a password in a URL): never shown
+                value = "***"
+            problems.append(f"{ENV_PREFIX}{name.upper()}={value!r}: {error['msg'].removeprefix('Value error, ')}")
         raise SettingsError("; ".join(problems)) from None
 
 
@@ -232,17 +321,38 @@ class HomePaths:
         return self.root / "models"
 
 
-def ensure_home(paths: HomePaths) -> HomePaths:
-    """Create the home's folders (idempotent) and write ``dagster/dagster.yaml`` from the package's template
-    (``{dagster_home}`` replaced by this home's absolute ``dagster`` folder) when missing (an existing file is the
-    user's: never overwritten). Returns ``paths``.
+def instance_profile(config: Path) -> str:
+    """The profile a ``dagster.yaml`` serves: ``postgres`` when any of its storages is Dagster's PostgreSQL storage
+    (the unified ``storage: postgres:`` block or a ``dagster_postgres`` class), else ``sqlite``."""
+    data = yaml.safe_load(config.read_text()) or {}
+    if "postgres" in (data.get("storage") or {}):
+        return "postgres"
+    storages = [data.get(k) or {} for k in ("run_storage", "event_log_storage", "schedule_storage")]
+    return "postgres" if any(str(s.get("module", "")).startswith("dagster_postgres") for s in storages) else "sqlite"
+
+
+def ensure_home(paths: HomePaths, profile: str | None = None) -> HomePaths:
+    """Create the home's folders (idempotent) and write ``dagster/dagster.yaml`` from the template of ``profile``
+    (default: ``RECSYS_PROFILE``; :data:`DAGSTER_YAML_TEMPLATES`, ``{dagster_home}`` replaced by this home's absolute
+    ``dagster`` folder) when missing (an existing file is the user's: never overwritten). Returns ``paths``.
 
     Called by the commands and by a run that needs the home, never at import.
+
+    Raises:
+        SettingsError: the existing ``dagster.yaml`` serves the other profile (a home made on SQLite, then run with
+            ``RECSYS_PROFILE=postgres``, or the reverse): the instance and the MLflow store would part ways.
     """
+    profile = profile or get_settings().profile
     paths.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
     paths.dagster_home.mkdir(parents=True, exist_ok=True)
     config = paths.dagster_home / "dagster.yaml"
     if not config.exists():
-        text = DAGSTER_YAML_TEMPLATE.read_text().replace("{dagster_home}", str(paths.dagster_home.resolve()))
-        config.write_text(text)
+        template = DAGSTER_YAML_TEMPLATES[profile]
+        config.write_text(template.read_text().replace("{dagster_home}", str(paths.dagster_home.resolve())))
+    elif (found := instance_profile(config)) != profile:
+        raise SettingsError(
+            f"RECSYS_PROFILE={profile!r} but {config} is the Dagster instance of the {found!r} profile: set "
+            f"RECSYS_PROFILE={found}, or move that file away to have the {profile!r} template written (its run "
+            "history stays where it is)"
+        )
     return paths

@@ -24,17 +24,64 @@ from mlflow.tracking import MlflowClient
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 MODEL_ARTIFACT = "model"
+# PostgreSQL advisory lock held while one process creates MLflow's tables (any 64-bit number no one else uses)
+STORE_LOCK_KEY = 7_305_142_093_611_870_001
+_ready_stores: set[str] = set()
+
+
+def ensure_store(tracking_uri: str) -> None:
+    """Make sure the schema and the MLflow tables of a PostgreSQL store exist before this process uses it; other
+    URIs: nothing.
+
+    MLflow creates its tables on first use, and two processes doing it at once on an empty database fail with a
+    unique violation on ``pg_type`` (measured: 2 of 3 processes started together). Here one process at a time
+    creates them, under a PostgreSQL advisory lock (:data:`STORE_LOCK_KEY`), after the first schema of the
+    connection's ``search_path`` (``mlflow`` on the postgres profile, ``Settings.mlflow_tracking_uri``) when it is
+    missing; once per URI and process.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the server cannot be reached.
+    """
+    if not tracking_uri.startswith("postgresql") or tracking_uri in _ready_stores:
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(tracking_uri, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": STORE_LOCK_KEY})
+            try:
+                if conn.execute(sqlalchemy.text("SELECT current_schema()")).scalar() is None:  # none of it exists
+                    schema = conn.execute(sqlalchemy.text("SHOW search_path")).scalar().split(",")[0].strip(' "')
+                    conn.execute(sqlalchemy.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                    conn.commit()
+                client = MlflowClient(tracking_uri)
+                client.search_experiments(max_results=1)  # the tracking store: creates every table when missing
+                client.search_registered_models(max_results=1)  # the registry store, on the same tables
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": STORE_LOCK_KEY})
+    finally:
+        engine.dispose()
+    _ready_stores.add(tracking_uri)
 
 
 def experiment_id(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
-    """Id of experiment ``name`` in the store at ``tracking_uri``, created (with ``artifact_location``) if missing."""
+    """Id of experiment ``name`` in the store at ``tracking_uri``, created (with ``artifact_location``) if missing;
+    a PostgreSQL store's tables first (:func:`ensure_store`). Two processes creating it at once get the same id."""
+    ensure_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = Path(artifact_location).resolve().as_uri() if artifact_location else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id  # another process created it meanwhile
 
 
 def log_recommender(
@@ -367,6 +414,7 @@ def kill_orphaned_runs(tracking_uri: str, is_dead) -> list[str]:
     Returns:
         the MLflow run ids marked ``KILLED``, sorted.
     """
+    ensure_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:

@@ -7,7 +7,7 @@ from recsys_pipeline.resources.home import HomeResource, WarehouseResource
 from recsys_pipeline.resources.mlflow import MLflowResource
 from recsys_pipeline.resources.source import SourceResource
 from recsys_pipeline.resources.training import ModelOverrides, TrainingResource
-from recsys_pipeline.settings import HomePaths
+from recsys_pipeline.settings import HomePaths, get_settings
 
 __all__ = [
     "HomeResource",
@@ -40,13 +40,15 @@ def default_resources() -> dict:
 
 def resources_for_home(home: str, **overrides) -> dict:
     """:func:`default_resources` pinned to the home folder ``home`` (warehouse, MLflow store and published
-    snapshots under it), with ``overrides`` (resource key -> resource) on top. For tests and notebooks."""
+    snapshots under it; on the postgres profile the MLflow store is the server's), with ``overrides`` (resource key
+    -> resource) on top. For tests and notebooks."""
     paths = HomePaths.at(home)
+    tracking_uri = get_settings().mlflow_tracking_uri(paths)
     resources = {
         **default_resources(),
         "home": HomeResource(root=str(paths.root)),
         "warehouse_db": WarehouseResource(path=str(paths.warehouse)),
-        "mlflow": MLflowResource(tracking_uri=paths.mlflow_tracking_uri, artifact_location=str(paths.mlflow_artifacts)),
+        "mlflow": MLflowResource(tracking_uri=tracking_uri, artifact_location=str(paths.mlflow_artifacts)),
         "image_encoder": ImageEncoderResource(cache_dir=str(paths.model_cache)),
     }
     resources.update(overrides)

@@ -8,7 +8,8 @@ from recsys_pipeline.settings import get_settings
 
 
 class MLflowResource(dg.ConfigurableResource):
-    """MLflow store (unset: the SQLite store ``<home>/mlflow.db`` with artifacts under ``<home>/mlartifacts``),
+    """MLflow store (unset: the profile's, ``Settings.mlflow_tracking_uri``: the SQLite store ``<home>/mlflow.db``, or
+    on the postgres profile the server of ``RECSYS_POSTGRES_URL``; artifacts under ``<home>/mlartifacts`` either way),
     experiment and registry name, and the gate: ``champion_metric`` (``{protocol}.{model}.{metric}`` of
     ``model_evaluation``, higher = better) and ``champion_min_margin`` decide when a new model version takes the
     ``champion`` alias (``registry.gate.ChampionPolicy``; unset: its defaults).
@@ -22,7 +23,12 @@ class MLflowResource(dg.ConfigurableResource):
     champion_min_margin: float | None = None
 
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or get_settings().paths.mlflow_tracking_uri
+        """``tracking_uri``, or the profile's store (``sqlite:///<home>/mlflow.db`` or ``postgresql+psycopg2://...``).
+
+        Raises:
+            SettingsError: ``RECSYS_PROFILE=postgres`` without a usable ``RECSYS_POSTGRES_URL``.
+        """
+        return self.tracking_uri or get_settings().mlflow_tracking_uri()
 
     def champion_policy(self):
         from recsys_pipeline.registry.gate import ChampionPolicy
