@@ -263,7 +263,7 @@ class ContentKNN(FittedScorer):
 
 
 def fit_ours(data: Data, **overrides):
-    cfg = ModelConfig.from_dict({**overrides, "seed": data.seed})
+    cfg = ModelConfig(**{**overrides, "seed": data.seed})
     return TwoTowerRecommender(cfg, TrainerConfig(num_threads=1)).fit(data.train, data.content)
 
 

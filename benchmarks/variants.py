@@ -6,8 +6,10 @@ materialized (its warehouse's interactions and item features are read). Each var
 JSON overrides (``NAME={}`` is today's default). Splits are ``model_evaluation``'s (``EvaluationSettings``
 defaults, split seed 0); each (seed, variant, protocol) fits our model on the train part (a validation split, if
 the variant has one, carved as the protocol's) and evaluates it on the test part (``evaluation.evaluate``; the
-cold-candidates ranking for ``item_cold_start``). Prints one line per fit and the mean ± std over seeds.
-Results: ``benchmarks/results/model_changes.md``.
+cold-candidates ranking for ``item_cold_start``). A variant's ``"modalities": [...]`` key is not a ``ModelConfig``
+field: it keeps only those modalities of the item features (e.g. ``["text"]``). Prints one line per fit and the
+mean ± std over seeds of NDCG@10, Recall@20 and, when the items have images, Recall@20 on the test items with and
+without one. Results: ``benchmarks/results/model_changes.md``.
 
 Example (the refit comparison of 2026-12-04)::
 
@@ -51,7 +53,7 @@ def main() -> int:
 
     from recsys_pipeline.content.features import load_item_features
     from recsys_pipeline.data import warehouse
-    from recsys_pipeline.evaluation.evaluate import evaluate
+    from recsys_pipeline.evaluation.evaluate import evaluate, modality_groups
     from recsys_pipeline.evaluation.protocols import EvaluationSettings, make_split, validation_split
     from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
     from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
@@ -62,22 +64,28 @@ def main() -> int:
     settings = EvaluationSettings(protocols=tuple(args.protocols))
     splits = {p: make_split(data, p, settings) for p in settings.protocols}
     trainer = TrainerConfig(num_threads=args.threads)
-    results: dict[tuple, list[tuple[float, float, float]]] = {}
+    groups = modality_groups(features, "image")  # the same test items whatever a variant's modalities
+    results: dict[tuple, list[tuple[float, ...]]] = {}
     for seed in args.seeds:
-        for name, overrides in args.variant:
+        for name, given in args.variant:
+            overrides = dict(given)
+            modalities = overrides.pop("modalities", None)
+            items = features.with_modalities(modalities) if modalities is not None else features
             for protocol, split in splits.items():
                 config = replace(ModelConfig(**overrides), seed=seed, val_split=validation_split(protocol))
                 started = time.perf_counter()
-                model = TwoTowerRecommender(config, trainer).fit(split.train, features)
+                model = TwoTowerRecommender(config, trainer).fit(split.train, items)
                 seconds = time.perf_counter() - started
-                m = evaluate(model, split, settings.k).metrics
+                m = evaluate(model, split, settings.k, groups).metrics
                 prefix = "cold_candidates_" if protocol == "item_cold_start" else ""
-                ndcg, recall = m[f"{prefix}ndcg_at_10"], m[f"{prefix}recall_at_20"]
-                results.setdefault((name, protocol), []).append((ndcg, recall, seconds))
+                figures = [m[f"{prefix}ndcg_at_10"], m[f"{prefix}recall_at_20"]]
+                figures += [m[f"{prefix}{g}_recall_at_20"] for g in groups]
+                results.setdefault((name, protocol), []).append((*figures, seconds))
                 stats = model.train_stats
+                by_group = "".join(f" {g} Recall@20 {v:.4f}" for g, v in zip(groups, figures[2:]))
                 print(
-                    f"seed {seed} {name} {protocol}: NDCG@10 {ndcg:.4f} Recall@20 {recall:.4f} fit {seconds:.1f} s "
-                    f"(epochs {stats['epochs_trained']}, best {stats['best_epoch']})",
+                    f"seed {seed} {name} {protocol}: NDCG@10 {figures[0]:.4f} Recall@20 {figures[1]:.4f}{by_group} "
+                    f"fit {seconds:.1f} s (epochs {stats['epochs_trained']}, best {stats['best_epoch']})",
                     flush=True,
                 )
 
@@ -86,9 +94,10 @@ def main() -> int:
 
     print(f"\ncores {os.cpu_count()}, load average {os.getloadavg()}, seeds {args.seeds}, threads {args.threads}")
     for (name, protocol), rows in results.items():
-        ndcg, recall, seconds = zip(*rows)
+        ndcg, recall, *by_group, seconds = zip(*rows)
+        groups_text = "".join(f", {g} Recall@20 {spread(v)}" for g, v in zip(groups, by_group))
         print(
-            f"{name} {protocol}: NDCG@10 {spread(ndcg)}, Recall@20 {spread(recall)}, "
+            f"{name} {protocol}: NDCG@10 {spread(ndcg)}, Recall@20 {spread(recall)}{groups_text}, "
             f"fit {statistics.mean(seconds):.0f} s ({min(seconds):.0f}-{max(seconds):.0f})"
         )
     return 0

@@ -64,6 +64,7 @@ TOY_FAST = dict(
     patience=4,
     lr=3e-3,
     val_fraction=0.1,
+    exclude_modalities="",  # the toy image is read: fusion, masking and the ablation need a second modality
 )
 
 

@@ -61,10 +61,10 @@ ABLATION_METRICS = (
 ABLATION_COLUMNS = ["variant", "modalities", "fusion", "status", "protocol", "metric", "value"]
 
 
-def _skipped(base: dict, lacking: Sequence[str]) -> dict:
+def _skipped(base: dict, lacking: Sequence[str], reason: str = "no {} vectors") -> dict:
     return {
         **base,
-        "status": f"skipped: no {', '.join(lacking)} vectors",
+        "status": "skipped: " + reason.format(", ".join(lacking)),
         "protocol": "",
         "metric": "",
         "value": np.nan,
@@ -88,9 +88,11 @@ def masked_ablation(
     """Rank again with each protocol's evaluated model (``evaluation.models``, on ``evaluation.splits``) and only the
     modalities of each variant visible; returns the long table :data:`ABLATION_COLUMNS`.
 
-    A variant with every modality is the evaluated model itself: its figures come from ``evaluation.metrics``
-    (``status = "evaluation model"``); one equal to an earlier variant is ``"same as ..."``; one naming a modality the
-    features lack is ``"skipped: no image vectors"``. ``fusion`` is the evaluated model's.
+    A variant with every modality the models read is the evaluated model itself: its figures come from
+    ``evaluation.metrics`` (``status = "evaluation model"``); one equal to an earlier variant is ``"same as ..."``;
+    one naming a modality the features lack is ``"skipped: no image vectors"``, one the models do not read
+    (``ModelConfig.exclude_modalities``) ``"skipped: the model does not read image"``. ``fusion`` is the evaluated
+    model's.
 
     Raises:
         ValueError: an unknown variant name, or a model without ``with_features`` (it cannot hide modalities).
@@ -99,20 +101,30 @@ def masked_ablation(
     if unknown:
         raise ValueError(f"unknown ablation variants {unknown}; choose from {list(MASKED_VARIANTS)}")
     groups = modality_groups(features, "image")
+    # what every evaluated model reads (a model without modality_dims reads them all)
+    read = tuple(
+        m
+        for m in features.modality_names
+        if all(m in getattr(model, "modality_dims", features.modalities) for model in evaluation.models.values())
+    )
     rows: list[dict] = []
     done: dict[tuple, str] = {}
     for variant in variants:
         wanted = MASKED_VARIANTS[variant]
-        names = tuple(features.modality_names) if wanted is None else wanted
+        names = read if wanted is None else wanted
         lacking = [n for n in names if n not in features.modalities]
+        unread = [n for n in names if n in features.modalities and n not in read]
         fusions = {getattr(getattr(m, "config", None), "fusion", "") for m in evaluation.models.values()}
         base = {"variant": variant, "modalities": "+".join(names), "fusion": "/".join(sorted(fusions))}
         if lacking:
             rows.append(_skipped(base, lacking))
             continue
+        if unread:
+            rows.append(_skipped(base, unread, "the model does not read {}"))
+            continue
         if names in done:
             rows += [dict(r, **base, status=f"same as {done[names]}") for r in rows if r["variant"] == done[names]]
-        elif names == tuple(features.modality_names):
+        elif names == read:
             rows += _reference_rows(base, evaluation.metrics, list(evaluation.models))
         else:
             visible = features.with_modalities(names)
@@ -139,8 +151,9 @@ def retrained_ablation(
 ) -> pd.DataFrame:
     """Train and evaluate each variant; returns the long table ``ABLATION_COLUMNS``.
 
-    A variant whose modality set and fusion equal an earlier one's is not retrained (``status = "same as ..."``),
-    nor is the one equal to ``model_config`` with every modality when ``reference`` (``evaluate_protocols``'
+    Each variant reads exactly its modalities (``model_config.exclude_modalities`` does not apply). A variant whose
+    modality set and fusion equal an earlier one's is not retrained (``status = "same as ..."``), nor is the one
+    equal to ``model_config`` (the modalities it reads, its fusion) when ``reference`` (``evaluate_protocols``'
     ``metrics`` on the same splits, model ``ours``) is given: its figures are reused (``"evaluation model"``). A
     variant naming a modality the features lack is listed with ``status = "skipped: no image vectors"`` etc.
 
@@ -153,6 +166,8 @@ def retrained_ablation(
     if unknown:
         raise ValueError(f"unknown ablation variants {unknown}; choose from {list(ABLATION_VARIANTS)}")
     groups = modality_groups(features, "image")
+    excluded = model_config.excluded_modalities()
+    reference_key = (tuple(m for m in features.modality_names if m not in excluded), model_config.fusion)
     rows: list[dict] = []
     done: dict[tuple, str] = {}  # (modalities, fusion) -> first variant with them
     for variant in variants:
@@ -166,11 +181,11 @@ def retrained_ablation(
             continue
         if key in done:
             rows += [dict(r, **base, status=f"same as {done[key]}") for r in rows if r["variant"] == done[key]]
-        elif reference is not None and key == (tuple(features.modality_names), model_config.fusion):
+        elif reference is not None and key == reference_key:
             rows += _reference_rows(base, reference, settings.protocols)
         else:
             subset = features.with_modalities(names)
-            config = replace(model_config, fusion=fusion)
+            config = replace(model_config, fusion=fusion, exclude_modalities="")  # the variant says what is read
             for protocol in settings.protocols:
                 split = make_split(interactions, protocol, settings)
                 protocol_config = replace(config, val_split=validation_split(protocol))

@@ -41,7 +41,14 @@ def _toy_data(n_users=40, n_items=60, seed=0):
 
 
 SMALL = dict(
-    embedding_dim=8, mlp_hidden=16, max_epochs=2, refit=False, val_fraction=0.0, num_negatives=16, batch_size=64
+    embedding_dim=8,
+    mlp_hidden=16,
+    max_epochs=2,
+    refit=False,
+    val_fraction=0.0,
+    num_negatives=16,
+    batch_size=64,
+    exclude_modalities="",  # these tests hide or drop the image: the model must read it
 )
 
 
@@ -131,3 +138,29 @@ def test_retrained_ablation_trains_each_distinct_variant_once():
     ]
     with pytest.raises(ValueError, match="unknown ablation"):
         retrained_ablation(config, TrainerConfig(), interactions, content, settings, ["video"])
+
+
+def test_ablation_of_a_model_that_does_not_read_images(tmp_path):
+    """The default model leaves the image out (``exclude_modalities="image"``): masking it away measures nothing,
+    so the masked ablation says so and the text variant is the evaluated model; the retrained ablation still
+    trains text + image, and reuses the evaluation's figures for text."""
+    interactions, content = _toy_data()
+    settings = EvaluationSettings(protocols=("item_cold_start",), k=10)
+    config = ModelConfig(**{**SMALL, "exclude_modalities": "image"})
+    trainer = TrainerConfig(accelerator="cpu", devices=1)
+    evaluation = evaluate_protocols(partial(two_tower_for_split, config, trainer), interactions, content, settings)
+    assert evaluation.models["item_cold_start"].modality_dims == {"text": content.modality_dims["text"]}
+    table = masked_ablation(evaluation, content, 10)
+    status = table.drop_duplicates("variant").set_index("variant")["status"].to_dict()
+    assert status == {
+        "text": "evaluation model",
+        "text_image": "skipped: the model does not read image",
+        "all": "same as text",
+    }
+    reference = evaluation.metrics[evaluation.metrics["metric"] == "recall_at_10"]
+    retrained = retrained_ablation(config, trainer, interactions, content, settings, ["text", "text_image"], reference)
+    status = retrained.drop_duplicates("variant").set_index("variant")["status"].to_dict()
+    assert status == {"text": "evaluation model", "text_image": "trained"}
+    assert "cold_candidates_with_image_recall_at_10" in set(
+        retrained.loc[retrained["variant"] == "text_image", "metric"]
+    )

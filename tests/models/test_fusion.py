@@ -75,3 +75,30 @@ def test_item_tower_trains_with_modality_dropout_and_keeps_content():
     feats, present = _batch([[True, True, True]] * 5)
     out = tower(torch.arange(1, 6), feats, present, torch.zeros(5, 2), torch.full((5,), 2000))
     assert out.shape == (5, 17) and torch.isfinite(out).all()
+
+
+def test_attention_pooling_starts_as_the_mean_and_can_turn_a_modality_down():
+    """``pooling="attention"``: zero query and biases give the mean of the present tokens (the same output as
+    ``"mean"``); a large negative bias for one modality removes it from items that have another, and an item with
+    only that modality still gets it (weights are over present tokens); masking and empty items as before."""
+    torch.manual_seed(3)
+    mean = ModalityAttentionFusion(DIMS, width=16, n_heads=4, dropout=0.0).eval()
+    attn = ModalityAttentionFusion(DIMS, width=16, n_heads=4, dropout=0.0, pooling="attention").eval()
+    attn.load_state_dict(mean.state_dict(), strict=False)
+    feats, present = _batch([[True, True, False], [True, True, True], [False, True, False], [False, False, False]])
+    out_mean, _ = mean(feats, present)
+    out_attn, has = attn(feats, present)
+    assert torch.allclose(out_mean, out_attn, atol=1e-6)
+    assert torch.equal(out_attn[3], torch.zeros(16)) and has.tolist() == [True, True, True, False]
+    with torch.no_grad():
+        attn.pool_bias[1] = -50.0  # turn the image down
+        # no token-to-token attention, so a token is the same whatever else is present: what is left is pooling
+        attn.attn.out_proj.weight.zero_()
+        attn.attn.out_proj.bias.zero_()
+    mean.load_state_dict(attn.state_dict(), strict=False)  # the same tokens, pooled by their mean
+    out_mean, _ = mean(feats, present)
+    text_only, _ = attn(feats, torch.tensor([[True, False, False]] * 4))
+    turned_down, _ = attn(feats, present)
+    assert torch.allclose(turned_down[0], text_only[0], atol=1e-5)  # text + image -> text alone
+    assert torch.allclose(turned_down[2], out_mean[2], atol=1e-6)  # image only: still the image
+    assert not torch.allclose(turned_down[1], out_mean[1])

@@ -424,7 +424,7 @@ def test_history_does_not_touch_new_item_scores(content, toy):
     feats = [getattr(module, f"t_feat_{j}") for j in range(len(module.modality_names))]
     with torch.no_grad():
         new = module.model.item_vectors(
-            torch.zeros_like(rows), feats, module.t_present, module.t_genres, module.t_year
+            torch.zeros_like(rows), feats, module.t_present, module.t_genres, module.t_year, reduced=True
         )  # every catalog item as if brand new
         warm = module.all_item_vectors()
         users = torch.arange(1, dm.n_users + 1)

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass, fields
 
 from recsys_pipeline.models.validation import VALIDATION_SPLITS
 
-__all__ = ["ModelConfig", "TrainerConfig", "FUSIONS", "LOSSES"]
+__all__ = ["ModelConfig", "TrainerConfig", "FUSIONS", "FUSION_POOLINGS", "LOSSES", "LEGACY_VALUES"]
 
 FUSIONS = ("attention", "concat")
+FUSION_POOLINGS = ("attention", "mean")
 LOSSES = ("softmax", "sampled_softmax", "bpr")
 
 
@@ -42,9 +43,20 @@ class ModelConfig:
     (causal in training: only items before the positive), scored against a separate item-id output embedding
     only, so a new item is ranked by the id embedding and its content alone; it is stored per user after training.
     ``history_dropout`` hides a training pair's whole history so the id-and-content part also learns to rank on its
-    own. Measured (validation split carved from the benchmark's train split, text only, seed 0), no history ->
-    history head: per-user holdout NDCG@10 0.088 -> 0.153, Recall@20 0.108 -> 0.183; item cold start NDCG@10
-    0.273 -> 0.313, Recall@20 0.222 -> 0.263. Figures per change: ``benchmarks/results/model_changes.md``.
+    own.
+
+    Modalities: by default the item tower reads every modality of the item features but images
+    (``exclude_modalities="image"``): on ml-latest-small with the MovieLens posters, every way of reading them that
+    was tried ranked new items worse than text alone, the posters' own items most of all, and warm items no better
+    (``model_evaluation``'s splits, 3 seeds, ``benchmarks/variants.py``; ``benchmarks/results/model_changes.md``,
+    session of 2026-12-06): item cold start Recall@20 text only 0.272 ± 0.006 (new items with a poster 0.287), raw
+    1,280-d poster vectors 0.237 (0.207), their first 32 principal components (``pca_dim``) with attention pooling
+    (``fusion_pooling="attention"``), the best image variant, 0.265 (0.245). ``exclude_modalities=""`` reads them
+    (through ``pca_dim`` components, pooled by learned weights).
+
+    History head, measured (validation split carved from the benchmark's train split, text only, seed 0): no
+    history -> history head: per-user holdout NDCG@10 0.088 -> 0.153, Recall@20 0.108 -> 0.183; item cold start
+    NDCG@10 0.273 -> 0.313, Recall@20 0.222 -> 0.263. Figures per change: ``benchmarks/results/model_changes.md``.
 
     Raises:
         ValueError: a field outside its range (the message names the field).
@@ -52,6 +64,7 @@ class ModelConfig:
 
     embedding_dim: int = 64  # D: id embedding, fusion width and output width
     fusion: str = "attention"  # "attention" | "concat"
+    fusion_pooling: str = "attention"  # attention fusion: learned "attention" weights of the tokens | their "mean"
     n_heads: int = 4  # attention heads over modality tokens
     cross_layers: int = 1  # DCN-V2 cross layers
     mlp_hidden: int = 64
@@ -61,6 +74,9 @@ class ModelConfig:
     dropout: float = 0.1
     id_dropout: float = 0.3  # training: probability of hiding an item's id (it must rank from content alone)
     modality_dropout: float = 0.2  # training: probability of hiding each present modality (never all)
+    exclude_modalities: str = "image"  # comma-separated modalities the item tower does not read ("" = none)
+    pca_dim: int = 32  # modalities of pca_modalities are read through their first pca_dim principal components
+    pca_modalities: str = "image,audio"  # comma-separated; "" = every modality raw (see modules.ModalityPCA)
     loss: str = "sampled_softmax"  # "softmax" (full, over every known item) | "sampled_softmax" | "bpr"
     history_length: int = 50  # history head: recency-weighted pooling of the last L items (0 = off)
     history_dropout: float = 0.25  # training: probability of hiding a pair's whole history
@@ -81,6 +97,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.fusion_pooling not in FUSION_POOLINGS:
+            raise ValueError(f"fusion_pooling must be one of {FUSION_POOLINGS}, got {self.fusion_pooling!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name in (
@@ -98,8 +116,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.embedding_dim % self.n_heads:
             raise ValueError(f"embedding_dim {self.embedding_dim} must be divisible by n_heads {self.n_heads}")
-        if self.cross_layers < 0 or self.patience < 0 or self.refit_epochs < 0:
-            raise ValueError("cross_layers, patience and refit_epochs must be >= 0")
+        if self.cross_layers < 0 or self.patience < 0 or self.refit_epochs < 0 or self.pca_dim < 0:
+            raise ValueError("cross_layers, patience, refit_epochs and pca_dim must be >= 0")
         for name in ("dropout", "id_dropout", "modality_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -118,20 +136,21 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
-        """A config from a dict such as ``asdict(config)`` from an older release: unknown keys are ignored,
-        missing ones take today's defaults."""
+        """A config from a dict such as ``asdict(config)`` from an older release: unknown keys are ignored, a
+        missing field takes the value the releases before it had (:data:`LEGACY_VALUES`), else today's default."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        return cls(**{**LEGACY_VALUES, **{k: v for k, v in values.items() if k in names}})
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> ModelConfig:
-        """A config from text values (MLflow params ``model.*`` with the prefix removed); unknown keys ignored.
+        """A config from text values (MLflow params ``model.*`` with the prefix removed); unknown keys ignored, a
+        missing field as in :meth:`from_dict`.
 
         Raises:
             ValueError: a value cannot be read as its field's type.
         """
         defaults = cls()
-        values: dict[str, object] = {}
+        values: dict[str, object] = dict(LEGACY_VALUES)
         for f in fields(cls):
             if f.name not in params:
                 continue
@@ -148,6 +167,22 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def excluded_modalities(self) -> list[str]:
+        """The modalities of :attr:`exclude_modalities` (the item tower ignores them even when the features have
+        them)."""
+        return [m.strip() for m in self.exclude_modalities.split(",") if m.strip()]
+
+    def pca_targets(self) -> list[str]:
+        """The modalities to read through a PCA (:attr:`pca_modalities`; none when :attr:`pca_dim` is 0)."""
+        if self.pca_dim == 0:
+            return []
+        return [m.strip() for m in self.pca_modalities.split(",") if m.strip()]
+
+
+# What a model saved (or a run logged) before a field existed was trained with: a config read back without the
+# field gets this value, not today's default, so a saved model rebuilds the architecture it was trained as.
+LEGACY_VALUES = {"exclude_modalities": "", "pca_dim": 0, "fusion_pooling": "mean"}
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,9 @@ class RecommenderModule(L.LightningModule):
             serving it means the user's last ``L`` training items. After training, :meth:`fold_history` stores
             that pooled vector per user, so the saved model is a two-tower model with fixed user vectors.
         history_head: build the history head without the pooling (a folded model being loaded).
+        reductions: ``name -> fitted PCA`` (:func:`~recsys_pipeline.models.two_tower.modules.fit_modality_pca`'s
+            arrays) of the modalities the item tower reads reduced; the table's vectors of those modalities are
+            reduced once here, not at every step.
 
     Batches: training ``(user_idx (B,), item_row (B,), position (B,))`` (position of the pair in the history CSR);
     validation ``(users (b,), seen (2, n), truth (2, m))``.
@@ -139,12 +142,17 @@ class RecommenderModule(L.LightningModule):
         table=None,
         history=None,
         history_head: bool = False,
+        reductions: Mapping[str, Mapping] | None = None,
     ):
         super().__init__()
         self.config = config
         if config.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}")
-        self.model = TwoTowerModel(n_users, n_items, modality_dims, n_genres, config, history_head=history_head)
+        reductions = dict(reductions or {})
+        reduced_dims = {m: len(r["components"]) for m, r in reductions.items()}
+        self.model = TwoTowerModel(n_users, n_items, modality_dims, n_genres, config, history_head, reduced_dims)
+        for name, fitted in reductions.items():
+            self.model.item_tower.reducers[name].set(fitted)
         self.modality_names = list(modality_dims)
         self.n_table = 0
         if table is not None:
@@ -160,8 +168,10 @@ class RecommenderModule(L.LightningModule):
     # ------------------------------------------------------------------ item table
     def set_table(self, table) -> None:
         self.register_buffer("t_id_idx", table["id_idx"], persistent=False)
-        for j, name in enumerate(self.modality_names):
-            self.register_buffer(f"t_feat_{j}", table["features"][name].float(), persistent=False)
+        with torch.no_grad():  # the fixed PCAs once for the whole table: steps gather reduced rows
+            feats = self.model.item_tower.reduce([table["features"][m].float() for m in self.modality_names])
+        for j, x in enumerate(feats):
+            self.register_buffer(f"t_feat_{j}", x, persistent=False)
         self.register_buffer("t_present", table["present"], persistent=False)
         self.register_buffer("t_genres", table["genres"], persistent=False)
         self.register_buffer("t_year", table["year"], persistent=False)
@@ -238,7 +248,7 @@ class RecommenderModule(L.LightningModule):
             rows = torch.arange(self.n_table, device=self.t_id_idx.device)
         feats = [getattr(self, f"t_feat_{j}")[rows] for j in range(len(self.modality_names))]
         return self.model.item_vectors(
-            self.t_id_idx[rows], feats, self.t_present[rows], self.t_genres[rows], self.t_year[rows]
+            self.t_id_idx[rows], feats, self.t_present[rows], self.t_genres[rows], self.t_year[rows], reduced=True
         )
 
     @torch.no_grad()

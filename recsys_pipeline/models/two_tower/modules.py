@@ -2,6 +2,7 @@
 
 Shapes follow TorchRec conventions: ``B`` batch, ``M`` modalities, ``W`` fusion width, ``D`` output dim.
 
+* :class:`ModalityPCA`: a fixed (not trained) PCA of a wide modality, fitted on the catalog's vectors.
 * :class:`ModalityAttentionFusion` / :class:`ConcatFusion`: fuse per-modality item vectors, masking absent ones.
 * :class:`CrossNetworkV2`: DCN-V2 cross layers (Wang et al. 2021).
 * :class:`ItemTower`: id embedding + fused content + genres + year bucket -> cross net -> MLP -> item vector.
@@ -15,13 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys_pipeline.models.two_tower.config import ModelConfig
+from recsys_pipeline.models.two_tower.config import FUSION_POOLINGS, ModelConfig
 
 __all__ = [
+    "ModalityPCA",
+    "fit_modality_pca",
     "ModalityAttentionFusion",
     "ConcatFusion",
     "CrossNetworkV2",
@@ -69,6 +73,66 @@ def drop_modalities(present: Tensor, p: float, generator: torch.Generator | None
     return kept
 
 
+def fit_modality_pca(vectors: np.ndarray, dim: int) -> dict[str, np.ndarray]:
+    """The first ``dim`` principal components of ``vectors`` (``sklearn.decomposition.PCA``, full SVD: the same
+    result on every run and DDP rank), for :class:`ModalityPCA`.
+
+    Args:
+        vectors: ``(n, d)`` float32, the present vectors of one modality (absent items left out). ``dim`` must be
+            ``< min(n, d)``.
+
+    Returns:
+        ``{"mean": (d,) float32, "components": (dim, d) float32, "scale": () float32}``; ``scale`` is the mean L2
+        norm of the projected vectors, so the reduced vectors have about unit norm, as the encoders' output has.
+
+    Raises:
+        ValueError: ``dim`` is not below ``min(n, d)``.
+    """
+    from sklearn.decomposition import PCA
+
+    n, d = vectors.shape
+    if not 0 < dim < min(n, d):
+        raise ValueError(f"PCA to {dim} dimensions needs more than {dim} vectors of more than {dim} values: {n}x{d}")
+    pca = PCA(n_components=dim, svd_solver="full").fit(vectors.astype(np.float64))
+    projected = (vectors - pca.mean_) @ pca.components_.T
+    scale = float(np.linalg.norm(projected, axis=1).mean()) or 1.0
+    return {
+        "mean": pca.mean_.astype(np.float32),
+        "components": pca.components_.astype(np.float32),
+        "scale": np.float32(scale),
+    }
+
+
+class ModalityPCA(nn.Module):
+    """A fixed linear reduction ``d -> k`` of one modality's vectors: ``(x - mean) @ components.T / scale``.
+
+    Fitted once per training on the catalog's present vectors (:func:`fit_modality_pca`), never trained, saved with
+    the weights (buffers). Why: the 1,280-d EfficientNet poster vectors of ml-latest-small are nearly unique per
+    item, and a learned ``1280 -> D`` projection read them as an item id: measured on ``model_evaluation``'s item
+    cold-start split (3 seeds, ``benchmarks/results/model_changes.md``, session of 2026-12-06), raw vectors gave
+    NDCG@10 0.312 ± 0.026 / Recall@20 0.237 ± 0.018 among new items, their first 32 principal components 0.335 ±
+    0.003 / 0.260 ± 0.005, at ~20% less time per training step. The text vectors (384-d) lost with it (PCA-64:
+    NDCG@10 0.315), so text is not reduced by default (``ModelConfig.pca_modalities``).
+
+    Call: ``(B, d) -> (B, k)`` float32.
+    """
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(d_in))
+        self.register_buffer("components", torch.zeros(d_out, d_in))
+        self.register_buffer("scale", torch.ones(()))
+
+    def set(self, fitted: Mapping[str, np.ndarray]) -> None:
+        """Load the arrays :func:`fit_modality_pca` returned."""
+        with torch.no_grad():
+            for name in ("mean", "components", "scale"):
+                getattr(self, name).copy_(torch.as_tensor(np.asarray(fitted[name]), dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ((x - self.mean) @ self.components.T) / self.scale
+
+
 class ModalityAttentionFusion(nn.Module):
     """Self-attention over modality tokens with masking, then masked mean-pooling.
 
@@ -96,14 +160,25 @@ class ModalityAttentionFusion(nn.Module):
         (torch.Size([3, 16]), [True, True, False])
     """
 
-    def __init__(self, modality_dims: Mapping[str, int], width: int, n_heads: int, dropout: float):
+    def __init__(
+        self, modality_dims: Mapping[str, int], width: int, n_heads: int, dropout: float, pooling: str = "mean"
+    ):
         super().__init__()
+        if pooling not in FUSION_POOLINGS:
+            raise ValueError(f"pooling must be one of {FUSION_POOLINGS}, got {pooling!r}")
         self.modality_names = list(modality_dims)
         self.proj = nn.ModuleList([nn.Linear(d, width) for d in modality_dims.values()])
         self.type_emb = nn.Parameter(torch.randn(len(self.modality_names), width) * 0.02)
         self.attn = nn.MultiheadAttention(width, n_heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(width)
         self.width = width
+        self.pooling = pooling
+        if pooling == "attention":
+            # weight of token j: softmax_j(<query, token_j> / sqrt(W) + bias_j) over present tokens; zeros at init
+            # make it the mean, training can then turn a modality down (LayerNorm gives every token the same scale,
+            # so under the mean a poster token always weighs as much as the text token)
+            self.pool_query = nn.Parameter(torch.zeros(width))
+            self.pool_bias = nn.Parameter(torch.zeros(len(self.modality_names)))
 
     def _features(self, features) -> list[Tensor]:
         if isinstance(features, Mapping):
@@ -131,8 +206,12 @@ class ModalityAttentionFusion(nn.Module):
         attended, _ = self.attn(tokens, tokens, tokens, key_padding_mask=kpm, need_weights=False)
         tokens = self.norm(tokens + attended)  # (B, M, W)
         w = present.to(tokens.dtype)  # (B, M)
-        pooled = (tokens * w[..., None]).sum(dim=1) / w.sum(dim=1, keepdim=True).clamp(min=1.0)
-        return pooled, has_content
+        if self.pooling == "attention":  # weights sum to 1 over present tokens (0 for an item with none)
+            logits = tokens @ self.pool_query / self.width**0.5 + self.pool_bias  # (B, M)
+            w = torch.softmax(logits.masked_fill(kpm, float("-inf")), dim=1) * present
+        else:
+            w = w / w.sum(dim=1, keepdim=True).clamp(min=1.0)
+        return (tokens * w[..., None]).sum(dim=1), has_content
 
 
 class ConcatFusion(nn.Module):
@@ -208,13 +287,23 @@ class ItemTower(nn.Module):
         config: :class:`ModelConfig` (``embedding_dim`` = ``D``, ``fusion``, ``n_heads``, ``cross_layers``,
             ``mlp_hidden``, ``genre_dim``, ``year_dim``, ``skip``, ``dropout``, ``id_dropout``,
             ``modality_dropout``).
+        reduced_dims: ``name -> k`` for the modalities read through a fixed :class:`ModalityPCA` (``d_m -> k``)
+            before the fusion; its buffers are set with ``reducers[name].set(...)``.
 
     Call:
         ``tower(item_idx (B,), features {name: (B, d_m)}, present (B, M), genres (B, n_genres), year (B,))``
-        -> ``(B, D + 1)`` (last column = bias).
+        -> ``(B, D + 1)`` (last column = bias). ``reduced=True``: ``features`` already went through
+        :meth:`reduce` (the training table is reduced once, not at every step).
     """
 
-    def __init__(self, n_items: int, modality_dims: Mapping[str, int], n_genres: int, config: ModelConfig):
+    def __init__(
+        self,
+        n_items: int,
+        modality_dims: Mapping[str, int],
+        n_genres: int,
+        config: ModelConfig,
+        reduced_dims: Mapping[str, int] | None = None,
+    ):
         super().__init__()
         dim = config.embedding_dim
         self.dim = dim
@@ -222,8 +311,16 @@ class ItemTower(nn.Module):
         self.modality_dropout = config.modality_dropout
         self.id_emb = nn.Embedding(n_items + 1, dim)
         nn.init.normal_(self.id_emb.weight, std=0.05)
-        fusion_cls = ModalityAttentionFusion if config.fusion == "attention" else ConcatFusion
-        self.fusion = fusion_cls(modality_dims, dim, config.n_heads, config.dropout)
+        reduced_dims = dict(reduced_dims or {})
+        self.modality_names = list(modality_dims)
+        self.reducers = nn.ModuleDict({m: ModalityPCA(modality_dims[m], k) for m, k in reduced_dims.items()})
+        fused_dims = {m: reduced_dims.get(m, d) for m, d in modality_dims.items()}
+        if config.fusion == "attention":
+            self.fusion = ModalityAttentionFusion(
+                fused_dims, dim, config.n_heads, config.dropout, config.fusion_pooling
+            )
+        else:
+            self.fusion = ConcatFusion(fused_dims, dim, config.n_heads, config.dropout)
         self.genre_proj = nn.Linear(max(n_genres, 1), config.genre_dim)
         self.n_genres = n_genres
         self.year_emb = nn.Embedding(N_YEAR_BUCKETS, config.year_dim)
@@ -238,8 +335,19 @@ class ItemTower(nn.Module):
         # linear shortcut around the MLP: the id embedding reaches the output directly (MF-like, fast for warm items)
         self.skip = nn.Linear(in_dim, dim + 1, bias=False) if config.skip else None
 
-    def forward(self, item_idx: Tensor, features, present: Tensor, genres: Tensor, year: Tensor) -> Tensor:
+    def reduce(self, features) -> list[Tensor]:
+        """Per modality (mapping or list in modality order): ``(B, d_m)`` -> ``(B, k)`` where a reducer is set,
+        unchanged elsewhere."""
+        if isinstance(features, Mapping):
+            features = [features[m] for m in self.modality_names]
+        return [self.reducers[m](x) if m in self.reducers else x for m, x in zip(self.modality_names, features)]
+
+    def forward(
+        self, item_idx: Tensor, features, present: Tensor, genres: Tensor, year: Tensor, reduced: bool = False
+    ) -> Tensor:
         present = present.bool()
+        if not reduced:
+            features = self.reduce(features)
         if self.training and (self.id_dropout > 0 or self.modality_dropout > 0):
             if self.modality_dropout > 0:
                 present = drop_modalities(present, self.modality_dropout)
@@ -369,11 +477,12 @@ class TwoTowerModel(nn.Module):
         n_genres: int,
         config: ModelConfig,
         history_head: bool = False,
+        reduced_dims: Mapping[str, int] | None = None,
     ):
         super().__init__()
         dim = config.embedding_dim
         self.user_tower = UserTower(n_users, n_items, config, history_head)
-        self.item_tower = ItemTower(n_items, modality_dims, n_genres, config)
+        self.item_tower = ItemTower(n_items, modality_dims, n_genres, config, reduced_dims)
         self.next_item_emb = None
         if self.user_tower.history_head:
             self.next_item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
@@ -386,9 +495,17 @@ class TwoTowerModel(nn.Module):
         """``(B, out_dim)``; ``history (B, L)`` only while training with the history pooling."""
         return self.user_tower(user_idx, history)
 
-    def item_vectors(self, item_idx: Tensor, features, present: Tensor, genres: Tensor, year: Tensor) -> Tensor:
-        """``(B, out_dim)``: the item tower's ``(B, D + 1)`` (+ ``next_item_emb``, by the real id, not id-dropped)."""
-        v = self.item_tower(item_idx, features, present, genres, year)
+    @property
+    def reduced_dims(self) -> dict[str, int]:
+        """``name -> k`` of the modalities read through a :class:`ModalityPCA`."""
+        return {m: int(r.components.shape[0]) for m, r in self.item_tower.reducers.items()}
+
+    def item_vectors(
+        self, item_idx: Tensor, features, present: Tensor, genres: Tensor, year: Tensor, reduced: bool = False
+    ) -> Tensor:
+        """``(B, out_dim)``: the item tower's ``(B, D + 1)`` (+ ``next_item_emb``, by the real id, not id-dropped).
+        ``reduced``: ``features`` already went through ``item_tower.reduce``."""
+        v = self.item_tower(item_idx, features, present, genres, year, reduced)
         if self.next_item_emb is None:
             return v
         return torch.cat([v, self.next_item_emb(item_idx)], dim=1)

@@ -31,7 +31,7 @@ from recsys_pipeline.models.two_tower.lightning_module import (
     RecommenderModule,
     compute_item_vectors,
 )
-from recsys_pipeline.models.two_tower.modules import TwoTowerModel
+from recsys_pipeline.models.two_tower.modules import TwoTowerModel, fit_modality_pca
 from recsys_pipeline.models.two_tower.warm_start import carry_rows, remap_state
 
 __all__ = ["TwoTowerRecommender", "FORMAT_VERSION", "two_tower_for_split"]
@@ -205,7 +205,8 @@ class TwoTowerRecommender(Recommender):
         Args:
             interactions: ``user_id, item_id, timestamp[, value]`` implicit positives.
             features: item features covering every interacted item (may hold more items: they rank as cold
-                items). Required.
+                items). Required. The item tower reads its modalities but ``config.exclude_modalities``, wide ones
+                of ``config.pca_targets()`` through a PCA fitted here on the catalog's vectors.
             init: warm-started retraining: a trained model of the same architecture (e.g. the champion) to start
                 from. Its weights are carried over by user and item id (``warm_start.remap_state``; ids it never
                 saw start fresh), then it trains ``config.warm_start_epochs`` epochs on every interaction (the
@@ -231,7 +232,9 @@ class TwoTowerRecommender(Recommender):
         if trainer_config.num_threads:
             torch.set_num_threads(trainer_config.num_threads)
         L.seed_everything(config.seed, workers=True, verbose=False)
-        modality_dims = features.modality_dims
+        excluded = config.excluded_modalities()  # the item tower's inputs: the features minus these
+        read = features.with_modalities([m for m in features.modality_names if m not in excluded])
+        modality_dims = read.modality_dims
 
         def make_strategy():
             if trainer_config.strategy != "ddp":
@@ -260,10 +263,19 @@ class TwoTowerRecommender(Recommender):
                 limit_val_batches=1.0 if with_val else 0,
             )
 
+        reductions = _fit_reductions(read, config, init)
+
         def make_module(dm):
-            table = item_table(features, dm.item_index, features.genre_names, modality_dims)
+            table = item_table(read, dm.item_index, features.genre_names, modality_dims)
             return RecommenderModule(
-                dm.n_users, dm.n_items, modality_dims, len(features.genre_names), config, table, dm.train_history
+                dm.n_users,
+                dm.n_items,
+                modality_dims,
+                len(features.genre_names),
+                config,
+                table,
+                dm.train_history,
+                reductions=reductions,
             )
 
         dm = InteractionDataModule(
@@ -408,6 +420,7 @@ class TwoTowerRecommender(Recommender):
             len(meta["genre_names"]),
             replace(config, history_length=0),
             history_head=_FOLDED_KEY in state,
+            reductions=_saved_reductions(state),
         )
         module.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(_HISTORY_PREFIX)})
         module.model.to(map_location)  # load_state_dict copies into the CPU-built module
@@ -450,6 +463,44 @@ def _warm_start(
     if trained_ids is not None and hasattr(module, "h_trained"):
         module.h_trained, _ = carry_rows(trained_ids.cpu(), module.h_trained, old_items, new_items)
     return counts
+
+
+_REDUCER_KEY = "item_tower.reducers.{}.{}"
+
+
+def _fit_reductions(
+    features: ItemFeatures, config: ModelConfig, init: TwoTowerRecommender | None = None
+) -> dict[str, dict[str, np.ndarray]]:
+    """``name -> fitted PCA`` of the modalities of ``config.pca_targets()`` that are wider than ``pca_dim`` and
+    present on more than ``pca_dim`` items (fitted on their present vectors of the whole catalog: content only, no
+    interaction); the others stay raw. With ``init`` (a warm start), ``init``'s fitted PCAs: its fusion weights
+    read those coordinates.
+
+    Raises:
+        ValueError: "cannot warm start": ``init`` reduces other modalities or to other widths than ``config`` would.
+    """
+    plan = {}
+    for m in config.pca_targets():
+        if m in features.modalities:
+            vectors = features.modalities[m][features.present[:, features.modality_names.index(m)]]
+            if config.pca_dim < min(vectors.shape):
+                plan[m] = vectors
+    if init is not None:
+        carried = _saved_reductions(init.model.state_dict())
+        wanted = dict.fromkeys(plan, config.pca_dim)
+        if {m: len(r["components"]) for m, r in carried.items()} != wanted:
+            raise ValueError(f"cannot warm start: the trained model reduces {sorted(carried)}, this config {wanted}")
+        return carried
+    return {m: fit_modality_pca(vectors, config.pca_dim) for m, vectors in plan.items()}
+
+
+def _saved_reductions(state: dict[str, torch.Tensor]) -> dict[str, dict[str, np.ndarray]]:
+    """The fitted PCAs in a ``TwoTowerModel`` state dict (none in a model saved before they existed)."""
+    names = sorted({k.split(".")[2] for k in state if k.startswith("item_tower.reducers.")})
+    return {
+        m: {part: state[_REDUCER_KEY.format(m, part)].cpu().numpy() for part in ("mean", "components", "scale")}
+        for m in names
+    }
 
 
 def _check_inputs(interactions: pd.DataFrame, features: ItemFeatures) -> None:
