@@ -110,9 +110,10 @@ class ModalityPCA(nn.Module):
     the weights (buffers). Why: the 1,280-d EfficientNet poster vectors of ml-latest-small are nearly unique per
     item, and a learned ``1280 -> D`` projection read them as an item id: measured on ``model_evaluation``'s item
     cold-start split (3 seeds, ``benchmarks/results/model_changes.md``, session of 2026-12-06), raw vectors gave
-    NDCG@10 0.312 ± 0.026 / Recall@20 0.237 ± 0.018 among new items, their first 32 principal components 0.335 ±
-    0.003 / 0.260 ± 0.005, at ~20% less time per training step. The text vectors (384-d) lost with it (PCA-64:
-    NDCG@10 0.315), so text is not reduced by default (``ModelConfig.pca_modalities``).
+    NDCG@10 0.312 ± 0.026 / Recall@20 0.237 ± 0.018 among new items, their first 32 principal components 0.331 ±
+    0.011 / 0.259 ± 0.005 (0.339 / 0.265 with learned pooling weights), at ~20% less time per training step. The
+    text vectors (384-d) lost with it (64 components: NDCG@10 0.318), so text is not reduced by default
+    (``ModelConfig.pca_modalities``).
 
     Call: ``(B, d) -> (B, k)`` float32.
     """
