@@ -334,6 +334,7 @@ WARM_FIGURES = {
     "recall_at_10": "Recall@10",
     "recall_at_20": "Recall@20",
     "coverage": "coverage",
+    "cold_share_at_20": "new share",  # item_cold_mixed: new items' share of the top-20 slots
 }
 COLD_FIGURES = {
     "cold_candidates_ndcg_at_10": "NDCG@10",

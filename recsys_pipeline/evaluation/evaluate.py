@@ -27,7 +27,13 @@ import pandas as pd
 
 from recsys_pipeline.content.features import ItemFeatures
 from recsys_pipeline.evaluation.metrics import ranking_metrics
-from recsys_pipeline.evaluation.protocols import EvaluationSettings, Split, make_split, validation_split
+from recsys_pipeline.evaluation.protocols import (
+    EvaluationSettings,
+    Split,
+    make_split,
+    split_family,
+    validation_split,
+)
 from recsys_pipeline.models.base import Recommender
 from recsys_pipeline.models.popularity import PopularityRecommender
 
@@ -65,7 +71,8 @@ def evaluate(
     ``recall_at_10, recall_at_{k}, ndcg_at_10, ndcg_at_{k}, coverage, n_users``; the same with prefix ``warm_``
     (truth restricted to items seen in train) and ``cold_`` (items not in train, same ranking). If the split has
     ``cold_items``, also ``cold_candidates_*`` (ranking among the cold items only) and
-    ``cold_candidates_random_recall_at_{k}`` (``k / n_cold``, a random order's expected recall). For each
+    ``cold_candidates_random_recall_at_{k}`` (``k / n_cold``, a random order's expected recall), and
+    ``cold_share_at_{k}``: the share of the whole-catalogue top-``k`` slots held by the cold items. For each
     ``name -> item ids`` of ``item_groups`` (e.g. ``with_image`` / ``without_image``), the same metrics with prefix
     ``{name}_`` over the test items of that group, and ``cold_candidates_{name}_`` for the cold ranking.
     Definitions of the metrics: ``evaluation.metrics``.
@@ -83,6 +90,8 @@ def evaluate(
     ranked_cold = truth_cold = None
     if split.cold_items is not None:
         cold = sorted(set(split.cold_items) & set(catalog))
+        # of the whole-catalogue lists, the share of slots new items hold (all test users, empty lists count 0)
+        out[f"cold_share_at_{k}"] = float(ranked["item_id"].isin(set(cold)).sum()) / max(len(users) * k, 1)
         ranked_cold = model.recommend(users, k, exclude_seen=False, exclude=split.train, candidates=cold)
         truth_cold = test[test["item_id"].isin(set(cold))]
         out.update(_prefixed(ranking_metrics(ranked_cold, truth_cold, max(len(cold), 1), ks), "cold_candidates_"))
@@ -203,10 +212,13 @@ def evaluate_protocols(
             their seeds; thread counts differ).
     """
     rows, ranked_all, truth_all, details, models = [], [], [], {}, {}
-    splits = {protocol: make_split(interactions, protocol, settings) for protocol in settings.protocols}
-    fitted = _fit_protocols(make_model, splits, features, processes)
+    # one split and one fit per family: item_cold_mixed is another view of item_cold_start's split and model
+    families = {protocol: split_family(protocol) for protocol in settings.protocols}
+    family_splits = {f: make_split(interactions, f, settings) for f in dict.fromkeys(families.values())}
+    fitted = _fit_protocols(make_model, family_splits, features, processes)
+    splits = {protocol: family_splits[family] for protocol, family in families.items()}
     for protocol, split in splits.items():
-        ours, seconds = fitted[protocol]
+        ours, seconds = fitted[families[protocol]]
         models[protocol] = ours
         details[protocol] = {
             "train_seconds": round(seconds, 1),

@@ -5,6 +5,8 @@
   Microsoft Recommenders' ``python_stratified_split``; users with < 5 stay train).
 - ``item_cold_start``: a seeded random ``cold_fraction`` of items moves to test with all its interactions; their
   users rank only those held-out items (item cold start).
+- ``item_cold_mixed``: the same split (the same model serves both), but the held-out items are ranked among the
+  whole catalogue, as a new item is served: how far new items reach into lists full of known ones.
 - ``temporal``: a global cutoff; test keeps the users with train history.
 
 Example::
@@ -33,14 +35,22 @@ __all__ = [
     "validation_split",
     "split_temporal",
     "split_item_cold_start",
+    "split_family",
     "evaluation_fingerprint",
 ]
 
-PROTOCOLS = ("user_last_fraction", "user_random_fraction", "item_cold_start", "temporal")
+PROTOCOLS = ("user_last_fraction", "user_random_fraction", "item_cold_start", "item_cold_mixed", "temporal")
+# Protocols that are another view of one split: evaluated on the same split with the same fitted model.
+_SAME_SPLIT_AS = {"item_cold_mixed": "item_cold_start"}
 # How a model evaluated on a protocol carves its early-stopping validation split from the train part
 # (``ModelConfig.val_split``): the same way as the protocol carves its test part, so early stopping optimises
 # what the protocol measures.
-_VALIDATION_OF = {"user_last_fraction": "last", "user_random_fraction": "random", "item_cold_start": "last"}
+_VALIDATION_OF = {
+    "user_last_fraction": "last",
+    "user_random_fraction": "random",
+    "item_cold_start": "last",
+    "item_cold_mixed": "last",
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,7 @@ class EvaluationSettings:
         ValueError: an unknown protocol, a fraction outside (0, 1), ``k < 1``, or ``temporal`` without a cutoff.
     """
 
-    protocols: tuple[str, ...] = ("user_last_fraction", "item_cold_start")
+    protocols: tuple[str, ...] = ("user_last_fraction", "item_cold_start", "item_cold_mixed")
     holdout_fraction: float = 0.2
     random_fraction: float = 0.25
     cold_fraction: float = 0.2
@@ -147,12 +157,19 @@ def split_item_cold_start(interactions: pd.DataFrame, fraction: float = 0.2, see
     return Split(interactions[~is_cold].reset_index(drop=True), interactions[is_cold].reset_index(drop=True), cold)
 
 
+def split_family(protocol: str) -> str:
+    """The protocol whose split (and fitted model) ``protocol`` shares: ``item_cold_mixed`` -> ``item_cold_start``;
+    any other protocol is its own."""
+    return _SAME_SPLIT_AS.get(protocol, protocol)
+
+
 def make_split(interactions: pd.DataFrame, protocol: str, settings: EvaluationSettings) -> Split:
-    """The train/test split of ``protocol`` under ``settings``.
+    """The train/test split of ``protocol`` under ``settings`` (``item_cold_mixed``: ``item_cold_start``'s).
 
     Raises:
         ValueError: unknown protocol, or ``temporal`` without a cutoff.
     """
+    protocol = split_family(protocol)
     if protocol == "user_last_fraction":
         return split_user_last_fraction(interactions, fraction=settings.holdout_fraction)
     if protocol == "user_random_fraction":

@@ -267,17 +267,21 @@ def model_version_url(tracking_uri: str, name: str, version: str | int) -> str:
 
 # ---------------------------------------------------------------------------------------------- figures
 COLD_START = "item_cold_start"
+COLD_MIXED = "item_cold_mixed"
 
 
 def judged_metrics(protocol: str, k: int = 20) -> tuple[str, ...]:
     """The figures ``protocol`` is judged by (names as ``evaluation.evaluate`` computes them, ``k`` its list length).
 
     ``item_cold_start`` tests new items: NDCG@10 and Recall@k of the ranking among the held-out new items
-    (``cold_candidates_*``; the whole-catalogue figures of that split are near zero by design). The other protocols
-    rank every unseen item: ``ndcg_at_10``, ``recall_at_{k}`` and ``coverage``.
+    (``cold_candidates_*``). ``item_cold_mixed``, the same split ranked over the whole catalogue: NDCG@10 and
+    Recall@k of the new items there and their share of the top-k (``cold_share_at_{k}``). The other protocols rank
+    every unseen item: ``ndcg_at_10``, ``recall_at_{k}`` and ``coverage``.
     """
     if protocol == COLD_START:
         return ("cold_candidates_ndcg_at_10", f"cold_candidates_recall_at_{k}")
+    if protocol == COLD_MIXED:
+        return ("ndcg_at_10", f"recall_at_{k}", f"cold_share_at_{k}")
     return ("ndcg_at_10", f"recall_at_{k}", "coverage")
 
 

@@ -209,3 +209,38 @@ def test_protocol_models_fitted_in_processes_equal_the_ones_fitted_here(toy):
         assert spawned.details[protocol]["epochs"] == here.details[protocol]["epochs"] == 2
     figures = here.metrics.set_index(["protocol", "model", "metric"])["value"]
     assert figures["user_last_fraction", "ours", "ndcg_at_10"] > 0
+
+
+def test_item_cold_mixed_is_the_cold_split_ranked_over_the_whole_catalogue(interactions):
+    """``item_cold_mixed`` shares ``item_cold_start``'s split and fitted model (one fit for both), ranks the held-out
+    items among every unseen item, and reports their share of the top-k: popularity, which has never seen them,
+    lists none; a model that puts them first holds every slot they can."""
+    fits = []
+
+    class NewFirst(PopularityRecommender):  # held-out items first (score 1000), then by popularity
+        def fit(self, data, features=None):
+            fits.append(len(data))
+            self.cold = set(Catalog(interactions).item_ids) - set(data["item_id"])
+            return super().fit(data, features)
+
+        def score(self, user_ids, item_ids):
+            bonus = np.array([1000.0 * (i in self.cold) for i in item_ids], dtype=np.float32)
+            return super().score(user_ids, item_ids) + bonus
+
+    settings = EvaluationSettings(protocols=["item_cold_start", "item_cold_mixed"], k=5)
+    result = evaluate_protocols(lambda _val: NewFirst(), interactions, Catalog(interactions), settings)
+    assert len(fits) == 1  # one split, one model
+    assert result.splits["item_cold_mixed"] is result.splits["item_cold_start"]
+    assert result.models["item_cold_mixed"] is result.models["item_cold_start"]
+    f = result.metrics.set_index(["protocol", "model", "metric"])["value"]
+    split = result.splits["item_cold_mixed"]
+    users = split.test["user_id"].nunique()
+    n_cold = len(split.cold_items)
+    assert f["item_cold_mixed", "popularity", "cold_share_at_5"] == 0.0
+    assert f["item_cold_mixed", "popularity", "recall_at_5"] == 0.0  # popularity never lists a new item
+    assert f["item_cold_mixed", "ours", "cold_share_at_5"] == pytest.approx(min(5, n_cold) * users / (5 * users))
+    mixed = result.ranked[(result.ranked["protocol"] == "item_cold_mixed") & (result.ranked["model"] == "ours")]
+    cold_lists = result.ranked[(result.ranked["protocol"] == "item_cold_start") & (result.ranked["model"] == "ours")]
+    assert set(mixed["item_id"]) <= split.cold_items  # new items first: the whole-catalogue lists are theirs
+    assert len(mixed) == len(cold_lists)
+    assert validation_split("item_cold_mixed") == "last"
