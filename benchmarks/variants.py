@@ -49,6 +49,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--protocols", nargs="+", default=["user_last_fraction", "item_cold_start"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads per fit (default: torch's)")
+    parser.add_argument("--k-core", type=int, default=0, help="evaluate on the k-core view (e.g. 10; 0 = all)")
     args = parser.parse_args()
 
     from recsys_pipeline.content.features import load_item_features
@@ -61,7 +62,7 @@ def main() -> int:
     with warehouse.session(os.path.join(args.home, "warehouse.duckdb"), read_only=True) as con:
         data = warehouse.read_interactions(con)
         features = load_item_features(con)
-    settings = EvaluationSettings(protocols=tuple(args.protocols))
+    settings = EvaluationSettings(protocols=tuple(args.protocols), k_core=args.k_core)
     splits = {p: make_split(data, p, settings) for p in settings.protocols}
     trainer = TrainerConfig(num_threads=args.threads)
     groups = modality_groups(features, "image")  # the same test items whatever a variant's modalities

@@ -57,6 +57,7 @@ class EvaluationConfig(dg.Config):
     temporal_cutoff: str | None = None
     k: int = _EVALUATION_DEFAULTS.k
     seed: int = _EVALUATION_DEFAULTS.seed
+    k_core: int = _EVALUATION_DEFAULTS.k_core  # 10: evaluate on the 10-core view (dense users and items)
     ablation_variants: list[str] = list(MASKED_VARIANTS)
 
     def settings(self) -> EvaluationSettings:

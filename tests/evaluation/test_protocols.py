@@ -244,3 +244,23 @@ def test_item_cold_mixed_is_the_cold_split_ranked_over_the_whole_catalogue(inter
     assert set(mixed["item_id"]) <= split.cold_items  # new items first: the whole-catalogue lists are theirs
     assert len(mixed) == len(cold_lists)
     assert validation_split("item_cold_mixed") == "last"
+
+
+def test_k_core_view_is_iterated_and_chooses_the_split():
+    """The k-core keeps users and items with at least k distinct partners, iterating: dropping a user can push an
+    item below k. The split of a protocol is made on that view."""
+    from recsys_pipeline.evaluation.protocols import k_core
+
+    rows = [(f"u{u}", f"i{i}") for u in range(3) for i in range(3)]  # a 3 x 3 block: the 3-core
+    rows += [("u3", "i0"), ("u3", "i1"), ("u3", "i3")]  # u3 has 3 items ...
+    rows += [("u4", "i3"), ("u5", "i3")]  # ... and i3 3 users, until u4 / u5 (1 item each) go: then i3, then u3
+    data = pd.DataFrame(rows, columns=["user_id", "item_id"]).assign(timestamp=pd.Timestamp("2021-01-01"))
+    core = k_core(data, 3)
+    assert set(core["user_id"]) == {"u0", "u1", "u2"} and set(core["item_id"]) == {"i0", "i1", "i2"}
+    assert len(core) == 9
+    assert len(k_core(data, 1)) == len(data) and k_core(data, 10).empty
+    settings = EvaluationSettings(protocols=["item_cold_start"], k_core=3, cold_fraction=0.34)
+    split = make_split(data, "item_cold_start", settings)
+    assert set(split.train["item_id"]) | set(split.test["item_id"]) == {"i0", "i1", "i2"}
+    with pytest.raises(ValueError, match="k_core"):
+        EvaluationSettings(k_core=-1)
