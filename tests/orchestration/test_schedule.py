@@ -27,7 +27,7 @@ def test_jobs_say_what_they_run(definitions):
         description = definitions.resolve_job_def(name).description
         assert description and len(description) > 40, name
     assert automation.ORIGIN_TAG == "recsys/origin"  # the key the `recsys` commands set (demo, backfill) too
-    assert set(automation.ORIGINS) == {"schedule", "sensor", "demo", "backfill"}
+    assert set(automation.ORIGINS) == {"schedule", "sensor", "demo", "backfill", "rollback"}
 
 
 def test_partitions_of_the_bundled_data_end_at_its_last_day_and_growing_ones_at_yesterday(tmp_path, monkeypatch):
@@ -61,8 +61,12 @@ def test_nightly_schedule_runs_the_whole_graph_at_two_utc(definitions):
     job = definitions.resolve_job_def(schedule.job_name)
     every_asset = set(definitions.resolve_all_asset_keys())
     assert set(job.asset_layer.executable_asset_keys) == every_asset
-    # the unpartitioned assets run in the same partitioned run (Dagster runs them as plain steps)
-    assert {"item_catalog", "recommender_model", "recommendations"} <= {k.to_user_string() for k in every_asset}
+    # every stage is on the job's daily partitions: yesterday's run materializes yesterday's partition of each
+    for key in every_asset:
+        assert definitions.get_assets_def(key).partitions_def == job.partitions_def, key
+    policies = {k.to_user_string(): definitions.get_assets_def(k).backfill_policy for k in every_asset}
+    assert {k for k, p in policies.items() if p.max_partitions_per_run == 1} == set(automation.MODEL_ASSETS)
+    assert {k for k, p in policies.items() if p.max_partitions_per_run is None} == set(automation.DAILY_RANGE_ASSETS)
 
 
 def test_nightly_hour_comes_from_the_settings_and_is_validated(monkeypatch):
