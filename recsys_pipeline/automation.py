@@ -4,7 +4,7 @@
   ingests that day, brings the catalog as of that day up to date (embeddings of new or changed items only), trains
   the model of that day, evaluates and gates it and publishes that day's lists. A range of days as one run suits
   ingestion and content (:data:`DAILY_RANGE_ASSETS`, what ``recsys demo`` and ``recsys backfill`` run as one run);
-  the model group runs one day per run (:data:`MODEL_ASSETS`, ``BackfillPolicy.multi_run(1)``).
+  the model group runs one day per run (:data:`MODEL_ASSETS`; a backfill launches one run per day).
 - ``nightly_retrain``: 02:00 UTC (``RECSYS_NIGHTLY_HOUR_UTC`` moves it) runs that job for yesterday's partition:
   yesterday's partition of every stage, in one run.
 - ``landing_events``: watches the ``daily_files`` source folder and ingests a day (``item_catalog``,
@@ -49,7 +49,7 @@ INGESTION_ASSETS = ("item_catalog", "raw_events", "interactions")
 CONTENT_ASSETS = ("text_embeddings", "image_embeddings", "audio_embeddings", "item_features")
 # a range of days as one run (BackfillPolicy.single_run): the demo's and `recsys backfill`'s first run
 DAILY_RANGE_ASSETS = (*INGESTION_ASSETS, *CONTENT_ASSETS)
-# one day per run (BackfillPolicy.multi_run(1)): a model is trained as of one day
+# one day per run (no backfill policy: a backfill launches one run per day): a model is trained as of one day
 MODEL_ASSETS = ("recommender_model", "model_evaluation", "recommendations")
 __all__ = [
     "PIPELINE_JOB",

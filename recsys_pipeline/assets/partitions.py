@@ -60,7 +60,7 @@ def window(context: dg.AssetExecutionContext) -> tuple[datetime, datetime]:
 
 
 def one_day(context: dg.AssetExecutionContext) -> date:
-    """The UTC day of a run of one partition (the model group: one run per day, ``BackfillPolicy.multi_run(1)``).
+    """The UTC day of a run of one partition (the model group: a backfill launches one run per day).
 
     Raises:
         dagster.Failure: the run covers a range of days (a model is trained as of one day: backfill the range as

@@ -311,7 +311,11 @@ def gate_model_version(
     elif champion is not None:
         reason = f"{policy.metric}: {reason}; champion v{champion.version}, {comparison.replace('_', ' ')}"
     elif day is not None and holder is not None:
-        reason = reason.replace("no champion yet", f"no champion of {day} or an earlier day", 1)
+        reason = reason.replace(
+            "no champion yet: the first evaluated version becomes champion",
+            f"no champion of {day} or an earlier day: the first version evaluated for them becomes their champion",
+            1,
+        )
     moves = promoted and (
         holder is None
         or str(holder.version) == version

@@ -172,6 +172,9 @@ def test_every_mlflow_run_names_its_dagster_run_partitions_and_origin(night):
     assert night.client.get_model_version(NAME, "1").tags["partition_date"] == TOY_DAY  # the version's day
     context = SimpleNamespace(run=SimpleNamespace(run_id="r1", tags={"dagster/partition": "2024-05-02"}))
     assert mlflow_tags(context) == {"dagster.run_id": "r1", "dagster.partition": "2024-05-02"}
+    one_day = {"dagster/asset_partition_range_start": "2024-05-02", "dagster/asset_partition_range_end": "2024-05-02"}
+    context = SimpleNamespace(run=SimpleNamespace(run_id="r1", tags=one_day))
+    assert mlflow_tags(context) == {"dagster.run_id": "r1", "dagster.partition": "2024-05-02"}
     ranged = {"dagster/asset_partition_range_start": "2024-05-01", "dagster/asset_partition_range_end": "2024-05-02"}
     context = SimpleNamespace(run=SimpleNamespace(run_id="r2", tags=ranged))
     assert mlflow_tags(context) == {"dagster.run_id": "r2", "dagster.partition_range": "2024-05-01...2024-05-02"}

@@ -64,9 +64,12 @@ def test_nightly_schedule_runs_the_whole_graph_at_two_utc(definitions):
     # every stage is on the job's daily partitions: yesterday's run materializes yesterday's partition of each
     for key in every_asset:
         assert definitions.get_assets_def(key).partitions_def == job.partitions_def, key
+    # a range of ingestion or content is one run; the model group: no policy, a backfill launches one run per day
     policies = {k.to_user_string(): definitions.get_assets_def(k).backfill_policy for k in every_asset}
-    assert {k for k, p in policies.items() if p.max_partitions_per_run == 1} == set(automation.MODEL_ASSETS)
-    assert {k for k, p in policies.items() if p.max_partitions_per_run is None} == set(automation.DAILY_RANGE_ASSETS)
+    assert {k for k, p in policies.items() if p is None} == set(automation.MODEL_ASSETS)
+    assert {k for k, p in policies.items() if p and p.max_partitions_per_run is None} == set(
+        automation.DAILY_RANGE_ASSETS
+    )
 
 
 def test_nightly_hour_comes_from_the_settings_and_is_validated(monkeypatch):
