@@ -422,6 +422,8 @@ def test_a_backfill_of_the_model_group_from_the_ui_trains_a_model_per_day(demo_u
     for day, version in versions.items():
         run = client.get_run(version.run_id)
         assert run.data.tags["dagster.partition"] == day and run.data.tags["dagster.run_id"] == by_day[day]["runId"]
+        # trained as of that day: its newest interaction is before the end of the day (UTC)
+        assert run.data.params["data.last_timestamp_utc"] < (date.fromisoformat(day) + timedelta(days=1)).isoformat()
         assert version.tags["gate.decision"] in ("champion", "challenger")
 
     # Dagster: each day's model_evaluation materialization holds that day's version and gate decision, the

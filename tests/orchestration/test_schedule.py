@@ -1,6 +1,6 @@
 """The nightly schedule asks for yesterday's partition of the whole-graph job."""
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import dagster as dg
 
@@ -84,3 +84,31 @@ def test_nightly_hour_comes_from_the_settings_and_is_validated(monkeypatch):
         monkeypatch.setenv("RECSYS_NIGHTLY_HOUR_UTC", bad)
         with pytest.raises(SettingsError, match="RECSYS_NIGHTLY_HOUR_UTC"):
             build_definitions()
+
+
+def test_the_model_of_a_day_reads_the_interactions_up_to_that_day_or_its_window(monkeypatch):
+    """What the UI's lineage shows for a model partition: every interactions partition up to its day, or the
+    RECSYS_TRAINING_WINDOW_DAYS days ending with it; the catalog as of that day."""
+    import dagster as dg
+
+    from recsys_pipeline.assets.model import _training_window
+    from recsys_pipeline.definitions import build_definitions
+
+    def parents(graph, asset: str, day: str) -> dict[str, list[str]]:
+        found = graph.get_parents_partitions(dg.AssetKey(asset), day).parent_partitions
+        out: dict[str, list[str]] = {}
+        for parent in found:
+            out.setdefault(parent.asset_key.to_user_string(), []).append(parent.partition_key)
+        return {k: sorted(v) for k, v in out.items()}
+
+    graph = build_definitions().resolve_asset_graph()
+    every = parents(graph, "recommender_model", "1996-04-02")
+    assert every["interactions"] == ["1996-03-29", "1996-03-30", "1996-03-31", "1996-04-01", "1996-04-02"]
+    assert every["item_features"] == ["1996-04-02"]
+    assert len(parents(graph, "model_evaluation", "2018-09-24")["interactions"]) == 8215  # every day of the data
+    monkeypatch.setenv("RECSYS_TRAINING_WINDOW_DAYS", "7")
+    windowed = parents(build_definitions().resolve_asset_graph(), "recommender_model", "2018-09-24")
+    assert windowed["interactions"] == [f"2018-09-{d}" for d in range(18, 25)]
+    since, until = _training_window(date(2018, 9, 24), 7)
+    assert (since, until) == (datetime(2018, 9, 18), datetime(2018, 9, 25))  # what training reads: [since, until)
+    assert _training_window(date(2018, 9, 24), None) == (None, datetime(2018, 9, 25))
