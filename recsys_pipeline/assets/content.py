@@ -49,13 +49,7 @@ def _catalog_as_of(con, end: datetime, columns: str) -> tuple[pd.DataFrame, list
     Raises:
         dagster.Failure: no catalog, or one written by an older release (no ``added_at``).
     """
-    if not warehouse.table_exists(con, "item_catalog") or "added_at" not in {
-        r[0]
-        for r in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' "
-            "AND table_name = 'item_catalog'"
-        ).fetchall()
-    }:
+    if not warehouse.has_column(con, "item_catalog", "added_at"):
         raise dg.Failure("no item_catalog with added_at (or one of an older release): materialize item_catalog first")
     every = con.execute("SELECT item_id FROM item_catalog").df()
     due = con.execute(  # columns: literals of this module

@@ -44,16 +44,6 @@ def _per_day(context: dg.AssetExecutionContext, window: bool = False, **counts: 
     return out
 
 
-def _has_added_at(con) -> bool:
-    """Whether ``item_catalog`` has its ``added_at`` column (an older release wrote it without)."""
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'main' "
-            "AND table_name = 'item_catalog' AND column_name = 'added_at'"
-        ).fetchall()[0][0]
-    )
-
-
 def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetsDefinition]:
     """``raw_events``, ``interactions`` and ``item_catalog`` on ``partitions`` (a range is one run)."""
 
@@ -131,7 +121,7 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
                 "ORDER BY partition_date, source, source_row",
                 [start, end],
             ).df()
-            if not _has_added_at(con):
+            if not warehouse.has_column(con, "item_catalog", "added_at"):
                 raise dg.Failure("item_catalog was written by an older release: materialize item_catalog first")
             items = con.execute("SELECT item_id, added_at FROM item_catalog").fetchall()
             clean, quarantined = clean_events(raw, start, end, known_items=dict(items))
@@ -184,7 +174,7 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
         # catalog and its quarantine rows change together
         with warehouse_db.session() as con:
             with warehouse.transaction(con, "item_catalog"):
-                if not warehouse.table_exists(con, "item_catalog") or not _has_added_at(con):
+                if not warehouse.has_column(con, "item_catalog", "added_at"):
                     warehouse.replace_table(con, ITEM_CATALOG, as_of, own_transaction=False)  # first or older table
                 else:
                     con.register("_as_of_items", as_of[["item_id"]])

@@ -205,7 +205,8 @@ def ensure_table(con: duckdb.DuckDBPyConnection, table: Table) -> None:
     con.execute(f"CREATE TABLE IF NOT EXISTS {table.name} ({table.ddl()})")
 
 
-def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Whether ``table`` exists with a column ``column`` (a table an older release wrote may lack one)."""
     rows = con.execute(
         "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ? "
         "AND column_name = ?",
@@ -255,7 +256,7 @@ def replace_partition(
     if keep_days is not None and keep_days < 1:
         raise ValueError(f"keep_days must be at least 1, got {keep_days}")
     with transaction(con, table.name) if own_transaction else contextlib.nullcontext():
-        if table_exists(con, table.name) and not _has_column(con, table.name, column):
+        if table_exists(con, table.name) and not has_column(con, table.name, column):
             con.execute(f"ALTER TABLE {table.name} ADD COLUMN {column} DATE")
             if legacy_from is not None:
                 con.execute(f"UPDATE {table.name} SET {column} = CAST({legacy_from} AS DATE)")
@@ -278,7 +279,7 @@ def replace_partition(
 
 def partition_days(con: duckdb.DuckDBPyConnection, table: str, column: str = "partition_date") -> list[date]:
     """The distinct days of ``table.column`` (a DATE), ascending; ``[]`` when the table or column is absent."""
-    if not table_exists(con, table) or not _has_column(con, table, column):
+    if not table_exists(con, table) or not has_column(con, table, column):
         return []
     rows = con.execute(f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL ORDER BY 1").fetchall()
     return [r[0] for r in rows]
