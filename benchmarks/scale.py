@@ -6,8 +6,9 @@ For each factor F a GroupLens-layout release is written to a temporary folder: F
 copy ``c`` with user ids ``userId + c * 1,000,000`` and the same timestamps (so every event keeps its day and the
 8,215 daily partitions stay the same). Items are shared by all copies, or with ``--items-factor M`` copied M times
 with their content (titles, genres, tags; copy ``j`` has ids ``movieId + j * 10,000,000``), users of copy ``c``
-rating copy ``c mod M``. Each factor then runs ``benchmarks/pipeline.py --section demo`` (every asset as one
-in-process Dagster run, as ``recsys demo``) on a home of its own, in a child process, without posters (image cost
+rating copy ``c mod M``. Each factor then runs ``benchmarks/pipeline.py --section demo`` (the two in-process
+Dagster runs of ``recsys demo``: ingestion of every day, then content and the model group for the last day) on a
+home of its own, in a child process, without posters (image cost
 does not grow with events), with training capped at ``--max-epochs`` epochs (``RECSYS_MAX_EPOCHS``; per-epoch time
 is the figure that must grow linearly; with 1 epoch the model stays below the popularity floor and the gate stops
 the run before ``recommendations``). A factor whose run stopped early is reported with the reason.

@@ -1,11 +1,17 @@
 """Jobs, the nightly schedule and the landing-folder sensor (what runs without anyone clicking).
 
-- ``recsys_pipeline_job``: the whole graph. Run for one daily partition (or a range, as one run) it ingests those
-  days and refreshes everything unpartitioned downstream (catalog, embeddings of new items only, model,
-  evaluation, recommendations): Dagster runs unpartitioned assets in a partitioned run as plain steps.
-- ``nightly_retrain``: 02:00 UTC (``RECSYS_NIGHTLY_HOUR_UTC`` moves it) runs that job for yesterday's partition.
+- ``recsys_pipeline_job``: the whole graph; every asset is on the same daily partitions. Run for one day it
+  ingests that day, brings the catalog as of that day up to date (embeddings of new or changed items only), trains
+  the model of that day, evaluates and gates it and publishes that day's lists. A range of days as one run suits
+  ingestion and content (:data:`DAILY_RANGE_ASSETS`, what ``recsys demo`` and ``recsys backfill`` run as one run);
+  the model group runs one day per run (:data:`MODEL_ASSETS`; a backfill launches one run per day).
+- ``nightly_retrain``: 02:00 UTC (``RECSYS_NIGHTLY_HOUR_UTC`` moves it) runs that job for yesterday's partition:
+  yesterday's partition of every stage, in one run.
 - ``landing_events``: watches the ``daily_files`` source folder and ingests a day (``item_catalog``,
   ``raw_events``, ``interactions``) when its file appears or changes.
+- ``rollback_recommendations``: points the published lists (what ``recsys serve`` / ``recsys recommend`` answer
+  from by default) at another published day (``recsys rollback --date D``), recorded as a run and as an
+  observation of that day's ``recommendations`` partition.
 
 Schedule and sensor start stopped: nothing runs unless someone turns them on (UI, Automation tab).
 
@@ -24,28 +30,42 @@ import dagster as dg
 from recsys_pipeline.assets.metadata import (
     ORIGIN_BACKFILL,
     ORIGIN_DEMO,
+    ORIGIN_ROLLBACK,
     ORIGIN_SCHEDULE,
     ORIGIN_SENSOR,
     ORIGIN_TAG,
     ORIGINS,
 )
 from recsys_pipeline.data.sources import SourceError
-from recsys_pipeline.resources import SourceResource
+from recsys_pipeline.resources import HomeResource, SourceResource
 from recsys_pipeline.settings import Settings
 
 # A file modified more recently than this is probably still being written: it waits for a later tick.
 SETTLE_SECONDS = 30.0
 PIPELINE_JOB = "recsys_pipeline_job"
 INGEST_JOB = "ingest_events_job"
+ROLLBACK_JOB = "rollback_recommendations"
+INGESTION_ASSETS = ("item_catalog", "raw_events", "interactions")
+CONTENT_ASSETS = ("text_embeddings", "image_embeddings", "audio_embeddings", "item_features")
+# a range of days as one run (BackfillPolicy.single_run): the demo's and `recsys backfill`'s first run
+DAILY_RANGE_ASSETS = (*INGESTION_ASSETS, *CONTENT_ASSETS)
+# one day per run (no backfill policy: a backfill launches one run per day): a model is trained as of one day
+MODEL_ASSETS = ("recommender_model", "model_evaluation", "recommendations")
 __all__ = [
     "PIPELINE_JOB",
     "INGEST_JOB",
+    "ROLLBACK_JOB",
+    "INGESTION_ASSETS",
+    "CONTENT_ASSETS",
+    "DAILY_RANGE_ASSETS",
+    "MODEL_ASSETS",
     "ORIGIN_TAG",
     "ORIGINS",
     "ORIGIN_SCHEDULE",
     "ORIGIN_SENSOR",
     "ORIGIN_DEMO",
     "ORIGIN_BACKFILL",
+    "ORIGIN_ROLLBACK",
     "jobs",
     "schedules",
     "sensors",
@@ -53,21 +73,77 @@ __all__ = [
 
 
 def jobs() -> list:
-    """``recsys_pipeline_job`` (every asset) and ``ingest_events_job`` (one day of events); both are partitioned
-    like their assets (Dagster infers it)."""
+    """``recsys_pipeline_job`` (every asset), ``ingest_events_job`` (one day of events), both partitioned like
+    their assets (Dagster infers it), and ``rollback_recommendations`` (no partitions: its config names the day)."""
     return [
         dg.define_asset_job(
             PIPELINE_JOB,
             selection=dg.AssetSelection.all(),
-            description="The whole graph: ingest the partitions of the run (one day, or a range as "
-            "one run), then the catalog, embeddings of new items, retrain, evaluate, gate, publish.",
+            description="The whole graph for a day: ingest it, the catalog as of it (embeddings of new items), "
+            "train the model of that day, evaluate, gate, publish that day's lists. A range of days as one run: "
+            "ingestion and content only (the model group runs one day per run).",
         ),
         dg.define_asset_job(
             INGEST_JOB,
-            selection=dg.AssetSelection.assets("item_catalog", "raw_events", "interactions"),
-            description="One day of events: the catalog (so new items are known), raw_events and interactions.",
+            selection=dg.AssetSelection.assets(*INGESTION_ASSETS),
+            description="One day of events: the catalog as of that day (so new items are known), raw_events and "
+            "interactions.",
         ),
+        rollback_job(),
     ]
+
+
+class RollbackConfig(dg.Config):
+    """``date``: the UTC day (YYYY-MM-DD) whose published lists readers answer from after the run."""
+
+    date: str
+
+
+def rollback_job() -> dg.JobDefinition:
+    """``rollback_recommendations``: one op that moves the current published day (``published/current.json``)
+    to ``date``, a day whose lists were published (``recsys rollback --date D`` runs it; from the UI: Launchpad,
+    config ``ops: {publish_day: {config: {date: ...}}}``)."""
+
+    @dg.op(
+        description="Answer from the published lists of `date`: move the current published day there, and record "
+        "it as an observation of that day's recommendations partition."
+    )
+    def publish_day(context: dg.OpExecutionContext, config: RollbackConfig, home: HomeResource) -> None:
+        from datetime import date
+
+        from recsys_pipeline.serving.publish import make_current
+
+        try:
+            day = date.fromisoformat(config.date)
+        except ValueError as exc:
+            raise dg.Failure(f"date={config.date!r} is not a YYYY-MM-DD date") from exc
+        try:
+            previous = make_current(home.paths(), day, run_id=context.run_id)
+        except LookupError as exc:
+            raise dg.Failure(str(exc)) from exc
+        context.log.info(f"published lists now answer from {day} (before: {previous or 'none'})")
+        context.log_event(
+            dg.AssetObservation(
+                asset_key="recommendations",
+                partition=day.isoformat(),
+                metadata={
+                    "published_current_day": day.isoformat(),
+                    "previous_current_day": previous.isoformat() if previous else "",
+                    "rollback_run": context.run_id,
+                },
+            )
+        )
+
+    @dg.job(
+        name=ROLLBACK_JOB,
+        description="Roll the published recommendations back (or forward) to a published day: `recsys rollback "
+        "--date D`, or config ops.publish_day.config.date.",
+        tags={ORIGIN_TAG: ORIGIN_ROLLBACK},
+    )
+    def rollback_recommendations():
+        publish_day()
+
+    return rollback_recommendations
 
 
 def schedules(pipeline_job, settings: Settings) -> list:

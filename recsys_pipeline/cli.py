@@ -1,13 +1,17 @@
 """The ``recsys`` command line (:data:`COMMANDS` lists the commands; ``recsys --help`` shows them).
 
-- ``recsys demo``: one run of ``recsys_pipeline_job`` over every partition of the configured data (default:
-  bundled MovieLens), on the Dagster instance under ``$RECSYS_HOME/dagster`` (the run shows in the UI), then a
-  summary.
-- ``recsys recommend --user ID [-k N]``: that user's latest recommendations with titles.
-- ``recsys serve [--host 127.0.0.1] [--port 8000]``: ``GET /recommendations/{user_id}?k=10`` over the published
-  recommendations (``serving.app``).
+- ``recsys demo``: two runs of ``recsys_pipeline_job`` on the configured data (default: bundled MovieLens), on
+  the Dagster instance under ``$RECSYS_HOME/dagster`` (the runs show in the UI): ingestion over every daily
+  partition as one run, then the content and the model group (encode, train, evaluate, gate, publish) for the last
+  day; then a summary.
+- ``recsys recommend --user ID [-k N] [--date D]``: that user's published recommendations with titles (of the
+  current published day, or of day D).
+- ``recsys serve [--host 127.0.0.1] [--port 8000]``: ``GET /recommendations/{user_id}?k=10[&date=D]`` over the
+  published recommendations (``serving.app``).
 - ``recsys backfill --start D --end D [--downstream]``: re-ingest the UTC days ``start..end`` (inclusive) of
-  raw_events and interactions (and the catalog) as one run, optionally with everything downstream in that run.
+  raw_events and interactions (and the catalog) as one run; ``--downstream``: the content as of those days in the
+  same run, then the model group as of each day, one run per day.
+- ``recsys rollback --date D``: answer from the lists published for day D (a run of ``rollback_recommendations``).
 - ``recsys export --out DIR``: the inputs of standalone training.
 - ``recsys ui``: the Dagster UI on 127.0.0.1.
 
@@ -48,6 +52,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+    warnings.filterwarnings("ignore", message=".*is currently in preview.*")
     warnings.filterwarnings("ignore", message=".*deprecated.*")
     _mute_mlflow_notices()
 
@@ -149,11 +154,12 @@ def _run(
     last: str | None = None,
     run_config: dict | None = None,
     origin: str = "demo",
+    job_name: str = PIPELINE_JOB,
 ) -> dict[str, float]:
-    """Execute ``selection`` (asset names; ``None`` = every asset) of ``recsys_pipeline_job`` as ONE run on the home's
-    instance, over the daily partitions ``first..last`` when given, tagged with where it came from (``origin``:
-    ``demo`` or ``backfill``, run tag ``recsys/origin``). Prints a line per step; returns wall seconds per step.
-    Raises SystemExit naming the failed step or blocking check."""
+    """Execute ``selection`` (asset names; ``None`` = every asset) of ``job_name`` as ONE run on the home's
+    instance, over the daily partitions ``first..last`` when given (``first == last``: that one partition), tagged
+    with where it came from (``origin``: ``demo``, ``backfill`` or ``rollback``, run tag ``recsys/origin``). Prints
+    a line per step; returns wall seconds per step. Raises SystemExit naming the failed step or blocking check."""
     import dagster as dg
 
     from recsys_pipeline.assets.metadata import ORIGIN_TAG, ORIGINS
@@ -167,14 +173,18 @@ def _run(
         print(f"    run {run_id[:8]} was killed mid-step: marked failed, its duckdb pool slot freed", flush=True)
     for run_id in kill_orphaned_mlflow_runs(instance):
         print(f"    MLflow run {run_id[:8]} of a dead Dagster run marked KILLED", flush=True)
-    job = _definitions().resolve_job_def(PIPELINE_JOB)
+    job = _definitions().resolve_job_def(job_name)
     tags = {ORIGIN_TAG: origin, HOST_TAG: socket.gethostname()}  # this process runs it (dead-run judgement)
-    if first is not None:
+    partition = None
+    if first is not None and first == last:
+        partition = first  # one day: the run's partition (tag dagster/partition), as the UI and schedule launch it
+    elif first is not None:
         tags |= {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     print(f"==> {label}", flush=True)
     result = job.execute_in_process(
         instance=instance,
         asset_selection=None if selection is None else [dg.AssetKey(k) for k in selection],
+        partition_key=partition,
         tags=tags,
         run_config={"loggers": {"step_lines": {}}, **(run_config or {})},
         raise_on_error=False,
@@ -271,11 +281,15 @@ def _partition_range(first, last) -> tuple[str, str]:
 
 
 def run_demo(home: str | None = None, start: str | None = None, end: str | None = None) -> dict[str, float]:
-    """Materialize every asset of ``recsys_pipeline_job`` on the Dagster instance under the home, as one run over
-    the partitions ``start..end`` (default: every day of the data).
+    """Materialize every asset of ``recsys_pipeline_job`` on the Dagster instance under the home, in two runs:
+    ingestion over the partitions ``start..end`` (default: every day of the data) as one run, then the content
+    (the catalog as of the last day: every item encoded) and the model group (train, evaluate, gate, publish) for
+    the last day.
 
     Returns wall seconds per step. Raises SystemExit when a step fails, ValueError for a bad range.
     """
+    from recsys_pipeline.automation import CONTENT_ASSETS, INGESTION_ASSETS, MODEL_ASSETS
+
     first_day, last_day = _day(start, "--start"), _day(end, "--end")
     paths = _prepare_home(home)
     from recsys_pipeline.resources import SourceResource
@@ -285,25 +299,101 @@ def run_demo(home: str | None = None, start: str | None = None, end: str | None 
         first_day, last_day = first_day or source.first_date(), last_day or source.last_date()
     first, last = _partition_range(first_day, last_day)
     print(f"recsys demo: home {paths.root}\n    data {first} .. {last} (UTC days)", flush=True)
-    return _run(None, f"{PIPELINE_JOB}: every asset, daily partitions {first} .. {last} as one run", first, last)
+    seconds = _run(
+        list(INGESTION_ASSETS), f"{PIPELINE_JOB}: ingestion, daily partitions {first} .. {last} as one run", first, last
+    )
+    seconds |= _run(
+        [*CONTENT_ASSETS, *MODEL_ASSETS],
+        f"{PIPELINE_JOB}: content and model group as of {last} (encode, train, evaluate, gate, publish)",
+        last,
+        last,
+    )
+    return seconds
+
+
+def _days_between(first: str, last: str) -> list[str]:
+    """The UTC days ``first..last`` (inclusive, ``YYYY-MM-DD``)."""
+    from datetime import date, timedelta
+
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
 
 
 def backfill(args: argparse.Namespace) -> int:
-    """Re-ingest ``--start..--end`` (inclusive UTC days) and the catalog as one run, optionally with everything
-    downstream. Raises ValueError for a bad date, a reversed range or a day outside the partitions."""
+    """Re-ingest ``--start..--end`` (inclusive UTC days) and the catalog as of those days as one run; with
+    ``--downstream`` the content in that run too, then the model group as of each day, one run per day (a day whose
+    gate stops publishing is reported, and the next days still run); one day with ``--downstream`` is one run of
+    every asset, what ``nightly_retrain`` runs. Returns 0, or 1 when a day's run failed.
+    Raises ValueError for a bad date, a reversed range or a day outside the partitions."""
+    from recsys_pipeline.automation import DAILY_RANGE_ASSETS, INGESTION_ASSETS, MODEL_ASSETS
+
     first, last = _partition_range(_day(args.start, "--start"), _day(args.end, "--end"))
     paths = _prepare_home(args.home)
     print(f"recsys backfill: home {paths.root}", flush=True)
+    if args.downstream and first == last:  # one day and everything downstream: one run, as nightly_retrain runs it
+        _run(
+            None,
+            f"every asset: the daily partition {first} (one run, as nightly_retrain)",
+            first,
+            last,
+            origin="backfill",
+        )
+        return 0
     # item_catalog too: interactions quarantines events of items the catalog does not know yet
-    selection = None if args.downstream else ["item_catalog", "raw_events", "interactions"]
-    what = "every asset" if args.downstream else "item_catalog, raw_events, interactions"
+    selection = DAILY_RANGE_ASSETS if args.downstream else INGESTION_ASSETS
     _run(
-        selection,
-        f"{what}: daily partitions {first} .. {last} (one single-run backfill)",
+        list(selection),
+        f"{', '.join(selection)}: daily partitions {first} .. {last} (one single-run backfill)",
         first,
         last,
         origin="backfill",
     )
+    if not args.downstream:
+        return 0
+    days = _days_between(first, last)
+    failed = []
+    for n, day in enumerate(days, 1):
+        try:
+            _run(
+                list(MODEL_ASSETS),
+                f"model group as of {day} ({n} of {len(days)}): train, evaluate, gate, publish",
+                day,
+                day,
+                origin="backfill",
+            )
+        except SystemExit as exc:  # one day's failure (e.g. gated out) does not stop the other days
+            print(f"    {day}: {exc}", file=sys.stderr, flush=True)
+            failed.append(day)
+    if failed:
+        print(f"recsys backfill: {len(failed)} of {len(days)} days failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def rollback(args: argparse.Namespace) -> int:
+    """Answer from the lists published for ``--date`` (a run of ``rollback_recommendations`` on the home's
+    instance, tagged ``recsys/origin=rollback``). Exit codes: 0 done, 1 no lists published for that day.
+    Raises ValueError for a malformed date."""
+    from recsys_pipeline.automation import ROLLBACK_JOB
+    from recsys_pipeline.serving.snapshot import current_day, published_days
+
+    day = _day(args.date, "--date")
+    paths = _paths(args.home)
+    days = published_days(paths)
+    if day not in days:
+        shown = f"{days[0]} .. {days[-1]} ({len(days)} days)" if days else "none"
+        print(f"recsys rollback: no published recommendations of {day}; published days: {shown}", file=sys.stderr)
+        return 1
+    before = current_day(paths)
+    _prepare_home(args.home)
+    _run(
+        None,
+        f"{ROLLBACK_JOB}: answer from the lists of {day} (now: {before or 'none'})",
+        run_config={"ops": {"publish_day": {"config": {"date": day.isoformat()}}}},
+        origin="rollback",
+        job_name=ROLLBACK_JOB,
+    )
+    print(f"recsys rollback: `recsys recommend` and `recsys serve` answer from {day} (was {before or 'none'})")
     return 0
 
 
@@ -463,7 +553,8 @@ def _clip(text, chars: int):
 
 
 def _summary(paths: HomePaths, timings: dict[str, float], user: str | None) -> None:
-    """Print :func:`format_summary` of the home's warehouse after a demo run (``user``: default the smallest id)."""
+    """Print :func:`format_summary` of the home's warehouse after a demo run (``user``: default the smallest id):
+    the evaluation and lists of the newest day the tables hold (the demo's)."""
     import pandas as pd
 
     from recsys_pipeline.data import warehouse
@@ -477,16 +568,24 @@ def _summary(paths: HomePaths, timings: dict[str, float], user: str | None) -> N
             ).df()
         else:
             missing = pd.DataFrame(columns=["modality", "reason", "items"])
-        metrics = con.execute("SELECT protocol, model, metric, value FROM evaluation_metrics").df()
+        newest = "partition_date = (SELECT max(partition_date) FROM {})"  # a table name of this function
+        metrics = con.execute(
+            "SELECT protocol, model, metric, value FROM evaluation_metrics WHERE " + newest.format("evaluation_metrics")
+        ).df()
         ablation = None
         if warehouse.table_exists(con, "evaluation_ablation"):
-            ablation = con.execute("SELECT * FROM evaluation_ablation").df()
+            ablation = con.execute(
+                "SELECT * FROM evaluation_ablation WHERE " + newest.format("evaluation_ablation")
+            ).df()
+        day = con.execute("SELECT max(partition_date) FROM recommendations").fetchall()[0][0]
         if user is None:
-            user = con.execute("SELECT min(user_id) FROM recommendations").fetchall()[0][0]
+            user = con.execute("SELECT min(user_id) FROM recommendations WHERE partition_date = ?", [day]).fetchall()[
+                0
+            ][0]
         recs = con.execute(
             "SELECT r.rank, c.title, round(r.score, 3) AS score FROM recommendations r JOIN item_catalog c "
-            "USING (item_id) WHERE r.user_id = ? ORDER BY r.rank LIMIT 10",
-            [user],
+            "USING (item_id) WHERE r.partition_date = ? AND r.user_id = ? ORDER BY r.rank LIMIT 10",
+            [day, user],
         ).df()
         liked = con.execute(
             "SELECT c.title, max(i.value) AS value FROM interactions i JOIN item_catalog c USING (item_id) "
@@ -515,15 +614,29 @@ def _shown_uri(uri: str) -> str:
 
 
 def recommend(args: argparse.Namespace) -> int:
-    """A user's list from the published snapshot, not the DuckDB file: it answers while a run holds the lock.
+    """A user's list from the published snapshot (of the current published day, or of ``--date``), not the DuckDB
+    file: it answers while a run holds the lock.
 
-    Exit codes: 0 printed, 1 unknown user, 2 nothing published yet.
+    Exit codes: 0 printed, 1 unknown user or no lists published for ``--date``, 2 nothing published yet (or a
+    malformed date).
     """
-    from recsys_pipeline.serving.snapshot import ITEMS, RECOMMENDATIONS, read_snapshot, snapshot_path
+    from recsys_pipeline.serving.snapshot import (
+        ITEMS,
+        RECOMMENDATIONS,
+        published_days,
+        read_snapshot,
+        snapshot_path,
+    )
 
     paths = _paths(args.home)
+    day = _day(args.date, "--date")
+    if day is not None and day not in published_days(paths):
+        days = published_days(paths)
+        shown = f"{days[0]} .. {days[-1]} ({len(days)} days)" if days else "none"
+        print(f"no recommendations published for {day}; published days: {shown}", file=sys.stderr)
+        return 1
     try:
-        recs = read_snapshot(paths, RECOMMENDATIONS)
+        recs = read_snapshot(paths, RECOMMENDATIONS, day)
     except FileNotFoundError:
         print(
             f"nothing published at {snapshot_path(paths)}: materialize `recommendations` or run `recsys demo` first",
@@ -535,13 +648,14 @@ def recommend(args: argparse.Namespace) -> int:
         print(f"unknown user {args.user!r}: no recommendations for this user_id", file=sys.stderr)
         return 1
     try:  # published before the list, so it names every listed item
-        titles = read_snapshot(paths, ITEMS)[["item_id", "title"]]
+        titles = read_snapshot(paths, ITEMS, day)[["item_id", "title"]]
     except FileNotFoundError:
         titles = recs[["item_id"]].assign(title=None)
     recs = recs.merge(titles, on="item_id", how="left").assign(score=lambda f: f["score"].round(4))
     version = f"champion v{recs['model_version'].iloc[0]}, " if "model_version" in recs.columns else ""
+    of_day = f" of {recs['partition_date'].iloc[0]}" if "partition_date" in recs.columns else ""
     print(
-        f"Top {len(recs)} for user {args.user} ({version}model run {recs['model_run_id'].iloc[0]}, "
+        f"Top {len(recs)}{of_day} for user {args.user} ({version}model run {recs['model_run_id'].iloc[0]}, "
         f"produced {recs['produced_on'].iloc[0]}):"
     )
     print(recs[["rank", "item_id", "title", "score"]].to_markdown(index=False))
@@ -622,6 +736,10 @@ def _reraising_interrupts():
 UI_KNOWN_WARNINGS = (
     ("Function `dev_command` is superseded", "FutureWarning"),  # "Use 'dg dev' instead": dg is not installed
     ("Parameter `backfill_policy` of function `asset` is currently in beta", "Warning"),  # the single-run backfills
+    # the model_beats_popularity check has one result per day (a partitioned check: "preview" in Dagster 1.13)
+    ("Specifying a partitions_def on an AssetCheckSpec is currently in preview", "Warning"),
+    # the whole-graph job holds single-run (ingestion, content) and one-day-per-run (model) assets
+    ("Asset job recsys_pipeline_job materializes assets with varying BackfillPolicies", "UserWarning"),
 )
 
 
@@ -693,8 +811,9 @@ EPILOG = (
 # name -> one line, shown in `recsys --help` and as the description of `recsys NAME --help`
 COMMANDS = {
     "demo": "run the whole pipeline once (default data: the bundled MovieLens) and print a summary",
-    "backfill": "re-ingest a range of UTC days as one Dagster run, optionally with everything downstream",
-    "recommend": "print a user's latest published recommendations with titles",
+    "backfill": "re-ingest a range of UTC days as one Dagster run; --downstream: also retrain as of each day",
+    "recommend": "print a user's published recommendations with titles (the current day, or --date)",
+    "rollback": "answer from the recommendations published for an earlier day (a Dagster run)",
     "export": "write the interactions and item features for standalone training (e.g. under torchrun)",
     "serve": "serve the published recommendations over HTTP: GET /recommendations/{user_id}?k=10",
     "ui": "start the Dagster UI (webserver and daemon) on 127.0.0.1",
@@ -746,11 +865,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--downstream",
         action="store_true",
-        help="also refresh embeddings, model, evaluation and recommendations in the same run",
+        help="also the content as of those days in the same run, then the model group (train, evaluate, gate, "
+        "publish) as of each day, one run per day",
     )
     p = command("recommend", recommend)
     p.add_argument("--user", metavar="ID", required=True, help="user_id as in the interactions table")
     p.add_argument("-k", metavar="N", type=_positive_int, default=10, help="list length, at most the published K")
+    p.add_argument(
+        "--date",
+        metavar="YYYY-MM-DD",
+        help="the lists of that UTC day (default: the current published day); a day without lists: exit code 1",
+    )
+    p = command("rollback", rollback)
+    p.add_argument(
+        "--date", metavar="YYYY-MM-DD", required=True, help="a published UTC day: readers answer from its lists"
+    )
     p = command("export", export)
     p.add_argument(
         "--out", metavar="DIR", required=True, help="folder for interactions.parquet and item_features.npz (created)"

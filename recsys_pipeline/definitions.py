@@ -46,8 +46,8 @@ def build_definitions(
     partitions = daily_partitions(settings)
     jobs = automation.jobs()
     return dg.Definitions(
-        assets=[*ingestion_assets(partitions), *content_assets(), *model_assets()],
-        asset_checks=[*ingestion_checks(partitions), *content_checks(), *model_checks()],
+        assets=[*ingestion_assets(partitions), *content_assets(partitions), *model_assets(partitions, settings)],
+        asset_checks=[*ingestion_checks(partitions), *content_checks(), *model_checks(partitions)],
         jobs=jobs,
         schedules=automation.schedules(jobs[0], settings),
         sensors=automation.sensors(partitions),

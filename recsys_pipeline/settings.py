@@ -139,6 +139,18 @@ class Settings(BaseSettings):
         None, ge=1, description="training epochs, the cap of early stopping when it is on (unset: ModelConfig's)"
     )
     nightly_hour_utc: int = Field(2, ge=0, le=23, description="hour (UTC) of the nightly_retrain schedule")
+    training_window_days: int | None = Field(
+        None,
+        ge=1,
+        description="days of interactions the model of day D is trained and evaluated on: D and the days before it "
+        "(unset: every day up to D)",
+    )
+    retention_days: int = Field(
+        30,
+        ge=1,
+        description="days of daily outputs kept (recommendations, evaluation tables, published snapshots), counted "
+        "back from the day being materialized",
+    )
     warm_start: bool = Field(
         False,
         description="recommender_model starts from the champion's weights (a few epochs on every interaction) "

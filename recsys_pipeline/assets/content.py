@@ -1,11 +1,26 @@
-"""Content assets and their checks: text / image / audio embeddings -> item_features."""
+"""Content assets and their checks: text / image / audio embeddings -> item_features, on the daily partitions.
+
+Day D of a content asset is the catalog as of D: the items added by the end of D (``item_catalog.added_at``).
+Materializing it encodes those of them that are new or changed (keyed by model id and content hash: incremental)
+and leaves the items added later as they are; a range run is the catalog as of its last day. Each day's
+materialization counts the items added on it that have a vector (``dagster/partition_row_count``).
+"""
 
 import time
+from datetime import datetime
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 
-from recsys_pipeline.assets.metadata import declared_width, key_value_table, table_metadata
+from recsys_pipeline.assets.metadata import (
+    PARTITION_ROW_COUNT,
+    add_daily_metadata,
+    declared_width,
+    key_value_table,
+    table_metadata,
+)
+from recsys_pipeline.assets.partitions import window
 from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.schema import embedding_table, item_features_table
 from recsys_pipeline.instance import DUCKDB_POOL
@@ -27,9 +42,42 @@ def _encode_with_progress(encoder, texts: list[str]):
         return encoder.encode(texts, progress=lambda done, total: bar.update(done - bar.n))
 
 
+def _catalog_as_of(con, end: datetime, columns: str) -> tuple[pd.DataFrame, list[str]]:
+    """``(items added before end, every catalog item id)``: ``columns`` of the catalog rows with ``added_at <
+    end`` (ordered by item_id), and the ids of the whole table (the rows a sync keeps).
+
+    Raises:
+        dagster.Failure: no catalog, or one written by an older release (no ``added_at``).
+    """
+    if not warehouse.has_column(con, "item_catalog", "added_at"):
+        raise dg.Failure("no item_catalog with added_at (or one of an older release): materialize item_catalog first")
+    every = con.execute("SELECT item_id FROM item_catalog").df()
+    due = con.execute(  # columns: literals of this module
+        f"SELECT {columns} FROM item_catalog WHERE CAST(added_at AS TIMESTAMP) < ? ORDER BY item_id", [end]
+    ).df()
+    return due, every["item_id"].astype(str).tolist()
+
+
+def _per_day_with_vectors(context, con, table: str | None) -> None:
+    """Each day of the run: its items (added that day) that have a row in ``table`` (``None``: every item), as
+    that day's ``dagster/partition_row_count``."""
+    counts: dict[str, int] = {}
+    if table is None or warehouse.table_exists(con, table):
+        where = "" if table is None else f"WHERE c.item_id IN (SELECT item_id FROM {table})"  # a code constant
+        counts = dict(
+            con.execute(
+                f"SELECT strftime(c.added_at, '%Y-%m-%d'), count(*) FROM item_catalog c {where} GROUP BY 1"
+            ).fetchall()
+        )
+    add_daily_metadata(
+        context, {k: {PARTITION_ROW_COUNT: dg.MetadataValue.int(int(counts.get(k, 0)))} for k in context.partition_keys}
+    )
+
+
 def _media_embeddings(context, modality: str, resource, warehouse_db: WarehouseResource) -> dg.MaterializeResult:
-    """Shared body of image_embeddings / audio_embeddings: sync, then report the table, the counts and (in one
-    table) the catalog size, where media is looked for and why items have none."""
+    """Shared body of image_embeddings / audio_embeddings: sync the catalog as of the run's last day, then report
+    the table, the counts and (in one table) the catalog size, where media is looked for and why items have
+    none."""
     from recsys_pipeline.content.media import FAILURES_TABLE, sync_media_embeddings
 
     started = time.perf_counter()
@@ -41,8 +89,9 @@ def _media_embeddings(context, modality: str, resource, warehouse_db: WarehouseR
         built.append(resource.build())
         return built[-1]
 
+    _, end = window(context)
     with warehouse_db.session() as con:
-        catalog = con.execute(f"SELECT item_id, {modality}_uri AS uri FROM item_catalog ORDER BY item_id").df()
+        catalog, every = _catalog_as_of(con, end, f"item_id, {modality}_uri AS uri")
         report = sync_media_embeddings(
             con,
             modality,
@@ -51,6 +100,7 @@ def _media_embeddings(context, modality: str, resource, warehouse_db: WarehouseR
             catalog["item_id"].tolist(),
             catalog["uri"].tolist(),
             locator,
+            keep=every,
         )
         sample = con.execute(
             f"SELECT item_id, uri, reason, detail FROM {FAILURES_TABLE} WHERE modality = ? AND reason <> 'missing' "
@@ -60,8 +110,10 @@ def _media_embeddings(context, modality: str, resource, warehouse_db: WarehouseR
         # the width the table holds, else the encoder's (a table is created only once a vector is encoded)
         width = declared_width(con, name) or (built[0].dim if built else None)
         table = table_metadata(con, embedding_table(name, width))
+        _per_day_with_vectors(context, con, name)
     context.log.info(f"{name}: {report.metadata()}")
     details = {
+        "as of (UTC, exclusive)": end.isoformat(),
         "catalog items": report.total,
         "removed": report.removed,
         "encode seconds": report.encode_seconds,
@@ -78,28 +130,35 @@ def _media_embeddings(context, modality: str, resource, warehouse_db: WarehouseR
             "reused": report.reused,
             "missing": report.missing,
             "items_per_second": round(report.encoded / report.encode_seconds, 1) if report.encoded else 0.0,
-            "model_id": report.model_id,
-            "details": key_value_table(details),
+            "details": key_value_table({"model id": report.model_id or "(no file: no encoder loaded)", **details}),
             "failures_sample": dg.MetadataValue.md(sample.to_markdown(index=False) if len(sample) else "(none)"),
         }
     )
 
 
-def content_assets() -> list[dg.AssetsDefinition]:
-    """``text_embeddings``, ``image_embeddings``, ``audio_embeddings`` and ``item_features``."""
+def content_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetsDefinition]:
+    """``text_embeddings``, ``image_embeddings``, ``audio_embeddings`` and ``item_features`` on the daily
+    ``partitions`` (a range is one run: the catalog as of its last day)."""
+    daily = dict(
+        pool=DUCKDB_POOL,
+        group_name="content",
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
 
-    @dg.asset(pool=DUCKDB_POOL, group_name="content", kinds={"duckdb", "pytorch"}, deps=["item_catalog"])
+    @dg.asset(**daily, kinds={"duckdb", "pytorch"}, deps=["item_catalog"])
     def text_embeddings(
         context: dg.AssetExecutionContext, text_encoder: TextEncoderResource, warehouse_db: WarehouseResource
     ):
-        """Mean-pooled, L2-normalised BERT-family embeddings of each item's text; only new or changed items are
-        re-encoded (keyed by model id and a SHA-256 of the text)."""
+        """Mean-pooled, L2-normalised BERT-family embeddings of the text of each item added by day D; only new or
+        changed items are encoded (keyed by model id and a SHA-256 of the text)."""
         from recsys_pipeline.content.text import content_hash
 
         asset_started = time.perf_counter()
+        _, end = window(context)
         encoder = text_encoder.build()
         with warehouse_db.session() as con:
-            catalog = con.execute("SELECT item_id, text FROM item_catalog ORDER BY item_id").df()
+            catalog, every = _catalog_as_of(con, end, "item_id, text")
             texts = catalog["text"].tolist()
             started = time.perf_counter()
             counts = warehouse.sync_embeddings(
@@ -109,9 +168,11 @@ def content_assets() -> list[dg.AssetsDefinition]:
                 catalog["item_id"].tolist(),
                 [content_hash(t) for t in texts],
                 lambda positions: _encode_with_progress(encoder, [texts[i] for i in positions]),
+                keep=every,
             )
             seconds = time.perf_counter() - started
             table = table_metadata(con, embedding_table("text_embeddings", encoder.dim))
+            _per_day_with_vectors(context, con, "text_embeddings")
         context.log.info(f"text_embeddings: {counts}")
         return dg.MaterializeResult(
             metadata={
@@ -120,13 +181,19 @@ def content_assets() -> list[dg.AssetsDefinition]:
                 "encoded": counts["encoded"],
                 "reused": counts["reused"],
                 "removed": counts["removed"],
-                "model_id": encoder.model_id,
                 "encode_seconds": round(seconds, 2),
                 "items_per_second": round(counts["encoded"] / seconds, 1) if counts["encoded"] else 0.0,
+                "details": key_value_table(
+                    {
+                        "model id": encoder.model_id,
+                        "as of (UTC, exclusive)": end.isoformat(),
+                        "items synced": len(texts),
+                    }
+                ),
             }
         )
 
-    @dg.asset(pool=DUCKDB_POOL, group_name="content", kinds={"duckdb", "pytorch"}, deps=["item_catalog"])
+    @dg.asset(**daily, kinds={"duckdb", "pytorch"}, deps=["item_catalog"])
     def image_embeddings(
         context: dg.AssetExecutionContext, image_encoder: ImageEncoderResource, warehouse_db: WarehouseResource
     ):
@@ -135,7 +202,7 @@ def content_assets() -> list[dg.AssetsDefinition]:
         new or changed images are encoded. Items without a usable image are listed in ``media_failures``."""
         return _media_embeddings(context, "image", image_encoder, warehouse_db)
 
-    @dg.asset(pool=DUCKDB_POOL, group_name="content", kinds={"duckdb"}, deps=["item_catalog"])
+    @dg.asset(**daily, kinds={"duckdb"}, deps=["item_catalog"])
     def audio_embeddings(
         context: dg.AssetExecutionContext, audio_encoder: AudioEncoderResource, warehouse_db: WarehouseResource
     ):
@@ -144,21 +211,25 @@ def content_assets() -> list[dg.AssetsDefinition]:
         return _media_embeddings(context, "audio", audio_encoder, warehouse_db)
 
     @dg.asset(
-        pool=DUCKDB_POOL,
-        group_name="content",
+        **daily,
         kinds={"duckdb"},
         deps=["item_catalog", text_embeddings, image_embeddings, audio_embeddings],
     )
-    def item_features(warehouse_db: WarehouseResource):
-        """Per item: one vector per modality with a presence flag, plus genres and year (the model's content
-        input)."""
+    def item_features(context: dg.AssetExecutionContext, warehouse_db: WarehouseResource):
+        """Per catalog item: one vector per modality with a presence flag, plus genres, year and the day it was
+        added (the model's content input; the model of day D reads the items added by D). The table is rebuilt
+        whole from the catalog and the embedding tables (a join, seconds); items added after the run's last day
+        keep the vectors their own days encoded."""
         from recsys_pipeline.content.features import MODALITY_TABLES, build_item_features
 
         started = time.perf_counter()
+        _, end = window(context)
         with warehouse_db.session() as con:
+            _catalog_as_of(con, end, "item_id")
             counts = build_item_features(con)
             widths = {m: declared_width(con, "item_features", f"{m}_embedding") for m in MODALITY_TABLES}
             table = table_metadata(con, item_features_table(widths))
+            _per_day_with_vectors(context, con, None)
         present = {k: v for k, v in counts.items() if k.endswith("_present")}  # items with each modality
         return dg.MaterializeResult(metadata={**table, "seconds": round(time.perf_counter() - started, 2), **present})
 

@@ -1,4 +1,5 @@
-"""Ingestion assets and their checks: raw_events -> interactions (daily partitions), and item_catalog."""
+"""Ingestion assets and their checks, on the daily partitions: raw_events -> interactions, and item_catalog (the
+catalog as of each day)."""
 
 import time
 from datetime import UTC, datetime, timedelta
@@ -44,7 +45,7 @@ def _per_day(context: dg.AssetExecutionContext, window: bool = False, **counts: 
 
 
 def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """``raw_events`` and ``interactions`` on ``partitions`` (a range is one run), and ``item_catalog``."""
+    """``raw_events``, ``interactions`` and ``item_catalog`` on ``partitions`` (a range is one run)."""
 
     @dg.asset(
         pool=DUCKDB_POOL,
@@ -108,7 +109,8 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
         deps=[raw_events, "item_catalog"],
     )
     def interactions(context: dg.AssetExecutionContext, warehouse_db: WarehouseResource):
-        """Typed, validated, de-duplicated events; rejected rows go to ``quarantine`` with their reason."""
+        """Typed, validated, de-duplicated events; rejected rows go to ``quarantine`` with their reason (an item the
+        catalog does not hold, or holds from a later day, included)."""
         started = time.perf_counter()
         start, end = window(context)
         with warehouse_db.session() as con:
@@ -119,8 +121,10 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
                 "ORDER BY partition_date, source, source_row",
                 [start, end],
             ).df()
-            items = con.execute("SELECT item_id FROM item_catalog").df()["item_id"]
-            clean, quarantined = clean_events(raw, start, end, known_items=set(items))
+            if not warehouse.has_column(con, "item_catalog", "added_at"):
+                raise dg.Failure("item_catalog was written by an older release: materialize item_catalog first")
+            items = con.execute("SELECT item_id, added_at FROM item_catalog").fetchall()
+            clean, quarantined = clean_events(raw, start, end, known_items=dict(items))
             with warehouse.transaction(con, "interactions"):
                 con.execute("DELETE FROM interactions WHERE timestamp >= ? AND timestamp < ?", [start, end])
                 con.execute(
@@ -145,31 +149,57 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
             }
         )
 
-    @dg.asset(pool=DUCKDB_POOL, group_name="ingestion", kinds={"duckdb"})
-    def item_catalog(source: SourceResource, warehouse_db: WarehouseResource):
-        """One row per item: title, genres, year, user tags as text, the text to encode, image/audio URIs."""
+    @dg.asset(
+        pool=DUCKDB_POOL,
+        group_name="ingestion",
+        kinds={"duckdb"},
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
+    def item_catalog(context: dg.AssetExecutionContext, source: SourceResource, warehouse_db: WarehouseResource):
+        """The catalog as of day D: one row per item that entered it by the end of D (``added_at``: the catalog's
+        own column, else, for MovieLens, the day of the item's first rating or tag, else the first partition), with
+        title, genres, year, user tags as text, the text to encode and image/audio URIs. A run replaces the rows
+        of the items added by its last day, from the catalog as the source holds it now; rows of items added later
+        are left as they are (their own days write them). Each day's materialization counts the items added on it
+        (``dagster/partition_row_count``)."""
         started = time.perf_counter()
+        _, end = window(context)
         src = source.build()
         items, tags = src.read_catalog()
         name = Path(src.catalog_path).name if isinstance(src, DailyFileSource) else "movielens catalog"
         kept, quarantined = clean_catalog_items(items, source=name)
-        catalog = build_item_catalog(kept, tags)
+        catalog = build_item_catalog(kept, tags, first_day=partitions.start.date())
+        as_of = catalog[pd.to_datetime(catalog["added_at"]) < end].reset_index(drop=True)
         # catalog and its quarantine rows change together
         with warehouse_db.session() as con:
             with warehouse.transaction(con, "item_catalog"):
-                warehouse.replace_table(con, ITEM_CATALOG, catalog, own_transaction=False)
+                if not warehouse.has_column(con, "item_catalog", "added_at"):
+                    warehouse.replace_table(con, ITEM_CATALOG, as_of, own_transaction=False)  # first or older table
+                else:
+                    con.register("_as_of_items", as_of[["item_id"]])
+                    con.execute(
+                        "DELETE FROM item_catalog WHERE CAST(added_at AS TIMESTAMP) < ? "
+                        "OR item_id IN (SELECT item_id FROM _as_of_items)",
+                        [end],
+                    )
+                    con.unregister("_as_of_items")
+                    warehouse.insert_frame(con, "item_catalog", as_of[ITEM_CATALOG.column_names])
                 con.execute("DELETE FROM quarantine WHERE stage = 'item_catalog'")
                 warehouse.insert_frame(con, "quarantine", quarantined)
-            table = table_metadata(con, ITEM_CATALOG)
+            table = table_metadata(con, ITEM_CATALOG, partition_rows=len(as_of))
+        add_daily_metadata(context, _per_day(context, rows=pd.to_datetime(as_of["added_at"])))
         return dg.MaterializeResult(
             metadata={
-                **table,
+                **table,  # row_count: the whole table; partition_row_count: each day's items added (_per_day)
                 "seconds": round(time.perf_counter() - started, 2),
+                "as_of_utc": end.isoformat(),  # items added before this instant
                 "quarantined": len(quarantined),
                 "quarantine_reasons": _reasons(quarantined),
-                "with_tags": int((catalog["tags_text"] != "").sum()),
-                "with_year": int(catalog["year"].notna().sum()),
-                "preview": dg.MetadataValue.md(catalog[["item_id", "title", "year"]].head(10).to_markdown(index=False)),
+                "with_tags": int((as_of["tags_text"] != "").sum()),
+                "preview": dg.MetadataValue.md(
+                    as_of[["item_id", "title", "year", "added_at"]].head(10).to_markdown(index=False)
+                ),
             }
         )
 

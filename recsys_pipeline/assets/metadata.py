@@ -29,7 +29,8 @@ COLUMN_SCHEMA = "dagster/column_schema"
 # `recsys` commands too; a run launched from the UI has none). Defined here, the lowest module that reads it.
 ORIGIN_TAG = "recsys/origin"
 ORIGIN_SCHEDULE, ORIGIN_SENSOR, ORIGIN_DEMO, ORIGIN_BACKFILL = "schedule", "sensor", "demo", "backfill"
-ORIGINS = (ORIGIN_SCHEDULE, ORIGIN_SENSOR, ORIGIN_DEMO, ORIGIN_BACKFILL)
+ORIGIN_ROLLBACK = "rollback"  # `recsys rollback`: the published lists answer from another day
+ORIGINS = (ORIGIN_SCHEDULE, ORIGIN_SENSOR, ORIGIN_DEMO, ORIGIN_BACKFILL, ORIGIN_ROLLBACK)
 # Dagster run tags the MLflow runs repeat (run id, partition or range, where the run came from)
 _PARTITION = "dagster/partition"
 _RANGE_START, _RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -165,12 +166,15 @@ def _text(value: object) -> str:
 
 def mlflow_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
     """The tags every MLflow run of this step carries: ``dagster.run_id``, the run's partition
-    (``dagster.partition``) or range (``dagster.partition_range``, ``START...END``) when it has one, and where the
-    run came from (``recsys.origin``, the Dagster run tag :data:`ORIGIN_TAG`) when that tag is set."""
+    (``dagster.partition``; also for a range of one day) or range (``dagster.partition_range``, ``START...END``)
+    when it has one, and where the run came from (``recsys.origin``, the Dagster run tag :data:`ORIGIN_TAG`) when
+    that tag is set."""
     run_tags = context.run.tags
     tags = {"dagster.run_id": context.run.run_id}
     if run_tags.get(_PARTITION):
         tags["dagster.partition"] = run_tags[_PARTITION]
+    elif run_tags.get(_RANGE_START) and run_tags[_RANGE_START] == run_tags.get(_RANGE_END):  # a one-day range
+        tags["dagster.partition"] = run_tags[_RANGE_START]
     elif run_tags.get(_RANGE_START):
         tags["dagster.partition_range"] = f"{run_tags[_RANGE_START]}...{run_tags.get(_RANGE_END, '')}"
     if run_tags.get(ORIGIN_TAG):

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 
 from recsys_pipeline.assets.metadata import figure, frame_table, key_value_table, mlflow_tags, table_metadata
+from recsys_pipeline.assets.partitions import day_end, interactions_up_to, one_day
 from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.schema import (
     EVALUATION_ABLATION,
@@ -20,6 +21,7 @@ from recsys_pipeline.evaluation.ablation import MASKED_VARIANTS
 from recsys_pipeline.evaluation.protocols import EvaluationSettings
 from recsys_pipeline.instance import DUCKDB_POOL
 from recsys_pipeline.resources import HomeResource, MLflowResource, TrainingResource, WarehouseResource
+from recsys_pipeline.settings import Settings
 
 _EVALUATION_DEFAULTS = EvaluationSettings()
 
@@ -35,13 +37,12 @@ def _day_end(day: str | None, name: str) -> datetime | None:
 
 
 class TrainConfig(dg.Config):
-    """``cutoff_date``: train on interactions up to the end of this UTC day (YYYY-MM-DD); empty = all.
-    ``warm_start``: start from the champion's weights and train ``model.warm_start_epochs`` epochs on every
-    interaction (the new ones, and the older ones as replay) instead of a full retrain; a full retrain when there is
-    no champion yet or its architecture differs from the configured one (the metadata says which). Unset: the
-    ``training`` resource's ``warm_start`` (``RECSYS_WARM_START``, default off)."""
+    """``warm_start``: start from the champion of the day's weights and train ``model.warm_start_epochs`` epochs on
+    every interaction (the new ones, and the older ones as replay) instead of a full retrain; a full retrain when
+    there is no champion yet or its architecture differs from the configured one (the metadata says which). Unset:
+    the ``training`` resource's ``warm_start`` (``RECSYS_WARM_START``, default off). The day trained as of is the
+    run's partition."""
 
-    cutoff_date: str | None = None
     warm_start: bool | None = None
 
 
@@ -84,18 +85,18 @@ def _mlflow_links(tracking_uri: str, run_id: str, name: str, version: str | None
     return links
 
 
-def _champion_to_start_from(wanted: bool, tracking_uri: str, name: str, features):
-    """``(model, note)``: the champion to warm start from (``None`` for a full retrain) and what happened, in
-    words, for the materialization."""
+def _champion_to_start_from(wanted: bool, tracking_uri: str, name: str, day: date, features):
+    """``(model, note)``: the champion of ``day`` to warm start from (``None`` for a full retrain) and what
+    happened, in words, for the materialization."""
     if not wanted:
         return None, "off (full retrain)"
-    from recsys_pipeline.registry.model_registry import champion_uri, champion_version, load_version
+    from recsys_pipeline.registry.model_registry import champion_for_day, load_version
 
     try:
-        version = champion_version(tracking_uri, name).version
+        version = champion_for_day(tracking_uri, name, day.isoformat()).version
     except LookupError:
-        return None, "no champion yet: full retrain"
-    return load_version(tracking_uri, champion_uri(name), features), f"from champion version {version}"
+        return None, f"no champion of {day} or before: full retrain"
+    return load_version(tracking_uri, f"models:/{name}/{version}", features), f"from champion version {version}"
 
 
 class RecommendationsConfig(dg.Config):
@@ -104,10 +105,32 @@ class RecommendationsConfig(dg.Config):
     k: int = 20
 
 
-def model_assets() -> list[dg.AssetsDefinition]:
-    """``recommender_model``, ``model_evaluation`` and ``recommendations``."""
+def _training_window(day: date, window_days: int | None) -> tuple[datetime | None, datetime]:
+    """``(since, until)`` of the model of ``day``: naive UTC, ``until`` the end of ``day``, ``since`` the start of
+    the first day of the window (``None``: every day before)."""
+    until = day_end(day)
+    return (until - timedelta(days=window_days) if window_days else None), until
 
-    @dg.asset(pool=DUCKDB_POOL, group_name="model", kinds={"pytorch", "mlflow"}, deps=["interactions", "item_features"])
+
+def _days(since: datetime | None, until: datetime) -> str:
+    """The UTC days ``[since, until)`` in words, for a materialization."""
+    last = (until - timedelta(days=1)).date()
+    return f"every day up to {last}" if since is None else f"{since.date()} .. {last}"
+
+
+def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -> list[dg.AssetsDefinition]:
+    """``recommender_model``, ``model_evaluation`` and ``recommendations`` on the daily ``partitions``, one run per
+    day: day D is trained and evaluated on the interactions up to the end of D
+    (``settings.training_window_days`` days ending with D when set) and the catalog as of D."""
+    window_days = settings.training_window_days
+    history = dg.AssetDep("interactions", partition_mapping=interactions_up_to(settings))
+    # No backfill policy: Dagster's default for a partitioned asset, one run per day, each tagged with its day
+    # (dagster/partition). BackfillPolicy.multi_run(1) launches the same runs but tags each as a one-day range, and
+    # Dagster 1.13 then records the day's model_beats_popularity result without its partition: a gated-out day would
+    # not show on the check's partitions.
+    daily = dict(pool=DUCKDB_POOL, group_name="model", partitions_def=partitions)
+
+    @dg.asset(**daily, kinds={"pytorch", "mlflow"}, deps=[history, "item_features"])
     def recommender_model(
         context: dg.AssetExecutionContext,
         config: TrainConfig,
@@ -115,22 +138,31 @@ def model_assets() -> list[dg.AssetsDefinition]:
         mlflow: MLflowResource,
         training: TrainingResource,
     ):
-        """The ranker trained with Lightning on the interactions up to the cutoff; tracked and registered in MLflow
-        (a new version of the registered model). The materialization links to the training run and the version;
-        training figures beyond the headline ones are in its ``training`` table."""
+        """The ranker of day D: trained with Lightning on the interactions up to the end of D (UTC; the
+        ``RECSYS_TRAINING_WINDOW_DAYS`` days ending with D when set) and the items added by D; tracked and
+        registered in MLflow as a new version tagged ``partition_date`` = D. The materialization links to the
+        training run and the version; training figures beyond the headline ones are in its ``training`` table."""
         from recsys_pipeline.content.features import load_item_features
+        from recsys_pipeline.registry.model_registry import PARTITION_DATE_TAG
         from recsys_pipeline.registry.runs import train_and_log
 
         started = time.perf_counter()
-        until = _day_end(config.cutoff_date, "cutoff_date")
+        day = one_day(context)
+        since, until = _training_window(day, window_days)
         with warehouse_db.session(read_only=True) as con:
-            data = warehouse.read_interactions(con, until)
-            features = load_item_features(con)
+            data = warehouse.read_interactions(con, until, since)
+            try:
+                features = load_item_features(con, until)
+            except ValueError as exc:
+                raise dg.Failure(str(exc)) from exc
         if data.empty:
-            raise dg.Failure("no interactions to train on: materialize the interactions partitions first")
+            raise dg.Failure(
+                f"no interactions to train on ({_days(since, until)}): materialize the interactions partitions first"
+            )
         tracking_uri, experiment_id = mlflow.resolved_tracking_uri(), mlflow.experiment_id()
         warm_start = training.warm_start_default() if config.warm_start is None else config.warm_start
-        init, warm_note = _champion_to_start_from(warm_start, tracking_uri, mlflow.registered_model_name, features)
+        name = mlflow.registered_model_name
+        init, warm_note = _champion_to_start_from(warm_start, tracking_uri, name, day, features)
         result = train_and_log(
             data,
             features,
@@ -138,11 +170,12 @@ def model_assets() -> list[dg.AssetsDefinition]:
             training.build_trainer_config(),
             tracking_uri,
             experiment_id,
-            mlflow.registered_model_name,
+            name,
             run_name="recommender_model",
-            tags=mlflow_tags(context),
+            tags={**mlflow_tags(context), PARTITION_DATE_TAG: day.isoformat()},
             data_source=str(warehouse_db.file()),
             init=init,
+            version_tags={PARTITION_DATE_TAG: day.isoformat()},
         )
         stats = result.stats
         if init is not None and not stats.get("warm_start"):
@@ -153,15 +186,15 @@ def model_assets() -> list[dg.AssetsDefinition]:
             metadata={
                 "seconds": round(time.perf_counter() - started, 2),
                 "model_version": result.model_version or "",
-                **_mlflow_links(
-                    tracking_uri, result.run_id, mlflow.registered_model_name, result.model_version, experiment_id
-                ),
+                **_mlflow_links(tracking_uri, result.run_id, name, result.model_version, experiment_id),
                 "interactions": len(data),  # trained on
                 "epochs_trained": int(stats["epochs_trained"]),
                 "train_seconds": round(float(stats["train_seconds"]), 2),
                 "samples_per_second": round(float(stats["samples_per_second"]), 1),
                 "training": key_value_table(
                     {
+                        "partition (UTC day trained as of)": day.isoformat(),
+                        "interactions of": _days(since, until),
                         "best validation NDCG@10": (
                             stats["best_val_ndcg_at_10"]
                             if stats["n_val_users"]
@@ -173,6 +206,7 @@ def model_assets() -> list[dg.AssetsDefinition]:
                         "interactions in the last fit": stats["n_train_interactions"],
                         "validation users": stats["n_val_users"],
                         "items with a trained history embedding": stats["history_items_trained"],
+                        "catalog items (added by that day)": len(features.item_ids),
                         "users": int(data["user_id"].nunique()),
                         "model uri": result.model_uri,
                     }
@@ -181,39 +215,45 @@ def model_assets() -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
-        pool=DUCKDB_POOL,
-        group_name="model",
+        **daily,
         kinds={"pytorch", "mlflow", "duckdb"},
-        deps=[recommender_model, "interactions", "item_features"],
+        deps=[recommender_model, history, "item_features"],
     )
     def model_evaluation(
         context: dg.AssetExecutionContext,
         config: EvaluationConfig,
+        home: HomeResource,
         warehouse_db: WarehouseResource,
         mlflow: MLflowResource,
         training: TrainingResource,
     ):
-        """Offline evaluation of the newest model version's config next to a popularity baseline (ranked lists and
-        ground truth saved for recomputation), the modality ablation, then the champion / challenger gate: that
-        version takes the ``champion`` alias only if it clears the popularity floor (the verdict of the blocking
-        check ``model_beats_popularity`` on the same figures) and beats the champion on ``mlflow.champion_metric`` on
-        this same split; the decision and reason are in the metadata and the ``gate.*`` MLflow tags. The
-        materialization reports the ``evaluation_metrics`` table, the figures each protocol is judged by (``figures``:
-        ours, popularity, random order) and the ablation's (``ablation``), and links to the evaluation run (the
-        ablation runs are its children) and the version."""
+        """Offline evaluation of the model of day D (the newest version tagged ``partition_date`` = D) on the data
+        it was trained on, next to a popularity baseline (ranked lists and ground truth saved for recomputation, by
+        day), the modality ablation, then the champion / challenger gate: that version is promoted only if it
+        clears the popularity floor (the verdict of the blocking check ``model_beats_popularity`` on the same
+        figures) and beats the champion of its day on ``mlflow.champion_metric`` on this same split; the
+        ``champion`` alias moves to it unless it holds a later day's version. The decision and reason are in the
+        metadata and the ``gate.*`` MLflow tags. The materialization reports the ``evaluation_metrics`` table, the
+        figures each protocol is judged by (``figures``: ours, popularity, random order) and the ablation's
+        (``ablation``), and links to the evaluation run (the ablation runs are its children) and the version."""
         from recsys_pipeline.content.features import load_item_features
-        from recsys_pipeline.registry.model_registry import latest_version
+        from recsys_pipeline.registry.model_registry import version_for_partition
         from recsys_pipeline.registry.runs import evaluate_and_gate
         from recsys_pipeline.registry.tracking import judged_figures
 
         started = time.perf_counter()
+        day = one_day(context)
         settings = config.settings()
         tracking_uri = mlflow.resolved_tracking_uri()
+        since, until = _training_window(day, window_days)
         with warehouse_db.session(read_only=True) as con:
-            data = warehouse.read_interactions(con)
-            features = load_item_features(con)
+            data = warehouse.read_interactions(con, until, since)
+            try:
+                features = load_item_features(con, until)
+            except ValueError as exc:
+                raise dg.Failure(str(exc)) from exc
         try:
-            version = latest_version(tracking_uri, mlflow.registered_model_name).version
+            version = version_for_partition(tracking_uri, mlflow.registered_model_name, day.isoformat()).version
         except LookupError as exc:
             raise dg.Failure(str(exc)) from exc
         experiment_id = mlflow.experiment_id()
@@ -233,19 +273,18 @@ def model_assets() -> list[dg.AssetsDefinition]:
             data_source=str(warehouse_db.file()),
         )
         evaluation, run_id = result.evaluation, result.evaluation.run_id
+        keep = home.resolved_retention_days()
+        tables = [(EVALUATION_METRICS, evaluation.metrics), (EVALUATION_RANKED_LISTS, evaluation.ranked)]
+        tables += [(EVALUATION_GROUND_TRUTH, evaluation.truth)]
+        if result.ablation is not None:
+            tables.append((EVALUATION_ABLATION, result.ablation))
         with warehouse_db.session() as con:
             with warehouse.transaction(con, "evaluation"):  # the tables of one evaluation change together
-                if result.ablation is not None:
-                    warehouse.replace_table(con, EVALUATION_ABLATION, result.ablation, own_transaction=False)
-                warehouse.replace_table(
-                    con, EVALUATION_METRICS, evaluation.metrics.assign(mlflow_run_id=run_id), own_transaction=False
-                )
-                warehouse.replace_table(
-                    con, EVALUATION_RANKED_LISTS, evaluation.ranked.assign(mlflow_run_id=run_id), own_transaction=False
-                )
-                warehouse.replace_table(
-                    con, EVALUATION_GROUND_TRUTH, evaluation.truth.assign(mlflow_run_id=run_id), own_transaction=False
-                )
+                for table, frame in tables:
+                    rows = frame.assign(partition_date=day)
+                    if table is not EVALUATION_ABLATION:
+                        rows = rows.assign(mlflow_run_id=run_id)
+                    warehouse.replace_partition(con, table, day, rows, keep_days=keep, own_transaction=False)
             table = table_metadata(con, EVALUATION_METRICS)  # every figure; the ranked lists are beside it
         gate, ablation = result.gate, result.ablation
         figures = judged_figures(evaluation.metrics, settings.k).dropna(axis=1, how="all")
@@ -269,55 +308,96 @@ def model_assets() -> list[dg.AssetsDefinition]:
 
     # model_evaluation upstream: its blocking check halts publishing in the same run.
     @dg.asset(
-        pool=DUCKDB_POOL,
-        group_name="model",
+        **daily,
         kinds={"duckdb"},
-        deps=[recommender_model, model_evaluation, "interactions", "item_features"],
+        deps=[recommender_model, model_evaluation, history, "item_features"],
     )
     def recommendations(
-        config: RecommendationsConfig, home: HomeResource, warehouse_db: WarehouseResource, mlflow: MLflowResource
+        context: dg.AssetExecutionContext,
+        config: RecommendationsConfig,
+        home: HomeResource,
+        warehouse_db: WarehouseResource,
+        mlflow: MLflowResource,
     ):
-        """Top-K over the whole catalog for every known user by the ``champion`` model version (never a
-        challenger), seen items excluded; keyed by the model's MLflow run id and version and the UTC date produced.
-        The table is replaced atomically; the lists and the items snapshot (titles + popularity fallback) are
-        published for ``recsys recommend`` / ``recsys serve``."""
+        """The lists of day D: top-K over the catalog as of D for every user with interactions up to the end of D,
+        by the champion of day D (the newest version its gate promoted among those of D or earlier days; never a
+        challenger), seen items excluded; each row keyed by the day, the model's MLflow run, version and day, and the
+        UTC date it was produced. The table keeps every day: D's rows are replaced atomically, days before D -
+        (retention - 1) are deleted (``RECSYS_RETENTION_DAYS``, default 30). The lists and the items snapshot
+        (titles + popularity fallback) are published as day D (``published/days/D``); the current day readers
+        answer from moves to D unless a later day is published (``recsys rollback`` moves it back)."""
         from recsys_pipeline.content.features import load_item_features
-        from recsys_pipeline.registry.model_registry import champion_version, load_version
-        from recsys_pipeline.serving.publish import items_snapshot, publish, rank_all_users
+        from recsys_pipeline.registry.model_registry import PARTITION_DATE_TAG, champion_for_day, load_version
+        from recsys_pipeline.serving.publish import items_snapshot, publish_day, rank_all_users
 
         started = time.perf_counter()
-        tracking_uri = mlflow.resolved_tracking_uri()
+        day = one_day(context)
+        until = day_end(day)
+        tracking_uri, name = mlflow.resolved_tracking_uri(), mlflow.registered_model_name
         try:
-            champion = champion_version(tracking_uri, mlflow.registered_model_name)
+            champion = champion_for_day(tracking_uri, name, day.isoformat())
         except LookupError as exc:
             raise dg.Failure(str(exc)) from exc
         with warehouse_db.session(read_only=True) as con:
-            interactions = con.execute("SELECT DISTINCT user_id, item_id FROM interactions").df()
-            features = load_item_features(con)
+            interactions = con.execute(
+                "SELECT DISTINCT user_id, item_id FROM interactions WHERE timestamp < ?", [until]
+            ).df()
+            try:
+                features = load_item_features(con, until)
+            except ValueError as exc:
+                raise dg.Failure(str(exc)) from exc
             titles = con.execute("SELECT item_id, title FROM item_catalog").df()
-        model = load_version(tracking_uri, f"models:/{mlflow.registered_model_name}/{champion.version}", features)
+        if interactions.empty:
+            raise dg.Failure(f"no interactions up to {day}: nobody to recommend to")
+        model = load_version(tracking_uri, f"models:/{name}/{champion.version}", features)
+        model_day = champion.tags.get(PARTITION_DATE_TAG)
         recs = rank_all_users(
-            model, interactions, config.k, champion.run_id, champion.version, datetime.now(UTC).date()
+            model,
+            interactions,
+            config.k,
+            champion.run_id,
+            champion.version,
+            datetime.now(UTC).date(),
+            partition_date=day,
+            model_partition_date=date.fromisoformat(model_day) if model_day else None,
         )
+        keep = home.resolved_retention_days()
         with warehouse_db.session() as con:
-            warehouse.replace_table(con, RECOMMENDATIONS, recs)
-            table = table_metadata(con, RECOMMENDATIONS)
+            written = warehouse.replace_partition(
+                con, RECOMMENDATIONS, day, recs, keep_days=keep, legacy_from="produced_on"
+            )
+            table = table_metadata(con, RECOMMENDATIONS, partition_rows=written["rows"])
+            days_held = len(warehouse.partition_days(con, RECOMMENDATIONS.name))
             preview = con.execute(
                 "SELECT r.user_id, r.rank, c.title, round(r.score, 3) AS score FROM recommendations r "
-                "JOIN item_catalog c USING (item_id) WHERE r.user_id = (SELECT min(user_id) FROM recommendations) "
-                "ORDER BY r.rank LIMIT 10"
+                "JOIN item_catalog c USING (item_id) WHERE r.partition_date = ? AND r.user_id = "
+                "(SELECT min(user_id) FROM recommendations WHERE partition_date = ?) ORDER BY r.rank LIMIT 10",
+                [day, day],
             ).df()
-        publish(home.paths(), recs, items_snapshot(interactions, features, titles))
-        name = mlflow.registered_model_name
+        published = publish_day(home.paths(), day, recs, items_snapshot(interactions, features, titles), keep)
         return dg.MaterializeResult(
             metadata={
-                **table,
+                **table,  # row_count: every day held; partition_row_count: this day's lists
                 "seconds": round(time.perf_counter() - started, 2),
-                "users": int(recs["user_id"].nunique()),
-                "distinct_items": int(recs["item_id"].nunique()),
-                "cold_prior_users": int(recs.loc[recs["strategy"] != "personalized", "user_id"].nunique()),
                 "model_version": str(champion.version),
+                "days_deleted": written["days_deleted"],  # by retention (RECSYS_RETENTION_DAYS)
+                "published_current_day": published["current"].isoformat(),
                 **_mlflow_links(tracking_uri, champion.run_id, name, str(champion.version)),  # the champion's training
+                "details": key_value_table(
+                    {
+                        "model day (champion of this day)": model_day or "(unknown: registered before days)",
+                        "users": int(recs["user_id"].nunique()),
+                        "distinct items": int(recs["item_id"].nunique()),
+                        "users ranked by the item prior (cold)": int(
+                            recs.loc[recs["strategy"] != "personalized", "user_id"].nunique()
+                        ),
+                        "days held (table)": days_held,
+                        "rows deleted by retention": written["rows_deleted"],
+                        "retention (days)": keep,
+                        "published days deleted": ", ".join(str(d) for d in published["removed"]) or "none",
+                        "current published day moved here": published["moved"],
+                    }
+                ),
                 "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
             }
         )
@@ -325,27 +405,40 @@ def model_assets() -> list[dg.AssetsDefinition]:
     return [recommender_model, model_evaluation, recommendations]
 
 
-def model_checks() -> list[dg.AssetChecksDefinition]:
-    """The blocking gate on ``model_evaluation``."""
+def model_checks(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+    """The blocking gate on ``model_evaluation``, one result per day."""
 
     @dg.asset_check(
         asset="model_evaluation",
         blocking=True,
-        description="Gate: our NDCG@10 is at least the popularity baseline's on every evaluated protocol; otherwise "
-        "recommendations are not published in this run.",
+        partitions_def=partitions,
+        description="Gate: our NDCG@10 is at least the popularity baseline's on every evaluated protocol of the "
+        "day's evaluation; otherwise that day's recommendations are not published in this run (the day is gated "
+        "out: the check fails for that partition).",
     )
-    def model_beats_popularity(warehouse_db: WarehouseResource) -> dg.AssetCheckResult:
+    def model_beats_popularity(context: dg.AssetCheckExecutionContext, warehouse_db: WarehouseResource):
         from recsys_pipeline.registry.gate import ndcg_against_popularity
 
+        partitioned = context.has_partition_key or context.has_partition_key_range
+        days = sorted({date.fromisoformat(k) for k in context.partition_keys}) if partitioned else []
         with warehouse_db.session(read_only=True) as con:
             if not warehouse.table_exists(con, "evaluation_metrics"):
                 return dg.AssetCheckResult(passed=False, metadata={"reason": "no evaluation_metrics table"})
-            metrics = con.execute("SELECT protocol, model, metric, value FROM evaluation_metrics").df()
+            days = days or warehouse.partition_days(con, "evaluation_metrics")[-1:]  # unpartitioned: the newest
+            metrics = con.execute(
+                "SELECT partition_date, protocol, model, metric, value FROM evaluation_metrics "
+                "WHERE list_contains(?, partition_date)",
+                [days],
+            ).df()
         verdict = ndcg_against_popularity(metrics)
         return dg.AssetCheckResult(
             passed=verdict["passed"],
             description=verdict["reason"],
-            metadata={"reason": verdict["reason"], "ndcg_at_10": dg.MetadataValue.json(verdict["protocols"])},
+            metadata={
+                "reason": verdict["reason"],
+                "ndcg_at_10": dg.MetadataValue.json(verdict["protocols"]),
+                "days": ", ".join(str(d) for d in days),
+            },
         )
 
     return [model_beats_popularity]

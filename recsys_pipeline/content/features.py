@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -282,7 +283,7 @@ def build_item_features(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
             joins.append(f"LEFT JOIN {source} AS {m} ON {m}.item_id = c.item_id")
         else:
             select += ["NULL", "FALSE"]
-    select += ["c.genres", "c.year::INTEGER"]
+    select += ["c.genres", "c.year::INTEGER", "c.added_at"]
     with warehouse.transaction(con, table.name):
         con.execute(f"CREATE OR REPLACE TABLE {table.name} ({table.ddl()})")
         con.execute(
@@ -297,15 +298,27 @@ def build_item_features(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return counts
 
 
-def load_item_features(con: duckdb.DuckDBPyConnection) -> ItemFeatures:
+def load_item_features(con: duckdb.DuckDBPyConnection, until: datetime | None = None) -> ItemFeatures:
     """Read the ``item_features`` table as an :class:`ItemFeatures` (absent modality rows are zeros, masked).
 
+    ``until``: the catalog as of that moment (naive UTC, exclusive): only items with ``added_at < until``, e.g.
+    the end of day D for the model of day D; ``None``: every item.
+
     Raises:
-        ValueError: ``item_features`` is missing or empty, or a present vector is not finite.
+        ValueError: ``item_features`` is missing or has no item (before ``until``), or a present vector is not
+            finite.
     """
     if not warehouse.table_exists(con, "item_features") or warehouse.row_count(con, "item_features") == 0:
         raise ValueError("item_features is empty: materialize item_features first")
-    frame = con.execute("SELECT * FROM item_features ORDER BY item_id").df()
+    if until is None:
+        frame = con.execute("SELECT * FROM item_features ORDER BY item_id").df()
+    else:
+        frame = con.execute(
+            "SELECT * FROM item_features WHERE CAST(added_at AS TIMESTAMP) < ? ORDER BY item_id",
+            [until],
+        ).df()
+        if frame.empty:
+            raise ValueError(f"item_features has no item added before {until} (UTC): materialize item_features")
     item_ids = frame["item_id"].astype(str).tolist()
     modalities: dict[str, np.ndarray] = {}
     masks = []

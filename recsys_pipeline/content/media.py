@@ -232,6 +232,7 @@ def sync_media_embeddings(
     item_ids: Sequence[str],
     uris: Sequence[object],
     locator: MediaLocator,
+    keep: Sequence[str] | None = None,
 ) -> MediaSyncReport:
     """Embed every item's media file into ``table``; list the items without one in ``media_failures``.
 
@@ -245,6 +246,8 @@ def sync_media_embeddings(
             found (loading a CNN for a catalog without images is wasted time).
         table: embeddings table (``item_id, model_id, content_hash, embedding FLOAT[d], encoded_at``).
         item_ids, uris: the catalog, aligned (``uris[i]`` may be ``None``).
+        keep: the items whose rows (vectors and failures) stay when they are not in ``item_ids`` (e.g. the whole
+            catalog when ``item_ids`` are its items as of one day); ``None``: ``item_ids``, the whole catalog.
 
     Returns:
         a :class:`MediaSyncReport`.
@@ -303,7 +306,12 @@ def sync_media_embeddings(
             raise RuntimeError(f"{table}: {len(missing)} items need encoding but were not encoded, e.g. {missing[:3]}")
         return np.stack([new_vectors[good_ids[p]] for p in positions]).astype(np.float32)
 
-    counts = warehouse.sync_embeddings(con, table, model_id, good_ids, [located[i][2] for i in good], vectors_for)
+    # keep: the stored vectors of items outside this sync stay (None: only this sync's good items stay)
+    synced, good_set = {str(i) for i in item_ids}, set(good_ids)
+    kept = None if keep is None else [str(i) for i in keep if str(i) not in synced or str(i) in good_set]
+    counts = warehouse.sync_embeddings(
+        con, table, model_id, good_ids, [located[i][2] for i in good], vectors_for, keep=kept
+    )
 
     now = pd.Timestamp.now(tz="UTC").tz_localize(None)
     rows = pd.DataFrame(
@@ -321,7 +329,17 @@ def sync_media_embeddings(
     ).astype({"uri": object, "content_hash": object})
     con.execute(f"CREATE TABLE IF NOT EXISTS {FAILURES_TABLE} ({MEDIA_FAILURES.ddl()})")
     with warehouse.transaction(con, FAILURES_TABLE):
-        con.execute(f"DELETE FROM {FAILURES_TABLE} WHERE modality = ?", [modality])
+        if keep is None:
+            con.execute(f"DELETE FROM {FAILURES_TABLE} WHERE modality = ?", [modality])
+        else:  # this sync's items, and items gone from the catalog; the others' failures stay
+            outside = pd.DataFrame({"item_id": sorted({str(i) for i in keep} - synced)}, dtype=object)
+            con.register("_outside_items", outside)
+            con.execute(
+                f"DELETE FROM {FAILURES_TABLE} WHERE modality = ? "
+                "AND item_id NOT IN (SELECT item_id FROM _outside_items)",
+                [modality],
+            )
+            con.unregister("_outside_items")
         warehouse.insert_frame(con, FAILURES_TABLE, rows)
 
     by_reason = Counter(f.reason for _, f, _ in failures.values())

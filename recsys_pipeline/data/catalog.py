@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pandas as pd
 
+from recsys_pipeline.data.cleaning import parse_timestamps
 from recsys_pipeline.data.schema import ITEM_CATALOG
 
 YEAR_IN_TITLE = r"\((\d{4})\)\s*$"
@@ -12,18 +15,48 @@ MAX_TEXT_CHARS = 10_000
 CATALOG_TABLE_COLUMNS = ITEM_CATALOG.column_names
 
 
-def build_item_catalog(items: pd.DataFrame, tags: pd.DataFrame, max_tags: int = 20) -> pd.DataFrame:
+def added_days(added_at: pd.Series, first_day: date | None = None) -> pd.Series:
+    """The UTC day each item entered the catalog, from the source's ``added_at`` (a datetime64 column, or text:
+    ISO 8601 with or without offset, or epoch seconds; ``cleaning.parse_timestamps``).
+
+    An item without a usable value, or dated before ``first_day`` (the first daily partition), is dated
+    ``first_day``: it has been in the catalog from the start. With ``first_day=None`` those items get the earliest
+    day of the others (1970-01-01 when no item has one).
+
+    Returns:
+        ``datetime.date`` per item (object dtype), aligned with ``added_at``.
+    """
+    if pd.api.types.is_datetime64_any_dtype(added_at):
+        stamps = pd.to_datetime(added_at)
+        if getattr(stamps.dt, "tz", None) is not None:
+            stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+    else:
+        stamps = parse_timestamps(added_at.astype(object).where(added_at.notna(), None))
+    days = stamps.dt.floor("D")
+    floor = pd.Timestamp(first_day) if first_day is not None else days.min()
+    if pd.isna(floor):
+        floor = pd.Timestamp("1970-01-01")
+    days = days.where(days.notna() & (days >= floor), floor)
+    return pd.Series([d.date() for d in days], index=added_at.index, dtype=object)
+
+
+def build_item_catalog(
+    items: pd.DataFrame, tags: pd.DataFrame, max_tags: int = 20, first_day: date | None = None
+) -> pd.DataFrame:
     """Build the ``item_catalog`` table.
 
     Args:
-        items: ``item_id, title, genres`` (``|``-separated str), ``extra_text``, ``image_uri``, ``audio_uri``.
+        items: ``item_id, title, genres`` (``|``-separated str), ``extra_text``, ``image_uri``, ``audio_uri`` and
+            optionally ``added_at`` (when the item entered the catalog; see :func:`added_days`).
         tags: ``item_id, tag``: one row per user-applied tag.
         max_tags: most frequent distinct tags kept per item (case-folded).
+        first_day: the first daily partition (UTC); items without ``added_at`` or dated before it get it.
 
     Returns:
         One row per item: ``item_id`` (str), ``title`` (str), ``genres`` (list[str]), ``year`` (Int64, <NA> when
         the title carries no ``(YYYY)``), ``tags_text`` (str), ``text`` (the text-encoder input: title, genres,
-        tags and extra text, cut at ``MAX_TEXT_CHARS`` characters), ``image_uri``, ``audio_uri``.
+        tags and extra text, cut at ``MAX_TEXT_CHARS`` characters), ``image_uri``, ``audio_uri``, ``added_at``
+        (``datetime.date``: the item's daily partition).
 
     Raises:
         ValueError: an empty or duplicated ``item_id`` (the catalog is the source of truth for item ids).
@@ -65,4 +98,6 @@ def build_item_catalog(items: pd.DataFrame, tags: pd.DataFrame, max_tags: int = 
     frame["text"] = [f"{t} {e}".strip()[:MAX_TEXT_CHARS] for t, e in zip(text, extra)]
     frame["image_uri"] = items["image_uri"].values
     frame["audio_uri"] = items["audio_uri"].values
+    given = items["added_at"] if "added_at" in items else pd.Series(None, index=items.index, dtype=object)
+    frame["added_at"] = added_days(given, first_day).values
     return frame[CATALOG_TABLE_COLUMNS]

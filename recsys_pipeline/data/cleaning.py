@@ -14,6 +14,8 @@ reason                          when
 ``timestamp outside partition`` the UTC time is not on the row's partition day ``[day, day + 1)``
 ``invalid value``               a value that is not a finite number
 ``unknown item``                an item id absent from the catalog (when a catalog is given)
+``item not in catalog yet``     the event's UTC day is before the day its item entered the catalog
+                                (``item_catalog.added_at``, when the catalog is given with its days)
 ``duplicate event``             the same (user_id, item_id, timestamp) seen earlier
 ==============================  =========================================================
 
@@ -22,8 +24,8 @@ Timestamps given with a UTC offset are converted to UTC; timestamps without one 
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from datetime import datetime
+from collections.abc import Collection, Mapping
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -57,7 +59,7 @@ def clean_events(
     raw: pd.DataFrame,
     window_start: datetime,
     window_end: datetime,
-    known_items: Collection[str] | None = None,
+    known_items: Collection[str] | Mapping[str, date] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate raw events of one partition window.
 
@@ -65,7 +67,8 @@ def clean_events(
         raw: rows with ``sources.RAW_EVENT_COLUMNS`` (text columns as str/None; ``parse_error`` and ``raw_line``
             may be absent).
         window_start, window_end: the partition's half-open UTC window ``[start, end)``, naive datetimes.
-        known_items: catalog item ids; events for other items are quarantined. ``None`` skips the check.
+        known_items: catalog item ids (a mapping: each with the UTC day it entered the catalog, and an event of an
+            earlier day is quarantined too); events for other items are quarantined. ``None`` skips the check.
 
     Returns:
         ``(interactions, quarantine)``: interactions with ``user_id, item_id`` (str), ``timestamp``
@@ -104,6 +107,9 @@ def clean_events(
     flag(~np.isfinite(value.fillna(np.nan)), "invalid value")
     if known_items is not None:
         flag(~item.isin(pd.Index(list(known_items), dtype="string")), "unknown item")
+    if isinstance(known_items, Mapping):
+        added = pd.to_datetime(item.map(lambda i: known_items.get(i) if isinstance(i, str) else None))
+        flag((ts.dt.floor("D") < added).fillna(False), "item not in catalog yet")
     valid = reason.isna()
     key = pd.DataFrame({"u": user, "i": item, "t": ts})
     # Duplicates are judged among valid rows only, in source order.

@@ -140,8 +140,15 @@ ITEM_CATALOG = Table(
         _col("text", "VARCHAR", False, "the text encoder's input"),
         _col("image_uri", "VARCHAR"),
         _col("audio_uri", "VARCHAR"),
+        _col(
+            "added_at",
+            "DATE",
+            False,
+            "UTC day the item entered the catalog (its daily partition): the catalog's added_at, else "
+            "(MovieLens) the day of its first rating or tag, else the first partition",
+        ),
     ),
-    "one row per item: title, genres, year, tags, the text to encode, media URIs",
+    "one row per item: title, genres, year, tags, the text to encode, media URIs, the day it was added",
     primary_key="item_id",
 )
 
@@ -175,6 +182,7 @@ LANDING_REJECTIONS = Table(
 RECOMMENDATIONS = Table(
     "recommendations",
     (
+        _col("partition_date", "DATE", False, "UTC day of the lists (the asset's daily partition)"),
         _col("user_id", "VARCHAR", False),
         _col("rank", "BIGINT", False, "1 = best"),
         _col("item_id", "VARCHAR", False),
@@ -182,14 +190,18 @@ RECOMMENDATIONS = Table(
         _col("strategy", "VARCHAR", False, "personalized or cold_user_prior"),
         _col("model_run_id", "VARCHAR", False, "MLflow run of the champion"),
         _col("model_version", "VARCHAR", False, "registry version of the champion"),
-        _col("produced_on", "DATE", False, "UTC day the lists were made"),
+        _col("produced_on", "DATE", False, "UTC day the run made the lists (wall clock)"),
+        _col("model_partition_date", "DATE", description="partition date of the champion version (NULL: older)"),
     ),
-    "top-K per user by the champion, seen items excluded",
+    "top-K per user by the champion of the day, seen items excluded; one set of lists per partition_date",
 )
+
+_DAY = Column("partition_date", "DATE", False, "UTC day of the evaluated model (the asset's daily partition)")
 
 EVALUATION_METRICS = Table(
     "evaluation_metrics",
     (
+        _DAY,
         _col("protocol", "VARCHAR", False),
         _col("model", "VARCHAR", False, "ours or popularity"),
         _col("metric", "VARCHAR", False, "recall_at_20, ndcg_at_10, coverage, ..."),
@@ -202,6 +214,7 @@ EVALUATION_METRICS = Table(
 EVALUATION_RANKED_LISTS = Table(
     "evaluation_ranked_lists",
     (
+        _DAY,
         _col("protocol", "VARCHAR", False),
         _col("model", "VARCHAR", False),
         _col("user_id", "VARCHAR", False),
@@ -216,6 +229,7 @@ EVALUATION_RANKED_LISTS = Table(
 EVALUATION_GROUND_TRUTH = Table(
     "evaluation_ground_truth",
     (
+        _DAY,
         _col("protocol", "VARCHAR", False),
         _col("user_id", "VARCHAR", False),
         _col("item_id", "VARCHAR", False),
@@ -227,6 +241,7 @@ EVALUATION_GROUND_TRUTH = Table(
 EVALUATION_ABLATION = Table(
     "evaluation_ablation",
     (
+        _DAY,
         _col("variant", "VARCHAR", False),
         _col("modalities", "VARCHAR", False),
         _col("fusion", "VARCHAR", False),
@@ -289,9 +304,14 @@ def item_features_table(modality_dims: Mapping[str, int | None]) -> Table:
             )
         )
         columns.append(_col(f"{name}_present", "BOOLEAN", False))
-    columns += [_col("genres", "VARCHAR[]", False), _col("year", "INTEGER", description="NULL when unknown")]
+    columns += [
+        _col("genres", "VARCHAR[]", False),
+        _col("year", "INTEGER", description="NULL when unknown"),
+        _col("added_at", "DATE", False, "UTC day the item entered the catalog (item_catalog.added_at)"),
+    ]
     return Table(
         "item_features",
         tuple(columns),
-        "per item: one vector per modality with a presence flag, genres and year (the model's content input)",
+        "per item: one vector per modality with a presence flag, genres, year and the day it was added (the "
+        "model's content input)",
     )

@@ -8,7 +8,8 @@ Two kinds of source share one contract, ``EventSource``:
   ml-latest-small.
 - ``DailyFileSource``: a user's own data: one event file per UTC day named ``YYYY-MM-DD.csv|.parquet|.jsonl``
   with columns ``user_id, item_id, timestamp[, value]``, plus an item catalog file with columns
-  ``item_id, title[, genres][, description …][, image_uri][, audio_uri]``.
+  ``item_id, title[, genres][, description …][, image_uri][, audio_uri][, added_at]`` (``added_at``: when the item
+  entered the catalog, ISO 8601 or epoch seconds: its UTC day is the item's daily partition).
 
 Raw events are returned as text, exactly as the source gave them (the ``interactions`` stage parses, validates
 and quarantines); each row carries ``source`` (file name) and ``source_row`` (0-based data row in that file).
@@ -39,7 +40,7 @@ from recsys_pipeline.settings import BUNDLED_FIRST_DAY, BUNDLED_LAST_DAY, BUNDLE
 
 RAW_EVENT_COLUMNS = RAW_EVENTS.column_names
 MAX_RAW_LINE_CHARS = 1000  # text of an unparseable line kept for diagnosis; the file itself stays the record
-CATALOG_COLUMNS = ["item_id", "title", "genres", "extra_text", "image_uri", "audio_uri"]
+CATALOG_COLUMNS = ["item_id", "title", "genres", "extra_text", "image_uri", "audio_uri", "added_at"]
 EVENT_FILE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 _DATE_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(csv|parquet|jsonl)$")
 # Why a landing file is not ingested (``landing_rejections.reason``).
@@ -73,8 +74,9 @@ class EventSource(abc.ABC):
 
     @abc.abstractmethod
     def read_catalog(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """``(items, tags)``: items with ``CATALOG_COLUMNS`` (genres as a ``|``-separated str, may be empty),
-        tags with ``item_id, tag`` (one row per user tag; may be empty)."""
+        """``(items, tags)``: items with ``CATALOG_COLUMNS`` (genres as a ``|``-separated str, may be empty;
+        ``added_at``: when the item entered the catalog, as the source says it (text, or a datetime64 day), None
+        when it does not say), tags with ``item_id, tag`` (one row per user tag; may be empty)."""
 
 
 def _as_text(series: pd.Series) -> pd.Series:
@@ -156,14 +158,22 @@ class MovieLensSource(EventSource):
         return self._ratings.iloc[lo:hi].reset_index(drop=True)
 
     def read_catalog(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The movies and their tags. A release says nothing of when a movie was added: ``added_at`` is the UTC day
+        of its first rating or tag (None for a movie with neither)."""
         layout, root = self._layout(), self.root
         tags = pd.DataFrame({"item_id": pd.Series(dtype=object), "tag": pd.Series(dtype=object)})
+        tag_days = pd.Series(dtype="datetime64[ns]")
         if layout == "csv":
             items = pd.read_csv(root / "movies.csv", dtype=str, keep_default_na=False)
             items = items.rename(columns={"movieId": "item_id"})
             if (root / "tags.csv").exists():
                 tags = pd.read_csv(root / "tags.csv", dtype=str, keep_default_na=False)
-                tags = tags.rename(columns={"movieId": "item_id"})[["item_id", "tag"]]
+                tags = tags.rename(columns={"movieId": "item_id"})
+                if "timestamp" in tags.columns:
+                    seconds = pd.to_numeric(tags["timestamp"], errors="coerce")
+                    ok = seconds.notna() & (seconds >= 0)
+                    tag_days = _epoch_day(seconds[ok]).groupby(tags.loc[ok, "item_id"].str.strip()).min()
+                tags = tags[["item_id", "tag"]]
         elif layout == "dat":
             items = pd.read_csv(
                 root / "movies.dat",
@@ -210,6 +220,9 @@ class MovieLensSource(EventSource):
         items["extra_text"] = ""
         items["image_uri"] = None
         items["audio_uri"] = None
+        rating_days = self._ratings.groupby(self._ratings["item_id"].str.strip())["partition_date"].min()
+        first = pd.concat([rating_days, tag_days]).groupby(level=0).min()
+        items["added_at"] = items["item_id"].astype(str).str.strip().map(first).astype("datetime64[ns]")
         return items[CATALOG_COLUMNS].reset_index(drop=True), tags.reset_index(drop=True)
 
 
@@ -536,14 +549,14 @@ class DailyFileSource(EventSource):
         missing = {"item_id", "title"} - set(raw.columns)
         if missing:
             raise SourceError(f"{path}: missing column(s) {sorted(missing)}")
-        known = {"item_id", "title", "genres", "image_uri", "audio_uri", "tags"}
+        known = {"item_id", "title", "genres", "image_uri", "audio_uri", "tags", "added_at"}
         text_columns = [c for c in raw.columns if c not in known]
         items = pd.DataFrame({"item_id": _as_text(raw["item_id"]), "title": _as_text(raw["title"]).fillna("")})
         items["genres"] = _as_text(raw["genres"]).fillna("") if "genres" in raw.columns else ""
         items["extra_text"] = (
             raw[text_columns].astype("string").fillna("").agg(" ".join, axis=1).str.strip() if text_columns else ""
         )
-        for col in ("image_uri", "audio_uri"):
+        for col in ("image_uri", "audio_uri", "added_at"):
             items[col] = _as_text(raw[col]) if col in raw.columns else None
         tags = pd.DataFrame({"item_id": pd.Series(dtype=object), "tag": pd.Series(dtype=object)})
         if "tags" in raw.columns:

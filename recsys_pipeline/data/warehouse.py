@@ -17,7 +17,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -100,16 +100,21 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     for table in EVENT_TABLES:
         con.execute(f"CREATE TABLE IF NOT EXISTS {table.name} ({table.ddl()})")
     for table in TABLES.values():
-        have = {
-            row[0]
-            for row in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
-                [table.name],
-            ).fetchall()
-        }
-        for column in table.columns if have else ():
-            if column.name not in have and column.nullable:
-                con.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.sql_type}")
+        _add_nullable_columns(con, table)
+
+
+def _add_nullable_columns(con: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """Add the declared nullable columns an existing ``table`` lacks (written by an older release)."""
+    have = {
+        row[0]
+        for row in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
+            [table.name],
+        ).fetchall()
+    }
+    for column in table.columns if have else ():
+        if column.name not in have and column.nullable:
+            con.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.sql_type}")
 
 
 @contextlib.contextmanager
@@ -195,6 +200,91 @@ def replace_table(
     return len(frame)
 
 
+def ensure_table(con: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """Create ``table`` with its declared columns when it does not exist yet."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {table.name} ({table.ddl()})")
+
+
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Whether ``table`` exists with a column ``column`` (a table an older release wrote may lack one)."""
+    rows = con.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ? "
+        "AND column_name = ?",
+        [table, column],
+    ).fetchall()
+    return bool(rows[0][0])
+
+
+def replace_partition(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    day: date,
+    frame: pd.DataFrame,
+    *,
+    column: str = "partition_date",
+    keep_days: int | None = None,
+    legacy_from: str | None = None,
+    own_transaction: bool = True,
+) -> dict[str, int]:
+    """Replace the rows of ``table`` whose ``column`` (a DATE) is ``day`` by ``frame``, other days untouched; with
+    ``keep_days``, also delete the days before ``day - (keep_days - 1)`` (retention counted back from ``day``).
+
+    Re-running with the same frame gives the same rows (no duplicates); one transaction (``own_transaction=False``
+    when the caller holds one that covers other writes too), so a crash leaves the previous state. The table is
+    created from its declaration when missing. A table an older release wrote without ``column`` (one whole set
+    of rows) gets the column: filled from its column ``legacy_from`` (e.g. ``produced_on``), or, with ``None``,
+    its old rows are deleted.
+
+    Args:
+        day: the UTC day (``datetime.date``) the rows belong to; every row of ``frame`` must carry it in
+            ``column``.
+        frame: rows holding every declared column (others are ignored).
+
+    Returns:
+        ``{"rows": inserted, "days_deleted": n, "rows_deleted": n}`` (the last two: retention).
+
+    Raises:
+        KeyError: ``frame`` lacks a declared column.
+        ValueError: a row of ``frame`` is of another day, or ``keep_days < 1``.
+    """
+    missing = [c for c in table.column_names if c not in frame.columns]
+    if missing:
+        raise KeyError(f"{table.name}: frame lacks column(s) {missing}")
+    days = pd.to_datetime(frame[column]).dt.date.unique() if len(frame) else []
+    if any(d != day for d in days):
+        raise ValueError(f"{table.name}: rows of {sorted(set(days) - {day})[:3]} given for the partition {day}")
+    if keep_days is not None and keep_days < 1:
+        raise ValueError(f"keep_days must be at least 1, got {keep_days}")
+    with transaction(con, table.name) if own_transaction else contextlib.nullcontext():
+        if table_exists(con, table.name) and not has_column(con, table.name, column):
+            con.execute(f"ALTER TABLE {table.name} ADD COLUMN {column} DATE")
+            if legacy_from is not None:
+                con.execute(f"UPDATE {table.name} SET {column} = CAST({legacy_from} AS DATE)")
+            else:
+                con.execute(f"DELETE FROM {table.name}")
+        _add_nullable_columns(con, table)
+        ensure_table(con, table)
+        con.execute(f"DELETE FROM {table.name} WHERE {column} = ?", [day])
+        inserted = insert_frame(con, table.name, frame[table.column_names])
+        retention = {"days_deleted": 0, "rows_deleted": 0}
+        if keep_days is not None:
+            cutoff = day - timedelta(days=keep_days - 1)
+            n_days, n_rows = con.execute(
+                f"SELECT count(DISTINCT {column}), count(*) FROM {table.name} WHERE {column} < ?", [cutoff]
+            ).fetchall()[0]
+            con.execute(f"DELETE FROM {table.name} WHERE {column} < ?", [cutoff])
+            retention = {"days_deleted": int(n_days), "rows_deleted": int(n_rows)}
+    return {"rows": inserted, **retention}
+
+
+def partition_days(con: duckdb.DuckDBPyConnection, table: str, column: str = "partition_date") -> list[date]:
+    """The distinct days of ``table.column`` (a DATE), ascending; ``[]`` when the table or column is absent."""
+    if not table_exists(con, table) or not has_column(con, table, column):
+        return []
+    rows = con.execute(f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL ORDER BY 1").fetchall()
+    return [r[0] for r in rows]
+
+
 def read_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] = ()) -> pd.DataFrame:
     """Run a parameterised query and return a DataFrame."""
     return con.execute(sql, list(params)).df()
@@ -222,12 +312,15 @@ def sync_embeddings(
     item_ids: Sequence[str],
     content_hashes: Sequence[str],
     vectors_for_changed: Callable[[list[int]], np.ndarray],
+    keep: Sequence[str] | None = None,
 ) -> dict[str, int]:
     """Bring ``table`` (``item_id, model_id, content_hash, embedding FLOAT[d], encoded_at``) in line with the catalog.
 
     Only items that are new, whose ``content_hash`` changed, or that were encoded by another model are encoded:
     ``vectors_for_changed(positions)`` gets their positions in ``item_ids`` and returns ``(len(positions), d)``
-    float32. Rows for items no longer listed are removed. One transaction: a crash leaves the previous table.
+    float32. Rows for items not in ``keep`` (default: ``item_ids``; e.g. the whole catalog when ``item_ids`` are
+    the items of the catalog as of one day) are removed, as are rows of another model. One transaction: a crash
+    leaves the previous table.
 
     Returns:
         counts ``{"encoded": …, "reused": …, "removed": …, "total": …}``.
@@ -255,8 +348,8 @@ def sync_embeddings(
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({embedding_table(table, dim).ddl()})")
         removed = 0
         if table_exists(con, table):
-            keep = pd.DataFrame({"item_id": list(item_ids)})
-            con.register("_keep_items", keep)
+            kept = pd.DataFrame({"item_id": list(item_ids if keep is None else keep)}, dtype=object)
+            con.register("_keep_items", kept)
             removed = con.execute(
                 f"DELETE FROM {table} WHERE model_id <> ? OR item_id NOT IN (SELECT item_id FROM _keep_items)",
                 [model_id],
@@ -287,14 +380,20 @@ def sync_embeddings(
     }
 
 
-def read_interactions(con: duckdb.DuckDBPyConnection, until: datetime | None = None) -> pd.DataFrame:
-    """Interactions with ``timestamp < until`` (all when ``None``), ordered by time.
+def read_interactions(
+    con: duckdb.DuckDBPyConnection, until: datetime | None = None, since: datetime | None = None
+) -> pd.DataFrame:
+    """Interactions with ``since <= timestamp < until`` (naive UTC; a bound left ``None`` is open), ordered by time.
 
     Returns ``user_id, item_id`` (str), ``timestamp`` (datetime64, naive UTC), ``value`` (float64).
     """
     columns = ", ".join(INTERACTIONS.column_names)
-    if until is None:
-        return con.execute(f"SELECT {columns} FROM interactions ORDER BY timestamp, user_id, item_id").df()
-    return con.execute(
-        f"SELECT {columns} FROM interactions WHERE timestamp < ? ORDER BY timestamp, user_id, item_id", [until]
-    ).df()
+    where, params = [], []
+    if since is not None:
+        where.append("timestamp >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("timestamp < ?")
+        params.append(until)
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    return con.execute(f"SELECT {columns} FROM interactions {clause}ORDER BY timestamp, user_id, item_id", params).df()

@@ -1,11 +1,18 @@
 """The MLflow model registry: the one record of trained versions, the champion alias, and loading a version.
 
-Every trained model is a new version of the registered model (``recsys_ranker``). :func:`gate_model_version`
-applies the champion / challenger gate (``registry.gate``): it moves the ``champion`` alias only when the new
-version clears the popularity floor (the blocking check's verdict on the same figures) and is at least
-``min_margin`` better than the champion on the same split; otherwise the version gets the ``challenger`` alias.
-The decision and its reason are tags (``gate.*``) on the version, its training run and the evaluation run.
-``recommendations`` and everything that reads them use ``models:/recsys_ranker@champion`` only.
+Every trained model is a new version of the registered model (``recsys_ranker``), tagged with the UTC day it was
+trained as of (:data:`PARTITION_DATE_TAG`, the daily partition of ``recommender_model``). :func:`gate_model_version`
+applies the champion / challenger gate (``registry.gate``): the version is promoted (``gate.decision`` champion)
+only when it clears the popularity floor (the blocking check's verdict on the same figures) and is at least
+``min_margin`` better than the champion of its day (:func:`champion_for_day`) on the same split; otherwise it gets
+the ``challenger`` alias. The decision and its reason are tags (``gate.*``) on the version, its training run and the
+evaluation run.
+
+Days never go backwards: the ``champion`` alias (what ``models:/recsys_ranker@champion`` and ``mlflow models
+serve`` load) moves to a promoted version only when its day is not before the current holder's, so re-running an
+old day after newer ones promotes that version for its own day without moving the alias. The lists of day D rank
+with :func:`champion_for_day` D: the newest promoted version of day D or before (for the newest day, the alias
+holder).
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ from recsys_pipeline.registry.gate import (
 )
 
 __all__ = [
+    "PARTITION_DATE_TAG",
     "champion_version",
+    "champion_for_day",
+    "version_for_partition",
     "champion_uri",
     "latest_version",
     "version_model_config",
@@ -58,6 +68,61 @@ def champion_version(tracking_uri: str, registered_model_name: str):
             "materialize recommender_model then model_evaluation (its gate promotes the first version)"
         )
     return version
+
+
+PARTITION_DATE_TAG = "partition_date"  # YYYY-MM-DD: the UTC day a version was trained as of
+
+
+def _day_key(version) -> tuple[str, int]:
+    """Sort key of a version by day, then number; a version without a day (registered before partitions, or by
+    hand) sorts before every day."""
+    return (version.tags.get(PARTITION_DATE_TAG, ""), int(version.version))
+
+
+def _versions(tracking_uri: str, registered_model_name: str) -> list:
+    """Every ``ModelVersion`` of the registered model (with tags; MLflow's search does not return aliases)."""
+    return list(MlflowClient(tracking_uri).search_model_versions(f"name = '{registered_model_name}'"))
+
+
+def version_for_partition(tracking_uri: str, registered_model_name: str, day: str):
+    """The newest version trained as of the UTC day ``day`` (``YYYY-MM-DD``, tag :data:`PARTITION_DATE_TAG`): what
+    ``model_evaluation`` of day ``day`` evaluates (a re-materialized day has several; the last one is that run's).
+
+    Raises:
+        LookupError: no version of that day.
+    """
+    mine = [v for v in _versions(tracking_uri, registered_model_name) if v.tags.get(PARTITION_DATE_TAG) == day]
+    if not mine:
+        raise LookupError(
+            f"no model of {day}: registered model {registered_model_name!r} has no version tagged "
+            f"{PARTITION_DATE_TAG}={day}; materialize recommender_model for {day} first"
+        )
+    return max(mine, key=lambda v: int(v.version))
+
+
+def champion_for_day(tracking_uri: str, registered_model_name: str, day: str | None, exclude: str | None = None):
+    """The champion of the UTC day ``day``: the newest version (by day, then number) that its gate promoted
+    (tag ``gate.decision`` champion) among those of day ``day`` or before (a version without a day counts as the
+    oldest); ``exclude``: a version number left out (the one being gated). ``day=None``: the newest promoted of
+    all. For the newest day this is the version holding the ``champion`` alias.
+
+    Raises:
+        LookupError: no promoted version of that day or before.
+    """
+    promoted = [
+        v
+        for v in _versions(tracking_uri, registered_model_name)
+        if v.tags.get("gate.decision") == CHAMPION
+        and str(v.version) != str(exclude)
+        and (day is None or v.tags.get(PARTITION_DATE_TAG, "") <= day)
+    ]
+    if not promoted:
+        when = f"for {day} or an earlier day" if day else "yet"
+        raise LookupError(
+            f"no champion {when}: no version of registered model {registered_model_name!r} was promoted by its "
+            "gate; materialize recommender_model then model_evaluation for that day"
+        )
+    return max(promoted, key=_day_key)
 
 
 def champion_uri(registered_model_name: str) -> str:
@@ -178,9 +243,13 @@ def gate_model_version(
     The version is promoted only when ``evaluation_metrics`` clears the popularity floor
     (:func:`~recsys_pipeline.registry.gate.ndcg_against_popularity`, the verdict of the blocking check
     ``model_beats_popularity`` on the same rows) and beats the champion by ``policy.min_margin``; so the alias never
-    moves to a version that check would stop.
+    moves to a version that check would stop. The champion it is measured against is that of the version's day
+    (tag :data:`PARTITION_DATE_TAG`; :func:`champion_for_day`, this version left out), or the alias holder for a
+    version without a day.
 
-    Effects: alias ``champion`` (promoted) or ``challenger`` (kept) on ``version``; ``gate.*`` tags
+    Effects: alias ``champion`` on ``version`` when promoted and its day is not before the holder's (days never go
+    backwards: an old day's promoted version is champion of its day, and the reason says the alias stayed), alias
+    ``challenger`` when kept; ``gate.*`` tags
     (:meth:`GateDecision.tags`, including ``gate.popularity_floor``) on the version, its training run and the
     evaluation run; the version's description (:func:`version_description`: the decision, its reason and the
     figures each protocol is judged by, above what it was trained on).
@@ -202,7 +271,14 @@ def gate_model_version(
         )
     value = float(row["value"].iloc[0])
     client = MlflowClient(tracking_uri)
-    champion = tracking.version_by_alias(client, registered_model_name, CHAMPION)
+    day = client.get_model_version(registered_model_name, version).tags.get(PARTITION_DATE_TAG)
+    holder = tracking.version_by_alias(client, registered_model_name, CHAMPION)
+    champion = holder
+    if day is not None and not (holder is not None and str(holder.version) == version):
+        try:  # the champion of this version's day, which an old day's re-run is measured against
+            champion = champion_for_day(tracking_uri, registered_model_name, day, exclude=version)
+        except LookupError:
+            champion = None
     champion_value: float | None = None
     if champion is None:
         comparison = "first_version"
@@ -234,6 +310,22 @@ def gate_model_version(
             reason += f"; below the popularity floor ({floor['reason']})"
     elif champion is not None:
         reason = f"{policy.metric}: {reason}; champion v{champion.version}, {comparison.replace('_', ' ')}"
+    elif day is not None and holder is not None:
+        reason = reason.replace(
+            "no champion yet: the first evaluated version becomes champion",
+            f"no champion of {day} or an earlier day: the first version evaluated for them becomes their champion",
+            1,
+        )
+    moves = promoted and (
+        holder is None
+        or str(holder.version) == version
+        or _day_key(client.get_model_version(registered_model_name, version)) >= _day_key(holder)
+    )
+    if promoted and not moves:
+        reason += (
+            f"; champion of {day}: the champion alias stays on v{holder.version}, of a later day "
+            f"({holder.tags.get(PARTITION_DATE_TAG)})"
+        )
     decision = GateDecision(
         version,
         promoted,
@@ -248,12 +340,12 @@ def gate_model_version(
         ("passed: " if floor["passed"] else "failed: ") + floor["reason"],
         split,
     )
-    if promoted:
+    if moves:
         client.set_registered_model_alias(registered_model_name, CHAMPION, version)
         challenger = tracking.version_by_alias(client, registered_model_name, CHALLENGER)
         if challenger is not None and str(challenger.version) == version:
             client.delete_registered_model_alias(registered_model_name, CHALLENGER)
-    else:
+    elif not promoted:
         client.set_registered_model_alias(registered_model_name, CHALLENGER, version)
     tags = decision.tags()
     for key, text in tags.items():

@@ -161,6 +161,7 @@ def train_and_log(
     tags: Mapping[str, str] | None = None,
     data_source: str | None = None,
     init=None,
+    version_tags: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train on ``interactions`` and log, in one MLflow run: params (``model.*``, ``trainer.*``, ``data.*``), the
     inputs (:func:`log_inputs`, context ``training``), per-epoch metrics (Lightning's ``MLFlowLogger``: the fit's
@@ -174,6 +175,8 @@ def train_and_log(
         init: a trained ``TwoTowerRecommender`` to warm start from (``fit(init=...)``); when its architecture
             differs from ``model_config`` (``ValueError`` "cannot warm start"), a full retrain instead, and the
             tag ``train.warm_start_skipped`` says why.
+        version_tags: set on the registered version (the asset gives ``partition_date``, the UTC day of the
+            model: ``model_registry.PARTITION_DATE_TAG``).
 
     Raises:
         ValueError: from ``TwoTowerRecommender.fit`` on empty or inconsistent inputs.
@@ -213,6 +216,8 @@ def train_and_log(
         if version is not None:
             description = _training_description(interactions, features, stats)
             client.update_model_version(registered_model_name, version, description=description)
+            for key, text in (version_tags or {}).items():
+                client.set_model_version_tag(registered_model_name, version, key, text)
     return TrainResult(model, run.info.run_id, model_uri, version, stats)
 
 

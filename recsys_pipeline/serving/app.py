@@ -4,7 +4,11 @@ It reads only the Parquet snapshots under ``$RECSYS_HOME/published/`` (``serving
 materialization (which holds DuckDB's single-writer lock) never blocks it; a new snapshot is picked up on the next
 request after its file changes (atomic ``os.replace``: a request sees the old list or the new one).
 
-Contract of ``GET /recommendations/{user_id}?k=10[&fallback=true]``:
+Contract of ``GET /recommendations/{user_id}?k=10[&fallback=true][&date=YYYY-MM-DD]``:
+
+- ``date``: the lists of that UTC day (``published/days/D``); without it, the current day (``published/
+  current.json``: the newest published day, or the day a rollback named). A day without published lists is ``404``
+  with ``{"error": "unknown_date", ...}`` naming the published days; a malformed date is ``422``.
 
 - ``user_id`` in the published recommendations (the user has interactions): ``200``, the user's top-``k`` list
   by the champion model, seen items excluded. ``strategy`` is ``"personalized"``, or ``"cold_user_prior"`` for a
@@ -16,8 +20,8 @@ Contract of ``GET /recommendations/{user_id}?k=10[&fallback=true]``:
   ``strategy = "popularity_fallback"``.
 - nothing published yet: ``503`` with ``{"error": "not_published", ...}``.
 
-``GET /health``: ``200`` with what is loaded (users, model version, production date), ``503`` before the first
-publish.
+``GET /health``: ``200`` with what is loaded (users, model version, production date, the current day and the
+published days), ``503`` before the first publish.
 
 ``GET /openapi.json``: the OpenAPI schema of the above. There is no ``/docs`` page (it would load Swagger UI from a
 CDN, so it is blank offline).
@@ -29,16 +33,24 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from recsys_pipeline.serving.publish import PERSONALIZED, POPULARITY_FALLBACK
-from recsys_pipeline.serving.snapshot import ITEMS, RECOMMENDATIONS, read_snapshot, snapshot_path
+from recsys_pipeline.serving.snapshot import (
+    ITEMS,
+    RECOMMENDATIONS,
+    current_day,
+    published_days,
+    snapshot_path,
+)
 from recsys_pipeline.settings import HomePaths
 
 MAX_K = 1000
+CACHED_DAYS = 8  # loaded days kept in memory besides the current one (a request for another day reads it once)
 
 
 def _file_id(path: Path) -> tuple[int, int, int] | None:
@@ -60,7 +72,7 @@ class _Loaded:
     titles: dict[str, str]
     popular: pd.DataFrame  # item_id, title, users, rank (by rank)
     file_ids: tuple
-    meta: dict[str, str | None]  # model_version, produced_on
+    meta: dict[str, str | None]  # date (of the lists), model_version, produced_on
     ranks: np.ndarray  # (n_rows,) int
     item_ids: np.ndarray  # (n_rows,) object (str)
     item_titles: np.ndarray  # (n_rows,) object (str or None)
@@ -71,7 +83,7 @@ class _Loaded:
 
 
 class PublishedSnapshots:
-    """The recommendations and item snapshots of one home, reloaded when either file changes on disk.
+    """The recommendations and item snapshots of one home, by day, each reloaded when its files change on disk.
 
     Thread-safe (the lock guards a reload); the endpoints run on uvicorn's event loop, so a reload (reading the
     Parquet files, once per publish) holds requests for its duration.
@@ -80,34 +92,63 @@ class PublishedSnapshots:
     def __init__(self, paths: HomePaths):
         self.paths = paths
         self._lock = threading.Lock()
-        self._loaded: _Loaded | None = None
+        self._loaded: dict[date | None, _Loaded] = {}  # day (None: a home without days) -> its snapshots
+        self._current: date | None = None
         self.reloads = 0
 
-    def files(self) -> tuple[Path, Path]:
-        return snapshot_path(self.paths, RECOMMENDATIONS), snapshot_path(self.paths, ITEMS)
+    def files(self, day: date | None = None) -> tuple[Path, Path]:
+        """The lists and items files of UTC day ``day`` (``None``: the current day's)."""
+        return snapshot_path(self.paths, RECOMMENDATIONS, day), snapshot_path(self.paths, ITEMS, day)
+
+    def current_day(self) -> date | None:
+        """The day ``published/current.json`` names (``None``: a home without days, or nothing published); an
+        unreadable pointer keeps the day read before (logged as a warning)."""
+        try:
+            self._current = current_day(self.paths)
+        except (OSError, ValueError) as exc:
+            logging.getLogger(__name__).warning("published-day pointer unreadable, keeping %s: %s", self._current, exc)
+        return self._current
 
     def current(self) -> _Loaded | None:
-        """The loaded snapshots, reloaded first if a file changed; ``None`` when nothing (readable) is published.
-        A file that cannot be read keeps the previous snapshot in service (logged as a warning)."""
-        ids = tuple(_file_id(p) for p in self.files())
+        """The current day's snapshots, reloaded first if a file changed; ``None`` when nothing (readable) is
+        published. A file that cannot be read keeps the previous snapshot in service (logged as a warning)."""
+        day = self.current_day()
+        return self.for_day(day) if day is not None else self._get(None)
+
+    def for_day(self, day: date) -> _Loaded | None:
+        """The snapshots of UTC day ``day``; ``None`` when that day has none (readable)."""
+        return self._get(day)
+
+    def _get(self, day: date | None) -> _Loaded | None:
+        paths = (
+            self.files(day)
+            if day is not None
+            else (self.paths.published / f"{RECOMMENDATIONS}.parquet", self.paths.published / f"{ITEMS}.parquet")
+        )
+        ids = tuple(_file_id(p) for p in paths)
         if ids[0] is None:
             return None
         with self._lock:
-            if self._loaded is None or self._loaded.file_ids != ids:
+            loaded = self._loaded.get(day)
+            if loaded is None or loaded.file_ids != ids:
                 try:
-                    self._loaded = self._load(ids)
+                    loaded = self._load(paths, ids, day)
                 except (OSError, ValueError) as exc:  # unreadable file (pyarrow raises both): keep the last good one
                     logging.getLogger(__name__).warning(
                         "published snapshot unreadable, serving the previous one (%s): %s",
-                        "none loaded" if self._loaded is None else "still loaded",
+                        "none loaded" if loaded is None else "still loaded",
                         exc,
                     )
-                    return self._loaded
+                    return loaded
+                self._loaded[day] = loaded
                 self.reloads += 1
-            return self._loaded
+                others = [d for d in self._loaded if d not in (day, self._current)]
+                for stale in others[: max(0, len(others) - CACHED_DAYS)]:
+                    del self._loaded[stale]
+            return loaded
 
-    def _load(self, ids: tuple) -> _Loaded:
-        recs = read_snapshot(self.paths, RECOMMENDATIONS)
+    def _load(self, files: tuple[Path, Path], ids: tuple, day: date | None) -> _Loaded:
+        recs = _read(files[0])
         recs["user_id"] = recs["user_id"].astype(str)
         recs["item_id"] = recs["item_id"].astype(str)
         if "strategy" not in recs.columns:  # published before strategies were recorded
@@ -116,7 +157,7 @@ class PublishedSnapshots:
         users, starts, counts = np.unique(recs["user_id"].to_numpy(dtype=str), return_index=True, return_counts=True)
         spans = {u: (int(s), int(s + c)) for u, s, c in zip(users, starts, counts)}
         if ids[1] is not None:
-            popular = read_snapshot(self.paths, ITEMS).sort_values("rank", kind="stable").reset_index(drop=True)
+            popular = _read(files[1]).sort_values("rank", kind="stable").reset_index(drop=True)
             popular["item_id"] = popular["item_id"].astype(str)
         else:
             popular = pd.DataFrame({"item_id": [], "title": [], "users": [], "rank": []})
@@ -128,7 +169,11 @@ class PublishedSnapshots:
             titles=titles,
             popular=popular,
             file_ids=ids,
-            meta={"model_version": _first(recs, "model_version"), "produced_on": _first(recs, "produced_on")},
+            meta={
+                "date": day.isoformat() if day is not None else _first(recs, "partition_date"),
+                "model_version": _first(recs, "model_version"),
+                "produced_on": _first(recs, "produced_on"),
+            },
             ranks=recs["rank"].to_numpy(dtype=np.int64),
             item_ids=recs["item_id"].to_numpy(dtype=object),
             item_titles=np.array([titles.get(i) for i in recs["item_id"]], dtype=object),
@@ -140,6 +185,12 @@ class PublishedSnapshots:
                 for r in popular.itertuples()
             ],
         )
+
+
+def _read(path: Path) -> pd.DataFrame:
+    """One snapshot file, read through one open handle (``snapshot.read_snapshot``'s reason)."""
+    with open(path, "rb") as handle:
+        return pd.read_parquet(handle)
 
 
 def _first(frame: pd.DataFrame, column: str):
@@ -205,13 +256,18 @@ def create_app(paths: HomePaths, api_key: str | None = None):
         loaded = state.current()
         if loaded is None:
             return JSONResponse(status_code=503, content={"status": "no_snapshot", "home": str(paths.root)})
+        days = published_days(paths)
         return {
             "status": "ok",
+            "date": loaded.meta["date"],
             "users": len(loaded.spans),
             "items_with_titles": len(loaded.titles),
             "model_version": _first(loaded.recs, "model_version"),
             "model_run_id": _first(loaded.recs, "model_run_id"),
             "produced_on": _first(loaded.recs, "produced_on"),
+            "published_days": len(days),
+            "first_day": days[0].isoformat() if days else None,
+            "last_day": days[-1].isoformat() if days else None,
         }
 
     @app.get("/recommendations/{user_id}")
@@ -219,10 +275,28 @@ def create_app(paths: HomePaths, api_key: str | None = None):
         user_id: str,
         k: int = Query(10, ge=1, le=MAX_K, description="list length (at most what was published per user)"),
         fallback: bool = Query(False, description="an id without history is a new user: popularity list, not 404"),
+        day: date | None = Query(  # noqa: B008  (FastAPI's way; `date` is not one of ruff's immutable types)
+            None, alias="date", description="UTC day of the lists (YYYY-MM-DD); default: the current published day"
+        ),
     ):
-        """A user's top-``k`` list. Known user (has history): personalized list from the champion. Unknown id:
-        404, or with ``fallback=true`` the popularity list (``strategy = popularity_fallback``)."""
-        loaded = state.current()
+        """A user's top-``k`` list of the current day, or of ``date``. Known user (has history): personalized list
+        from the champion of that day. Unknown id: 404, or with ``fallback=true`` the popularity list (``strategy =
+        popularity_fallback``). A day without published lists: 404 ``unknown_date``."""
+        if day is not None:
+            loaded = state.for_day(day)
+            if loaded is None:
+                days = published_days(paths)
+                shown = f"{days[0]} .. {days[-1]} ({len(days)} days)" if days else "none"
+                return JSONResponse(
+                    status_code=404,
+                    content={
+                        "error": "unknown_date",
+                        "date": day.isoformat(),
+                        "detail": f"no recommendations published for {day}; published days: {shown}",
+                    },
+                )
+        else:
+            loaded = state.current()
         if loaded is None:
             return not_published()
         span = loaded.spans.get(user_id)

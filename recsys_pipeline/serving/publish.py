@@ -12,17 +12,34 @@ Strategies (the ``strategy`` column and the HTTP answer):
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pandas as pd
 
 from recsys_pipeline.content.features import ItemFeatures
 from recsys_pipeline.models.base import Recommender
 from recsys_pipeline.models.popularity import PopularityRecommender
-from recsys_pipeline.serving.snapshot import ITEMS, RECOMMENDATIONS, publish_snapshot
+from recsys_pipeline.serving.snapshot import (
+    ITEMS,
+    RECOMMENDATIONS,
+    current_day,
+    publish_snapshot,
+    published_days,
+    remove_days_before,
+    set_current_day,
+)
 from recsys_pipeline.settings import HomePaths
 
-__all__ = ["PERSONALIZED", "COLD_USER_PRIOR", "POPULARITY_FALLBACK", "rank_all_users", "items_snapshot", "publish"]
+__all__ = [
+    "PERSONALIZED",
+    "COLD_USER_PRIOR",
+    "POPULARITY_FALLBACK",
+    "rank_all_users",
+    "items_snapshot",
+    "publish",
+    "publish_day",
+    "make_current",
+]
 
 PERSONALIZED = "personalized"
 COLD_USER_PRIOR = "cold_user_prior"
@@ -36,19 +53,28 @@ def rank_all_users(
     model_run_id: str,
     model_version: str,
     produced_on: date,
+    partition_date: date | None = None,
+    model_partition_date: date | None = None,
 ) -> pd.DataFrame:
     """Top-``k`` for every user in ``interactions`` (``user_id, item_id``), excluding each user's interacted items
     (those the model was fit on and any newer ones).
 
-    Returns the ``recommendations`` table (``data.schema.RECOMMENDATIONS``): ``user_id, rank, item_id, score,
-    strategy, model_run_id, model_version, produced_on``.
+    Returns the ``recommendations`` table (``data.schema.RECOMMENDATIONS``): ``partition_date`` (the UTC day of the
+    lists; default ``produced_on``), ``user_id, rank, item_id, score, strategy, model_run_id, model_version,
+    produced_on`` and ``model_partition_date`` (the day the model was trained as of, ``None`` when unknown).
     """
     pairs = interactions[["user_id", "item_id"]].astype(str).drop_duplicates()
     users = sorted(pairs["user_id"].unique())
     recs = model.recommend(users, k=k, exclude_seen=True, exclude=pairs)
     known = recs["user_id"].isin(set(model.known_users))
     recs["strategy"] = known.map({True: PERSONALIZED, False: COLD_USER_PRIOR}).astype(str)
-    return recs.assign(model_run_id=model_run_id, model_version=str(model_version), produced_on=produced_on)
+    return recs.assign(
+        partition_date=partition_date or produced_on,
+        model_run_id=model_run_id,
+        model_version=str(model_version),
+        produced_on=produced_on,
+        model_partition_date=model_partition_date,
+    )
 
 
 def items_snapshot(interactions: pd.DataFrame, features: ItemFeatures, titles: pd.DataFrame) -> pd.DataFrame:
@@ -64,6 +90,46 @@ def items_snapshot(interactions: pd.DataFrame, features: ItemFeatures, titles: p
 
 
 def publish(paths: HomePaths, recommendations: pd.DataFrame, items: pd.DataFrame) -> None:
-    """Replace the published snapshots atomically: items first, so every published list's items have titles."""
+    """Replace the snapshots of a home without days atomically (``published/*.parquet``): items first, so every
+    published list's items have titles. The pipeline publishes by day (:func:`publish_day`)."""
     publish_snapshot(paths, items, ITEMS)
     publish_snapshot(paths, recommendations, RECOMMENDATIONS)
+
+
+def publish_day(
+    paths: HomePaths, day: date, recommendations: pd.DataFrame, items: pd.DataFrame, keep_days: int | None = None
+) -> dict:
+    """Publish the lists of UTC day ``day``: its snapshots (items first, then the lists; each replaced atomically),
+    then the current-day pointer moves to ``day`` unless it names a later day (days never go backwards: publishing
+    an old day again keeps serving the newer one; :func:`make_current` rolls back). ``keep_days``: published days
+    before ``day - (keep_days - 1)`` are deleted, the current one excepted.
+
+    Returns:
+        ``{"current": the current day after publishing, "moved": whether the pointer moved to day, "removed":
+        [days deleted by retention]}``.
+    """
+    publish_snapshot(paths, items, ITEMS, day)
+    publish_snapshot(paths, recommendations, RECOMMENDATIONS, day)
+    current = current_day(paths)
+    moved = current is None or day >= current
+    if moved:
+        set_current_day(paths, day)
+        current = day
+    removed = remove_days_before(paths, day - timedelta(days=keep_days - 1)) if keep_days else []
+    return {"current": current, "moved": moved, "removed": removed}
+
+
+def make_current(paths: HomePaths, day: date, **info: str) -> date | None:
+    """Answer from the lists of UTC day ``day`` (a rollback, or a roll forward): moves the current-day pointer, with
+    ``info`` recorded beside it (e.g. the Dagster run). Returns the day it named before.
+
+    Raises:
+        LookupError: ``day`` has no published lists; the message lists the days that have.
+    """
+    days = published_days(paths)
+    if day not in days:
+        shown = f"{days[0]} .. {days[-1]} ({len(days)} days)" if days else "none"
+        raise LookupError(f"no published recommendations of {day}; published days: {shown}")
+    previous = current_day(paths)
+    set_current_day(paths, day, **info)
+    return previous

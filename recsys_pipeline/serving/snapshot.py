@@ -5,13 +5,28 @@ A snapshot is one Parquet file under ``$RECSYS_HOME/published/``, written to a t
 fsynced, then moved into place with ``os.replace`` (atomic on POSIX): a reader sees the previous file or the new
 one, never a partial one. A writer killed before the move leaves only its temporary file (named with its process
 id); the next publish removes those of dead processes.
+
+By day: the lists of UTC day D are ``published/days/D/recommendations.parquet`` (with ``items.parquet`` beside
+them), and ``published/current.json`` (``{"date": "YYYY-MM-DD"}``, replaced the same atomic way) names the day
+readers answer from by default. Publishing a day writes its files first and moves the pointer last, so a reader
+never sees a day's lists without their items; a rollback moves only the pointer. A home written before days
+(``published/recommendations.parquet``, no pointer) is read as it is.
+
+Layout::
+
+    published/current.json                      {"date": "2018-09-24", ...}: the current day
+    published/days/2018-09-24/recommendations.parquet, items.parquet
+    published/days/2018-09-23/...               kept for RECSYS_RETENTION_DAYS days
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import tempfile
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -20,35 +35,119 @@ from recsys_pipeline.settings import HomePaths, pause_point
 
 RECOMMENDATIONS = "recommendations"
 ITEMS = "items"  # item_id, title, users, rank: titles and the popularity fallback (serving.publish.items_snapshot)
+CURRENT = "current"  # published/current.json: the day readers answer from by default
+DAYS_FOLDER = "days"
 
 
-def snapshot_path(paths: HomePaths, name: str = RECOMMENDATIONS) -> Path:
-    """``$RECSYS_HOME/published/<name>.parquet``."""
-    return paths.published / f"{name}.parquet"
+def day_folder(paths: HomePaths, day: date) -> Path:
+    """``$RECSYS_HOME/published/days/<YYYY-MM-DD>``: the snapshots of one UTC day."""
+    return paths.published / DAYS_FOLDER / day.isoformat()
 
 
-def publish_snapshot(paths: HomePaths, frame: pd.DataFrame, name: str = RECOMMENDATIONS) -> Path:
-    """Atomically replace the snapshot ``name`` with ``frame``; returns its path.
+def snapshot_path(paths: HomePaths, name: str = RECOMMENDATIONS, day: date | None = None) -> Path:
+    """The file of snapshot ``name``: of UTC day ``day``; with ``None``, of the current day
+    (:func:`current_day`), or ``published/<name>.parquet`` when no day was ever published (a home from before
+    days, or a snapshot published without a day)."""
+    if day is None:
+        day = current_day(paths)
+    if day is None:
+        return paths.published / f"{name}.parquet"
+    return day_folder(paths, day) / f"{name}.parquet"
 
-    Raises:
-        OSError: the folder is not writable (the previous snapshot is left untouched).
-    """
-    target = snapshot_path(paths, name)
+
+def _replace_atomically(target: Path, write, pause: str) -> Path:
+    """Write ``target`` through ``write(handle)`` into a temporary file beside it, fsync, move it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(target.parent, name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-{os.getpid()}-", suffix=".parquet.tmp", dir=target.parent)
+    stem = target.name.split(".", 1)[0]
+    remove_dead_temporaries(target.parent, stem)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}-{os.getpid()}-", suffix=".parquet.tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            frame.to_parquet(handle, index=False)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a server running as another user must read it
-        pause_point(f"published/{name}.before_replace")
+        pause_point(pause)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def publish_snapshot(
+    paths: HomePaths, frame: pd.DataFrame, name: str = RECOMMENDATIONS, day: date | None = None
+) -> Path:
+    """Atomically replace the snapshot ``name`` of UTC day ``day`` (``None``: ``published/<name>.parquet``, the
+    snapshot of a home without days) with ``frame``; returns its path. The current-day pointer is not touched
+    (:func:`set_current_day`).
+
+    Raises:
+        OSError: the folder is not writable (the previous snapshot is left untouched).
+    """
+    target = day_folder(paths, day) / f"{name}.parquet" if day is not None else paths.published / f"{name}.parquet"
+    return _replace_atomically(
+        target, lambda handle: frame.to_parquet(handle, index=False), f"published/{name}.before_replace"
+    )
+
+
+def current_day(paths: HomePaths) -> date | None:
+    """The UTC day ``published/current.json`` names; ``None`` when no day was published yet.
+
+    Raises:
+        ValueError: the pointer file is not what :func:`set_current_day` writes.
+    """
+    pointer = paths.published / f"{CURRENT}.json"
+    try:
+        text = pointer.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return date.fromisoformat(json.loads(text)["date"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{pointer}: not a published-day pointer ({exc})") from None
+
+
+def set_current_day(paths: HomePaths, day: date, **info: str) -> Path:
+    """Point readers at the snapshots of UTC day ``day`` (atomically: ``published/current.json``, with ``info``
+    such as the Dagster run that moved it).
+
+    Raises:
+        FileNotFoundError: day ``day`` has no published recommendations.
+    """
+    if not (day_folder(paths, day) / f"{RECOMMENDATIONS}.parquet").exists():
+        raise FileNotFoundError(f"no published recommendations of {day} under {day_folder(paths, day)}")
+    text = json.dumps({"date": day.isoformat(), **info}, sort_keys=True).encode()
+    return _replace_atomically(
+        paths.published / f"{CURRENT}.json", lambda handle: handle.write(text), f"published/{CURRENT}.before_replace"
+    )
+
+
+def published_days(paths: HomePaths, name: str = RECOMMENDATIONS) -> list[date]:
+    """The UTC days with a published snapshot ``name``, ascending."""
+    folder = paths.published / DAYS_FOLDER
+    if not folder.is_dir():
+        return []
+    days = []
+    for entry in folder.iterdir():
+        try:
+            day = date.fromisoformat(entry.name)
+        except ValueError:
+            continue
+        if (entry / f"{name}.parquet").exists():
+            days.append(day)
+    return sorted(days)
+
+
+def remove_days_before(paths: HomePaths, cutoff: date) -> list[date]:
+    """Delete the published days before ``cutoff`` (retention), except the current day; returns those removed."""
+    keep = current_day(paths)
+    removed = []
+    for day in published_days(paths):
+        if day < cutoff and day != keep:
+            shutil.rmtree(day_folder(paths, day), ignore_errors=True)
+            removed.append(day)
+    return removed
 
 
 def remove_dead_temporaries(folder: Path, name: str) -> list[Path]:
@@ -74,17 +173,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def read_snapshot(paths: HomePaths, name: str = RECOMMENDATIONS) -> pd.DataFrame:
-    """The current snapshot ``name``.
+def read_snapshot(paths: HomePaths, name: str = RECOMMENDATIONS, day: date | None = None) -> pd.DataFrame:
+    """The snapshot ``name`` of UTC day ``day`` (``None``: the current day, see :func:`snapshot_path`).
 
     Raises:
-        FileNotFoundError: nothing has been published yet.
+        FileNotFoundError: nothing published yet (or not for that day).
     """
-    target = snapshot_path(paths, name)
+    target = snapshot_path(paths, name, day)
     try:
         handle = open(target, "rb")  # noqa: SIM115  (closed by the `with handle` below, after the None check)
     except FileNotFoundError:
-        raise FileNotFoundError(f"no published {name} at {target}: materialize `{name}` first") from None
+        when = f" of {day}" if day is not None else ""
+        raise FileNotFoundError(f"no published {name}{when} at {target}: materialize `{name}` first") from None
     # One open file for the whole read: reading by path, pyarrow opens the file again for the data pages, and a
     # publish in between paired the old footer with the new file ("Couldn't deserialize thrift").
     with handle:

@@ -36,7 +36,7 @@ def test_every_command_has_a_description_and_documented_options(capsys):
     assert "``" not in top
     top = " ".join(top.split())
     commands = subcommands()
-    assert {"demo", "backfill", "recommend", "export", "serve", "ui"} <= set(commands)
+    assert {"demo", "backfill", "recommend", "rollback", "export", "serve", "ui"} <= set(commands)
     for name, parser in commands.items():
         text = help_of([name], capsys)
         assert "``" not in text, name
@@ -72,6 +72,113 @@ def test_bad_arguments_give_messages_not_tracebacks(tmp_path, capsys):
     assert "must be at least 1" in capsys.readouterr().err
     assert main(["--home", str(tmp_path / "nothing"), "recommend", "--user", "1"]) == 2
     assert "run `recsys demo` first" in capsys.readouterr().err
+
+
+def published_days(home, *days: str):
+    """Publish two users' lists for each UTC day of ``days`` as the ``recommendations`` asset does; the model version
+    of day n is ``n + 1``."""
+    from datetime import date
+
+    import pandas as pd
+
+    from recsys_pipeline.serving.publish import publish_day
+    from recsys_pipeline.settings import HomePaths
+
+    paths = HomePaths.at(home)
+    items = pd.DataFrame(
+        {"item_id": ["a", "b", "c"], "title": ["Alpha", "Beta", "Gamma"], "users": 1, "rank": [1, 2, 3]}
+    )
+    for n, text in enumerate(days):
+        day = date.fromisoformat(text)
+        recs = pd.DataFrame(
+            {
+                "partition_date": day,
+                "user_id": ["u1", "u1", "u2", "u2"],
+                "rank": [1, 2, 1, 2],
+                "item_id": [["a", "b"], ["b", "c"], ["c", "a"]][n % 3] * 2,
+                "score": [0.9, 0.8] * 2,
+                "strategy": "personalized",
+                "model_run_id": f"run-{n + 1}",
+                "model_version": str(n + 1),
+                "produced_on": day,
+                "model_partition_date": day,
+            }
+        )
+        publish_day(paths, day, recs, items)
+    return paths
+
+
+def test_recommend_answers_from_the_current_day_or_the_date_asked(tmp_path, capsys):
+    home = str(tmp_path / "home")
+    published_days(home, "2018-09-22", "2018-09-23", "2018-09-24")
+    assert main(["--home", home, "recommend", "--user", "u1"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("Top 2 of 2018-09-24 for user u1 (champion v3, model run run-3")
+    assert main(["--home", home, "recommend", "--user", "u1", "--date", "2018-09-23"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("Top 2 of 2018-09-23 for user u1 (champion v2")
+    assert out.index("Beta") < out.index("Gamma")  # that day's list: b then c
+    assert main(["--home", home, "recommend", "--user", "u1", "--date", "2018-09-01"]) == 1
+    assert (
+        "no recommendations published for 2018-09-01; published days: 2018-09-22 .. 2018-09-24 (3 days)"
+        in capsys.readouterr().err
+    )
+    assert main(["--home", home, "recommend", "--user", "u1", "--date", "24/09/2018"]) == 2
+    assert "--date '24/09/2018' is not a YYYY-MM-DD date" in capsys.readouterr().err
+
+
+def test_rollback_to_a_day_never_published_is_exit_code_1_and_changes_nothing(tmp_path, capsys):
+    from recsys_pipeline.serving.snapshot import current_day
+
+    home = str(tmp_path / "home")
+    paths = published_days(home, "2018-09-23", "2018-09-24")
+    assert main(["--home", home, "rollback", "--date", "2018-09-20"]) == 1
+    assert "no published recommendations of 2018-09-20; published days: 2018-09-23 .. 2018-09-24" in (
+        capsys.readouterr().err
+    )
+    assert main(["--home", home, "rollback", "--date", "yesterday"]) == 2
+    assert current_day(paths).isoformat() == "2018-09-24"
+
+
+def test_rollback_is_a_dagster_run_and_serving_answers_from_that_day(tmp_path):
+    """``recsys rollback --date D`` in a child process: one run of rollback_recommendations on the home's instance,
+    tagged with its origin, an observation of that day's recommendations partition, and `recsys recommend` (and
+    the HTTP app) answering from D."""
+    import dagster as dg
+    from fastapi.testclient import TestClient
+
+    from recsys_pipeline.serving.app import create_app
+
+    home = tmp_path / "home"
+    paths = published_days(home, "2018-09-23", "2018-09-24")
+    env = {**os.environ, "RECSYS_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-m", "recsys_pipeline.cli", "rollback", "--date", "2018-09-23"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "answer from 2018-09-23 (was 2018-09-24)" in out.stdout
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        (run,) = instance.get_runs()
+        assert run.job_name == "rollback_recommendations" and run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.tags["recsys/origin"] == "rollback"
+        (observed,) = instance.fetch_observations(dg.AssetKey("recommendations"), limit=10).records
+        assert observed.partition_key == "2018-09-23"
+        assert observed.asset_observation.metadata["previous_current_day"].value == "2018-09-24"
+    client = TestClient(create_app(paths))
+    body = client.get("/recommendations/u1").json()
+    assert (body["date"], body["model_version"]) == ("2018-09-23", "1")  # the first day published: version 1
+    assert client.get("/health").json()["date"] == "2018-09-23"
+    shown = subprocess.run(
+        [sys.executable, "-m", "recsys_pipeline.cli", "recommend", "--user", "u1"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.stdout.startswith("Top 2 of 2018-09-23 for user u1 (champion v1")
 
 
 @pytest.mark.slow

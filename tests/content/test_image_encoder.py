@@ -173,23 +173,25 @@ def test_image_embeddings_asset_second_run_encodes_nothing(tmp_path, cache):
     from recsys_pipeline.data import warehouse
     from recsys_pipeline.resources import ImageEncoderResource, WarehouseResource
 
-    image_embeddings = next(a for a in content_assets() if a.key.to_user_string() == "image_embeddings")
+    days = dg.DailyPartitionsDefinition(start_date="2020-01-01", end_date="2020-01-03", timezone="UTC")
+    image_embeddings = next(a for a in content_assets(days) if a.key.to_user_string() == "image_embeddings")
 
     root = tmp_path / "posters"
     root.mkdir()
     files = _images(root)  # 3 good images, 4 bad ones
     db = tmp_path / "w.duckdb"
     with warehouse.session(db) as con:
-        con.execute("CREATE TABLE item_catalog (item_id VARCHAR, image_uri VARCHAR, audio_uri VARCHAR)")
+        con.execute("CREATE TABLE item_catalog (item_id VARCHAR, image_uri VARCHAR, audio_uri VARCHAR, added_at DATE)")
         rows = [[p.stem, p.name, None] for p in files] + [["no_file", None, None], ["escape", "../w.duckdb", None]]
-        con.executemany("INSERT INTO item_catalog VALUES (?, ?, ?)", rows)
+        con.executemany("INSERT INTO item_catalog VALUES (?, ?, ?, '2020-01-01')", rows)
+        con.execute("INSERT INTO item_catalog VALUES ('tomorrow', 'later.png', NULL, '2020-01-02')")  # added later
     resources = {
         "warehouse_db": WarehouseResource(path=str(db)),
         "image_encoder": ImageEncoderResource(roots=str(root), cache_dir=str(cache), batch_size=4),
     }
     meta = []
     for _ in range(2):
-        result = dg.materialize([image_embeddings], resources=resources)
+        result = dg.materialize([image_embeddings], resources=resources, partition_key="2020-01-01")
         meta.append(
             {k: v.value for k, v in result.asset_materializations_for_node("image_embeddings")[0].metadata.items()}
         )
@@ -200,4 +202,9 @@ def test_image_embeddings_asset_second_run_encodes_nothing(tmp_path, cache):
     assert details["missing: too_many_pixels"] == "1" and details["missing: unsupported_format"] == "2"
     with warehouse.session(db, read_only=True) as con:
         assert warehouse.row_count(con, "image_embeddings") == 3
-        assert warehouse.row_count(con, "media_failures") == 6
+        assert warehouse.row_count(con, "media_failures") == 6  # the item added on 2020-01-02 is not looked at yet
+    later = dg.materialize([image_embeddings], resources=resources, partition_key="2020-01-02")
+    assert later.asset_materializations_for_node("image_embeddings")[0].metadata["missing"].value == 7
+    with warehouse.session(db, read_only=True) as con:  # the catalog as of 2020-01-02: one more item, no file
+        assert con.execute("SELECT reason FROM media_failures WHERE item_id = 'tomorrow'").fetchall() == [("missing",)]
+        assert warehouse.row_count(con, "image_embeddings") == 3

@@ -62,8 +62,8 @@ def test_locator_read_refuses_empty_and_oversized(tmp_path):
 def catalog_con(tmp_path):
     con = warehouse.connect(tmp_path / "w.duckdb")
     ids = ["good_sine", "good_fsdd", "empty", "text", "short", "missing", "noise", "escape"]
-    con.execute("CREATE TABLE item_catalog (item_id VARCHAR, genres VARCHAR[], year INTEGER)")
-    con.executemany("INSERT INTO item_catalog VALUES (?, ['Drama'], 2000)", [[i] for i in ids])
+    con.execute("CREATE TABLE item_catalog (item_id VARCHAR, genres VARCHAR[], year INTEGER, added_at DATE)")
+    con.executemany("INSERT INTO item_catalog VALUES (?, ['Drama'], 2000, '2020-01-01')", [[i] for i in ids])
     yield con, ids
     con.close()
 

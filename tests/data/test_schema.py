@@ -35,6 +35,7 @@ def test_every_declared_table_is_created_with_its_declared_types(table):
 def test_replace_table_enforces_the_declared_columns_and_keeps_the_old_rows_on_failure(tmp_path):
     good = pd.DataFrame(
         {
+            "partition_date": [pd.Timestamp("2024-01-01")],
             "user_id": ["u"],
             "rank": [1],
             "item_id": ["i"],
@@ -43,6 +44,7 @@ def test_replace_table_enforces_the_declared_columns_and_keeps_the_old_rows_on_f
             "model_run_id": ["r"],
             "model_version": ["1"],
             "produced_on": [pd.Timestamp("2024-01-01")],
+            "model_partition_date": [None],
             "extra": ["ignored"],
         }
     )

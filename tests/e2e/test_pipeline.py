@@ -83,7 +83,7 @@ def test_rematerializing_text_embeddings_encodes_nothing(demo_home):
     code = (
         "import dagster as dg; from recsys_pipeline.definitions import defs; "
         "r = defs().resolve_job_def('recsys_pipeline_job').execute_in_process(instance=dg.DagsterInstance.get(), "
-        "asset_selection=[dg.AssetKey('text_embeddings')]); "
+        f"asset_selection=[dg.AssetKey('text_embeddings')], partition_key='{env['RECSYS_PARTITIONS_END']}'); "
         "print('ENCODED', r.asset_materializations_for_node('text_embeddings')[0].metadata['encoded'].value)"
     )
     out = subprocess.run(

@@ -6,6 +6,10 @@ browser download); screenshots and server logs go to ``tests/test-artifacts/``.
 - On the home ``recsys demo`` made (``demo_home``): the Dagster UI shows the row count, the MLflow links, the
   gate's decision and the headline figures, and no missing partition; the MLflow UI shows the champion alias and
   the evaluation chart.
+- Last (it adds model versions to the demo's home): three days of the model group backfilled from the UI's launch
+  dialog, one run per day; MLflow then holds a version tagged with each of those days, each day's
+  ``model_evaluation`` partition names its version and gate decision, and the champion alias stays on the demo's
+  (later) day.
 """
 
 import contextlib
@@ -19,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -124,12 +128,18 @@ def ui(tmp_path_factory, movielens_slice):
         yield base, home
 
 
+# Runs launched from the demo's UI (the model-group backfill) train this many epochs: the test checks what is
+# recorded, not the model's quality (the demo itself trained with the defaults).
+BACKFILL_EPOCHS = "2"
+
+
 @pytest.fixture(scope="module")
 def demo_ui(demo_home):
-    """``dagster dev`` on the home ``recsys demo`` made (every asset materialized, a champion published); yields
-    (base URL, home)."""
+    """``dagster dev`` on the home ``recsys demo`` made (ingestion of every day, the content and the model group of
+    the last day; a champion published); yields (base URL, home)."""
     home, env, _ = demo_home
-    base, server = _dagster_dev("dagster-dev-demo", {**env, "DAGSTER_HOME": str(home / "dagster")}, home.parent)
+    env = {**env, "DAGSTER_HOME": str(home / "dagster"), "RECSYS_MAX_EPOCHS": BACKFILL_EPOCHS}
+    base, server = _dagster_dev("dagster-dev-demo", env, home.parent)
     with server:
         yield base, home
 
@@ -280,8 +290,10 @@ def test_dagster_ui_shows_row_counts_mlflow_links_headline_figures_and_every_par
     from recsys_pipeline.data import warehouse
 
     base, home = demo_ui
+    env = demo_home[1]
+    first, last = (date.fromisoformat(env[k]) for k in ("RECSYS_PARTITIONS_START", "RECSYS_PARTITIONS_END"))
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    (version,) = client.search_model_versions("name='recsys_ranker'")
+    (version,) = client.search_model_versions(f"name='recsys_ranker' AND tags.partition_date='{last}'")
     with warehouse.session(home / "warehouse.duckdb", read_only=True) as con:
         n_recommendations = warehouse.row_count(con, "recommendations")
         ours, popularity = (
@@ -292,8 +304,6 @@ def test_dagster_ui_shows_row_counts_mlflow_links_headline_figures_and_every_par
             ).fetchall()[0][0]
             for model in ("ours", "popularity")
         )
-    env = demo_home[1]
-    first, last = (date.fromisoformat(env[k]) for k in ("RECSYS_PARTITIONS_START", "RECSYS_PARTITIONS_END"))
 
     # recommender_model: links to its MLflow run and registered version (the `mlflow ui` default address)
     page.goto(f"{base}/assets/recommender_model", wait_until="domcontentloaded")
@@ -353,3 +363,95 @@ def test_mlflow_ui_shows_the_champion_alias_and_the_evaluation_chart(mlflow_ui, 
     shown = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     assert tuple(shown) == Image.open(logged).size  # the logged PNG itself, not a broken-image icon
     _screenshot(page, "mlflow-evaluation-chart")
+
+
+def _launch_model_backfill(page, base: str, days: str) -> None:
+    """The model group's page → Materialize all → the days ``days`` (``[START...END]``) → Launch backfill."""
+    page.goto(_group_url(base, "model"), wait_until="domcontentloaded")
+    page.get_by_text("recommender_model", exact=True).first.wait_for(state="visible")
+    page.get_by_role("button", name=re.compile("Materialize all")).first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Partition selection").first.wait_for()
+    box = dialog.get_by_role("textbox").first
+    box.click()
+    box.fill(days)
+    box.press("Enter")
+    dialog.get_by_text("3 partitions", exact=True).first.wait_for()
+    _screenshot(page, "ui-model-backfill-dialog")
+    dialog.get_by_role("button", name=re.compile("Launch")).click()
+
+
+def _runs(base: str) -> list[dict]:
+    query = "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
+    return _graphql(base, query)["runsOrError"]["results"]
+
+
+def test_a_backfill_of_the_model_group_from_the_ui_trains_a_model_per_day(demo_ui, demo_home, page):
+    from mlflow.tracking import MlflowClient
+
+    base, home = demo_ui
+    last = date.fromisoformat(demo_home[1]["RECSYS_PARTITIONS_END"])
+    days = [(last - timedelta(days=n)).isoformat() for n in (3, 2, 1)]  # before the demo's day: old days
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    demo_champion = client.get_model_version_by_alias("recsys_ranker", "champion")
+    before = {r["runId"] for r in _runs(base)}
+    try:
+        _launch_model_backfill(page, base, f"[{days[0]}...{days[-1]}]")
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "ui-model-backfill-failure.png"))
+        raise
+
+    deadline, runs = time.monotonic() + 900, []
+    while time.monotonic() < deadline:
+        runs = [r for r in _runs(base) if r["runId"] not in before]
+        if len(runs) == 3 and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs):
+            break
+        time.sleep(5)
+    by_day = {next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition"): r for r in runs}
+    assert sorted(by_day) == days, runs  # one run per day, each tagged with its day
+    assert {r["status"] for r in runs} <= {"SUCCESS", "FAILURE"}  # FAILURE: a day the popularity gate stopped
+
+    # MLflow: one new version per day, tagged with its day; the champion alias stays on the demo's later day
+    versions = {}
+    for day in days:
+        (version,) = client.search_model_versions(f"name='recsys_ranker' AND tags.partition_date='{day}'")
+        versions[day] = client.get_model_version("recsys_ranker", version.version)
+    assert len({v.version for v in versions.values()}) == 3
+    assert all(int(v.version) > int(demo_champion.version) for v in versions.values())
+    assert client.get_model_version_by_alias("recsys_ranker", "champion").version == demo_champion.version
+    for day, version in versions.items():
+        run = client.get_run(version.run_id)
+        assert run.data.tags["dagster.partition"] == day and run.data.tags["dagster.run_id"] == by_day[day]["runId"]
+        # trained as of that day: its newest interaction is before the end of the day (UTC)
+        assert run.data.params["data.last_timestamp_utc"] < (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+        assert version.tags["gate.decision"] in ("champion", "challenger")
+
+    # Dagster: each day's model_evaluation materialization holds that day's version and gate decision, the
+    # check has a result for that day, and recommendations of a day is materialized exactly when its gate passed
+    query = (
+        '{ assetNodeOrError(assetKey: {path: ["%s"]}) { ... on AssetNode { assetMaterializations(partitions: [%s]) '
+        "{ partition metadataEntries { label ... on TextMetadataEntry { text } } } } } }"
+    )
+    quoted = ", ".join(f'"{d}"' for d in days)
+    shown = {}
+    for mat in _graphql(base, query % ("model_evaluation", quoted))["assetNodeOrError"]["assetMaterializations"]:
+        entries = {e["label"]: e.get("text") for e in mat["metadataEntries"]}
+        shown.setdefault(mat["partition"], (entries["model_version"], entries["gate.decision"]))
+    assert shown == {d: (str(v.version), v.tags["gate.decision"]) for d, v in versions.items()}
+    published = {
+        m["partition"]
+        for m in _graphql(base, query % ("recommendations", quoted))["assetNodeOrError"]["assetMaterializations"]
+    }
+    passed = {d for d, v in versions.items() if v.tags["gate.popularity_floor"].startswith("passed")}
+    assert published == passed and {d for d, r in by_day.items() if r["status"] == "SUCCESS"} == passed
+
+    # the partition bar of the model group: those days and the demo's day have a model
+    page.goto(f"{base}/assets/recommender_model?view=partitions", wait_until="domcontentloaded")
+    text = _wait_text(page, r"Materialized \(4\)")
+    assert re.search(r"Materialized \(4\)", text), text[:2000]
+    _screenshot(page, "ui-model-backfill-recommender_model-partitions")
+    page.goto(f"{base}/assets/model_evaluation?view=partitions", wait_until="domcontentloaded")
+    page.get_by_text(days[0], exact=True).first.click()  # the day's materialization: its version and decision
+    text = _wait_text(page, r"gate\.decision")
+    assert "gate.decision" in text and versions[days[0]].tags["gate.decision"] in text
+    _screenshot(page, "ui-model-backfill-model_evaluation-day")

@@ -48,7 +48,9 @@ def test_a_wrong_source_path_fails_the_first_asset_that_reads_it(tmp_path, asset
     missing = tmp_path / "no-such-release"
     resources = resources_for_home(str(tmp_path / "home"))
     resources["source"] = type(resources["source"])(movielens_path=str(missing))
-    result = dg.materialize([asset("item_catalog")], resources=resources, raise_on_error=False)
+    catalog = asset("item_catalog")
+    day = catalog.partitions_def.get_last_partition_key()
+    result = dg.materialize([catalog], resources=resources, partition_key=day, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert f"MovieLens folder not found: {missing}" in failure.step_failure_data.error.to_string()

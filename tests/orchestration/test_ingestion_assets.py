@@ -46,7 +46,9 @@ def snapshot(path):
 
 def test_partitions_rematerialize_to_identical_rows(ingestion, resources, tmp_path):
     raw_events, interactions, item_catalog = ingestion
-    assert dg.materialize([item_catalog], resources=resources).success
+    assert dg.materialize(
+        [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+    ).success
     materialize_days(ingestion, resources, "2018-09-01", "2018-09-24")
     first = snapshot(tmp_path / "w.duckdb")
     assert len(first) == 604  # bundled ratings stamped 2018-09-01 .. 2018-09-24 UTC
@@ -69,7 +71,9 @@ def test_partitions_rematerialize_to_identical_rows(ingestion, resources, tmp_pa
 
 def test_a_range_run_shows_each_days_own_row_count_and_window(ingestion, resources, tmp_path):
     raw_events, interactions, item_catalog = ingestion
-    assert dg.materialize([item_catalog], resources=resources).success
+    assert dg.materialize(
+        [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+    ).success
     result = materialize_days(ingestion, resources, "2018-09-18", "2018-09-24")  # 11, 1, 4, 0, 7, 2, 3 ratings
     rows = snapshot(tmp_path / "w.duckdb")
     with warehouse.session(tmp_path / "w.duckdb", read_only=True) as con:
@@ -112,7 +116,9 @@ def test_bad_rows_are_quarantined_through_the_asset(ingestion, tmp_path):
             kind="daily_files", events_dir=str(events_dir), catalog_path=str(tmp_path / "items.csv")
         ),
     }
-    assert dg.materialize([item_catalog], resources=resources).success
+    assert dg.materialize(
+        [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+    ).success
     for _ in range(2):  # re-running the partition replaces its quarantine rows too
         result = dg.materialize(
             [raw_events, interactions, item_catalog],

@@ -19,7 +19,7 @@ from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.schema import EVALUATION_METRICS, RECOMMENDATIONS, embedding_table, item_features_table
 from recsys_pipeline.registry import tracking
 from recsys_pipeline.settings import HomePaths, ensure_home
-from tests.reliability.support import definitions_training, toy_warehouse
+from tests.reliability.support import TOY_DAY, definitions_training, toy_warehouse
 
 NAME = "recsys_ranker"
 MEDIA = ["image_embeddings", "audio_embeddings"]
@@ -34,11 +34,7 @@ EVALUATION = {
         }
     }
 }
-RUN_TAGS = {  # as `recsys backfill` tags its run: a partition range and where it came from
-    "dagster/asset_partition_range_start": "2020-01-01",
-    "dagster/asset_partition_range_end": "2020-01-02",
-    ORIGIN_TAG: "backfill",
-}
+RUN_TAGS = {ORIGIN_TAG: "backfill"}  # as `recsys backfill` tags its runs: where it came from
 TABLES = {"model_evaluation": EVALUATION_METRICS, "recommendations": RECOMMENDATIONS}
 NOT_HEADLINE = (dg.TableMetadataValue, dg.TableSchemaMetadataValue, dg.MarkdownMetadataValue, dg.JsonMetadataValue)
 
@@ -57,6 +53,7 @@ def night(tmp_path_factory, toy):
             selection=dg.AssetSelection.assets(*NIGHT) | dg.AssetSelection.checks_for_assets("model_evaluation"),
             run_config=EVALUATION,
             tags=RUN_TAGS,
+            partition_key=TOY_DAY,  # the day of the model group's run (one day per run)
         )
     assert result.success
     metadata = {name: result.asset_materializations_for_node(name)[0].metadata for name in NIGHT}
@@ -169,9 +166,18 @@ def test_every_mlflow_run_names_its_dagster_run_partitions_and_origin(night):
     for run in night.runs:
         tags = run.data.tags
         assert tags["dagster.run_id"] == night.result.run_id, run.info.run_name
-        assert tags["dagster.partition_range"] == "2020-01-01...2020-01-02" and tags["recsys.origin"] == "backfill"
+        assert tags["dagster.partition"] == TOY_DAY and tags["recsys.origin"] == "backfill"
+    [training] = by_name(night, "recommender_model")
+    assert training.data.tags["partition_date"] == TOY_DAY
+    assert night.client.get_model_version(NAME, "1").tags["partition_date"] == TOY_DAY  # the version's day
     context = SimpleNamespace(run=SimpleNamespace(run_id="r1", tags={"dagster/partition": "2024-05-02"}))
     assert mlflow_tags(context) == {"dagster.run_id": "r1", "dagster.partition": "2024-05-02"}
+    one_day = {"dagster/asset_partition_range_start": "2024-05-02", "dagster/asset_partition_range_end": "2024-05-02"}
+    context = SimpleNamespace(run=SimpleNamespace(run_id="r1", tags=one_day))
+    assert mlflow_tags(context) == {"dagster.run_id": "r1", "dagster.partition": "2024-05-02"}
+    ranged = {"dagster/asset_partition_range_start": "2024-05-01", "dagster/asset_partition_range_end": "2024-05-02"}
+    context = SimpleNamespace(run=SimpleNamespace(run_id="r2", tags=ranged))
+    assert mlflow_tags(context) == {"dagster.run_id": "r2", "dagster.partition_range": "2024-05-01...2024-05-02"}
 
 
 def test_ablation_runs_are_children_of_the_evaluation_run(night):

@@ -1,6 +1,6 @@
 """The nightly schedule asks for yesterday's partition of the whole-graph job."""
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import dagster as dg
 
@@ -27,7 +27,7 @@ def test_jobs_say_what_they_run(definitions):
         description = definitions.resolve_job_def(name).description
         assert description and len(description) > 40, name
     assert automation.ORIGIN_TAG == "recsys/origin"  # the key the `recsys` commands set (demo, backfill) too
-    assert set(automation.ORIGINS) == {"schedule", "sensor", "demo", "backfill"}
+    assert set(automation.ORIGINS) == {"schedule", "sensor", "demo", "backfill", "rollback"}
 
 
 def test_partitions_of_the_bundled_data_end_at_its_last_day_and_growing_ones_at_yesterday(tmp_path, monkeypatch):
@@ -61,8 +61,15 @@ def test_nightly_schedule_runs_the_whole_graph_at_two_utc(definitions):
     job = definitions.resolve_job_def(schedule.job_name)
     every_asset = set(definitions.resolve_all_asset_keys())
     assert set(job.asset_layer.executable_asset_keys) == every_asset
-    # the unpartitioned assets run in the same partitioned run (Dagster runs them as plain steps)
-    assert {"item_catalog", "recommender_model", "recommendations"} <= {k.to_user_string() for k in every_asset}
+    # every stage is on the job's daily partitions: yesterday's run materializes yesterday's partition of each
+    for key in every_asset:
+        assert definitions.get_assets_def(key).partitions_def == job.partitions_def, key
+    # a range of ingestion or content is one run; the model group: no policy, a backfill launches one run per day
+    policies = {k.to_user_string(): definitions.get_assets_def(k).backfill_policy for k in every_asset}
+    assert {k for k, p in policies.items() if p is None} == set(automation.MODEL_ASSETS)
+    assert {k for k, p in policies.items() if p and p.max_partitions_per_run is None} == set(
+        automation.DAILY_RANGE_ASSETS
+    )
 
 
 def test_nightly_hour_comes_from_the_settings_and_is_validated(monkeypatch):
@@ -77,3 +84,31 @@ def test_nightly_hour_comes_from_the_settings_and_is_validated(monkeypatch):
         monkeypatch.setenv("RECSYS_NIGHTLY_HOUR_UTC", bad)
         with pytest.raises(SettingsError, match="RECSYS_NIGHTLY_HOUR_UTC"):
             build_definitions()
+
+
+def test_the_model_of_a_day_reads_the_interactions_up_to_that_day_or_its_window(monkeypatch):
+    """What the UI's lineage shows for a model partition: every interactions partition up to its day, or the
+    RECSYS_TRAINING_WINDOW_DAYS days ending with it; the catalog as of that day."""
+    import dagster as dg
+
+    from recsys_pipeline.assets.model import _training_window
+    from recsys_pipeline.definitions import build_definitions
+
+    def parents(graph, asset: str, day: str) -> dict[str, list[str]]:
+        found = graph.get_parents_partitions(dg.AssetKey(asset), day).parent_partitions
+        out: dict[str, list[str]] = {}
+        for parent in found:
+            out.setdefault(parent.asset_key.to_user_string(), []).append(parent.partition_key)
+        return {k: sorted(v) for k, v in out.items()}
+
+    graph = build_definitions().resolve_asset_graph()
+    every = parents(graph, "recommender_model", "1996-04-02")
+    assert every["interactions"] == ["1996-03-29", "1996-03-30", "1996-03-31", "1996-04-01", "1996-04-02"]
+    assert every["item_features"] == ["1996-04-02"]
+    assert len(parents(graph, "model_evaluation", "2018-09-24")["interactions"]) == 8215  # every day of the data
+    monkeypatch.setenv("RECSYS_TRAINING_WINDOW_DAYS", "7")
+    windowed = parents(build_definitions().resolve_asset_graph(), "recommender_model", "2018-09-24")
+    assert windowed["interactions"] == [f"2018-09-{d}" for d in range(18, 25)]
+    since, until = _training_window(date(2018, 9, 24), 7)
+    assert (since, until) == (datetime(2018, 9, 18), datetime(2018, 9, 25))  # what training reads: [since, until)
+    assert _training_window(date(2018, 9, 24), None) == (None, datetime(2018, 9, 25))

@@ -8,7 +8,14 @@ from recsys_pipeline.data.catalog import build_item_catalog
 from recsys_pipeline.data.schema import ITEM_CATALOG
 from recsys_pipeline.data.sources import MovieLensSource
 from recsys_pipeline.settings import HomePaths, ensure_home
-from tests.reliability.support import Children, child_env, definitions_training, materialize, toy_warehouse
+from tests.reliability.support import (
+    TOY_ENV,
+    Children,
+    child_env,
+    definitions_training,
+    materialize,
+    toy_warehouse,
+)
 
 
 @pytest.fixture
@@ -36,6 +43,6 @@ def champion_home(tmp_path, toy, monkeypatch):
     toy_warehouse(paths, toy)
     night = ["recommender_model", "model_evaluation", "recommendations"]
     assert materialize(definitions_training(home, **{**toy.FAST, "max_epochs": 6}), night, with_check=True).success
-    children = Children(child_env(paths))
+    children = Children(child_env(paths, **TOY_ENV))  # the code location's partitions: the toy data's days
     yield paths, children
     children.kill_all()

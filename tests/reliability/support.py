@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +18,10 @@ from recsys_pipeline.data.schema import ITEM_CATALOG
 from recsys_pipeline.definitions import build_definitions
 from recsys_pipeline.resources import ModelOverrides, TrainingResource, resources_for_home
 from recsys_pipeline.settings import BUNDLED_FIRST_DAY, HomePaths, Settings, get_settings
+
+# The toy data's one UTC day (tests/conftest.py: every toy interaction is on 2020-01-01): the daily partition the
+# model assets run for on a toy warehouse (toy_settings), and the day after it (no events: the same data).
+TOY_DAY, TOY_NEXT_DAY = "2020-01-01", "2020-01-02"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -55,6 +60,14 @@ class Children:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+TOY_ENV = {"RECSYS_PARTITIONS_START": TOY_DAY, "RECSYS_PARTITIONS_END": TOY_NEXT_DAY}  # toy_settings, for children
+
+
+def toy_settings() -> Settings:
+    """Settings whose daily partitions are the toy data's day and the day after (:data:`TOY_ENV`)."""
+    return get_settings(**{k.removeprefix("RECSYS_").lower(): date.fromisoformat(v) for k, v in TOY_ENV.items()})
 
 
 def growing_settings() -> Settings:
@@ -120,6 +133,7 @@ def toy_warehouse(paths: HomePaths, toy) -> None:
             "text": [f"Toy {i}" for i in ids],
             "image_uri": None,
             "audio_uri": None,
+            "added_at": date.fromisoformat(TOY_DAY),
         }
     )
     text = features.modalities["text"]
@@ -131,7 +145,8 @@ def toy_warehouse(paths: HomePaths, toy) -> None:
         build_item_features(con)
 
 
-def materialize(defs, names: list[str], with_check: bool) -> dg.ExecuteInProcessResult:
+def materialize(defs, names: list[str], with_check: bool, day: str = TOY_DAY) -> dg.ExecuteInProcessResult:
+    """One run of the assets ``names`` (and, ``with_check``, the gate) for the daily partition ``day``."""
     selection = dg.AssetSelection.assets(*names)
     if with_check:
         selection = selection | dg.AssetSelection.checks_for_assets("model_evaluation")
@@ -139,11 +154,14 @@ def materialize(defs, names: list[str], with_check: bool) -> dg.ExecuteInProcess
         [defs.get_assets_def(k) for k in defs.resolve_all_asset_keys()] + list(defs.asset_checks),
         resources=defs.resources,
         selection=selection,
+        partition_key=day,
         run_config=EVALUATION if "model_evaluation" in names else {},
         raise_on_error=False,
     )
 
 
-def definitions_training(home, **model) -> dg.Definitions:
+def definitions_training(home, settings: Settings | None = None, **model) -> dg.Definitions:
+    """The code location on the home ``home`` (partitions: ``settings``, default the toy data's day) with a small
+    CPU training configured by ``model`` (``ModelConfig`` overrides)."""
     training = TrainingResource(model=ModelOverrides(**model), accelerator="cpu", devices="1", num_threads=1)
-    return build_definitions(resources=resources_for_home(str(home), training=training))
+    return build_definitions(settings or toy_settings(), resources=resources_for_home(str(home), training=training))

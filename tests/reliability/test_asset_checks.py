@@ -1,6 +1,8 @@
 """Asset checks: interactions schema, keys, duplicates and partition windows; the generic embedding check; the
 blocking gate that keeps a model worse than popularity from publishing recommendations."""
 
+from datetime import date
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -55,7 +57,9 @@ def test_interaction_checks_run_with_the_asset_and_catch_violations(tmp_path):
         "warehouse_db": WarehouseResource(path=str(path)),
         "source": SourceResource(kind="daily_files", events_dir=str(events), catalog_path=str(tmp_path / "items.csv")),
     }
-    assert dg.materialize([item_catalog], resources=resources).success
+    assert dg.materialize(
+        [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+    ).success
     result = dg.materialize(
         [raw_events, interactions, item_catalog, *INTERACTION_CHECKS],
         resources=resources,
@@ -126,8 +130,11 @@ def test_embedding_check_fails_without_rows(tmp_path):
     assert not result.passed and result.metadata["rows"].value == 0
 
 
-def metrics_frame(ours: float, popularity: float, cold_ours: float = 0.3) -> pd.DataFrame:
-    """``evaluation_metrics`` rows as ``model_evaluation`` writes them."""
+DAY, NEXT_DAY = date(2018, 9, 23), date(2018, 9, 24)  # two daily partitions of the model group
+
+
+def metrics_frame(ours: float, popularity: float, cold_ours: float = 0.3, day: date = DAY) -> pd.DataFrame:
+    """``evaluation_metrics`` rows of one day as ``model_evaluation`` writes them."""
     rows = [
         ("user_last_fraction", "ours", "ndcg_at_10", ours),
         ("user_last_fraction", "popularity", "ndcg_at_10", popularity),
@@ -135,7 +142,8 @@ def metrics_frame(ours: float, popularity: float, cold_ours: float = 0.3) -> pd.
         ("item_cold_start", "ours", "ndcg_at_10", cold_ours),
         ("item_cold_start", "popularity", "ndcg_at_10", 0.0),
     ]
-    return pd.DataFrame(rows, columns=["protocol", "model", "metric", "value"]).assign(mlflow_run_id="r1")
+    frame = pd.DataFrame(rows, columns=["protocol", "model", "metric", "value"])
+    return frame.assign(mlflow_run_id="r1", partition_date=day)
 
 
 def test_ndcg_gate_compares_every_protocol():
@@ -154,10 +162,10 @@ def test_blocking_gate_stops_recommendations_in_the_same_run(tmp_path):
     paths = HomePaths.at(tmp_path / "home")
     resources = resources_for_home(str(paths.root))
     with warehouse.session(paths.warehouse) as con:
-        warehouse.replace_table(con, EVALUATION_METRICS, metrics_frame(0.02, 0.09))
-    result = model_beats_popularity_run(resources)
+        warehouse.replace_partition(con, EVALUATION_METRICS, DAY, metrics_frame(0.02, 0.09))
+    result = gate_run(resources, DAY)
     gate = evaluations(result)["model_beats_popularity"]
-    assert not gate.passed and gate.blocking
+    assert not gate.passed and gate.blocking and gate.partition == DAY.isoformat()
     assert gate.description == "user_last_fraction: ours NDCG@10 0.0200 < popularity 0.0900"
     assert not result.success
     assert result.get_asset_materialization_events() == []  # recommendations not materialized
@@ -166,19 +174,45 @@ def test_blocking_gate_stops_recommendations_in_the_same_run(tmp_path):
         assert not warehouse.table_exists(con, "recommendations")
 
     with warehouse.session(paths.warehouse) as con:
-        warehouse.replace_table(con, EVALUATION_METRICS, metrics_frame(0.11, 0.09))
-    passing = model_beats_popularity(warehouse_db=resources["warehouse_db"])
+        warehouse.replace_partition(con, EVALUATION_METRICS, DAY, metrics_frame(0.11, 0.09))
+    passing = evaluations(gate_run(resources, DAY))["model_beats_popularity"]
     assert passing.passed
     assert passing.metadata["ndcg_at_10"].value["user_last_fraction"] == {"ours": 0.11, "popularity": 0.09}
 
 
-def model_beats_popularity_run(resources) -> dg.ExecuteInProcessResult:
-    """One run holding the gate and ``recommendations``, as the nightly job's run does after model_evaluation."""
+def test_the_gate_judges_each_day_on_its_own_evaluation(tmp_path):
+    """Two days evaluated: the check of each day reads that day's figures only, so a gated-out day shows as that
+    partition's failed check while the other day passes."""
+    paths = HomePaths.at(tmp_path / "home")
+    resources = resources_for_home(str(paths.root))
+    with warehouse.session(paths.warehouse) as con:
+        warehouse.replace_partition(con, EVALUATION_METRICS, DAY, metrics_frame(0.11, 0.09))
+        warehouse.replace_partition(con, EVALUATION_METRICS, NEXT_DAY, metrics_frame(0.05, 0.09, day=NEXT_DAY))
+    verdicts = {day: evaluations(gate_run(resources, day))["model_beats_popularity"] for day in (DAY, NEXT_DAY)}
+    assert (verdicts[DAY].passed, verdicts[NEXT_DAY].passed) == (True, False)
+    assert [verdicts[d].partition for d in (DAY, NEXT_DAY)] == ["2018-09-23", "2018-09-24"]
+    assert verdicts[NEXT_DAY].description == "user_last_fraction: ours NDCG@10 0.0500 < popularity 0.0900"
+    with dg.instance_for_test() as instance:  # what the UI reads: the check's status per partition
+        for day in (DAY, NEXT_DAY):
+            gate_run(resources, day, instance=instance)
+        records = instance.event_log_storage.get_asset_check_execution_history(
+            model_beats_popularity.check_key, limit=10
+        )
+        by_day = {r.event.dagster_event.event_specific_data.partition: r.status.value for r in records if r.event}
+        assert by_day == {"2018-09-23": "SUCCEEDED", "2018-09-24": "FAILED"}
+
+
+def gate_run(resources, day: date, instance=None) -> dg.ExecuteInProcessResult:
+    """One run of the gate for ``day`` and ``recommendations`` after it, as the nightly job's run does after
+    model_evaluation (Dagster runs a partitioned check in a run that selects an asset of its partitions; here
+    ``recommendations``, which finds no champion in this empty MLflow store when the gate lets it run)."""
     return dg.materialize(
         [DEFS.get_assets_def(k) for k in DEFS.resolve_all_asset_keys()] + list(DEFS.asset_checks),
         resources=resources,
         raise_on_error=False,
-        selection=dg.AssetSelection.assets(recommendations) | dg.AssetSelection.checks(model_beats_popularity),
+        selection=dg.AssetSelection.checks(model_beats_popularity) | dg.AssetSelection.assets(recommendations),
+        partition_key=day.isoformat(),
+        instance=instance,
     )
 
 

@@ -69,3 +69,22 @@ def test_a_model_below_the_popularity_floor_never_becomes_champion(tmp_path, toy
 
     health = TestClient(create_app(paths)).get("/health")
     assert health.status_code == 200 and health.json()["model_version"] == "1"
+
+
+@pytest.mark.slow
+def test_model_evaluation_of_a_day_evaluates_the_model_of_that_day(champion_home, toy):
+    """``model_evaluation`` finds the version of its own day by the ``partition_date`` tag, not the newest one."""
+    from tests.reliability.support import TOY_DAY, TOY_NEXT_DAY
+
+    paths, _ = champion_home  # version 1: the model of TOY_DAY, champion, published
+    defs = definitions_training(paths.root, **{**toy.FAST, "max_epochs": 1})
+    assert materialize(defs, ["recommender_model"], with_check=False, day=TOY_NEXT_DAY).success  # version 2
+    client = MlflowClient(paths.mlflow_tracking_uri)
+    assert client.get_model_version(NAME, "2").tags["partition_date"] == TOY_NEXT_DAY
+    again = materialize(defs, ["model_evaluation"], with_check=True, day=TOY_DAY)
+    assert again.success
+    meta = again.asset_materializations_for_node("model_evaluation")[0].metadata
+    assert meta["model_version"].value == "1" and meta["gate.decision"].value == "champion"
+    assert "gate.decision" not in client.get_model_version(NAME, "2").tags  # the next day's model: not gated yet
+    (check,) = again.get_asset_check_evaluations()
+    assert check.partition == TOY_DAY and check.passed

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +20,7 @@ import pytest
 from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.schema import ITEM_CATALOG
 from recsys_pipeline.data.schema import RECOMMENDATIONS as RECOMMENDATIONS_TABLE
-from recsys_pipeline.serving.snapshot import ITEMS, RECOMMENDATIONS, publish_snapshot
+from recsys_pipeline.serving.publish import publish_day
 from recsys_pipeline.settings import DAGSTER_YAML_TEMPLATE, HomePaths, ensure_home
 
 pytestmark = pytest.mark.reliability
@@ -224,6 +225,9 @@ def test_every_asset_opening_the_warehouse_is_in_the_pool_of_one_slot(definition
     assert len(pools) == 10 and pools == dict.fromkeys(pools, DUCKDB_POOL)
 
 
+DAY = date(2026, 11, 29)
+
+
 def publish_small(paths, model_run_id: str = "run-1", k: int = 3) -> pd.DataFrame:
     """Tables and snapshots as the ``recommendations`` asset leaves them, for users u1, u2 and items i1..i5."""
     items = pd.DataFrame(
@@ -244,12 +248,13 @@ def publish_small(paths, model_run_id: str = "run-1", k: int = 3) -> pd.DataFram
             "model_run_id": model_run_id,
             "model_version": "1",
             "produced_on": pd.Timestamp("2026-11-29").date(),
+            "partition_date": DAY,
+            "model_partition_date": DAY,
         }
     )
     with warehouse.session(paths.warehouse) as con:
-        warehouse.replace_table(con, RECOMMENDATIONS_TABLE, recs)
-    publish_snapshot(paths, items, ITEMS)
-    publish_snapshot(paths, recs, RECOMMENDATIONS)
+        warehouse.replace_partition(con, RECOMMENDATIONS_TABLE, DAY, recs)
+    publish_day(paths, DAY, recs, items)
     return recs
 
 
@@ -271,6 +276,8 @@ def test_recommend_answers_while_a_writer_holds_the_lock(tmp_path):
     try:
         ok = recsys(paths.root, "recommend", "--user", "u2", "-k", "2")
         unknown = recsys(paths.root, "recommend", "--user", "nobody")
+        of_day = recsys(paths.root, "recommend", "--user", "u2", "-k", "2", "--date", "2026-11-29")
+        other_day = recsys(paths.root, "recommend", "--user", "u2", "--date", "2026-11-28")
         assert holder.poll() is None  # the lock was held throughout
     finally:
         holder.kill()
@@ -279,6 +286,10 @@ def test_recommend_answers_while_a_writer_holds_the_lock(tmp_path):
     assert "model run run-1" in ok.stdout.splitlines()[0]
     assert ok.stdout.index("Title 5") < ok.stdout.index("Title 4") and "Title 3" not in ok.stdout  # u2's top 2
     assert unknown.returncode == 1 and "unknown user 'nobody'" in unknown.stderr
+    assert of_day.returncode == 0 and of_day.stdout == ok.stdout  # the current day is that day
+    assert "Top 2 of 2026-11-29 for user u2" in ok.stdout.splitlines()[0]
+    assert other_day.returncode == 1
+    assert "no recommendations published for 2026-11-28; published days: 2026-11-29 .. 2026-11-29" in other_day.stderr
     assert "Could not set lock" not in ok.stderr + unknown.stderr
 
 

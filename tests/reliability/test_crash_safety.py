@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +129,8 @@ def version(n_users: int, k: int, v: int) -> pd.DataFrame:
             "model_run_id": f"run-{v}",
             "model_version": str(v),
             "produced_on": pd.Timestamp("2024-01-01").date(),
+            "partition_date": pd.Timestamp("2024-01-01").date(),
+            "model_partition_date": None,
         }
     )
 
@@ -199,6 +201,79 @@ def test_published_snapshot_is_replaced_atomically(tmp_path):
     assert runs == sorted(runs)  # never an older version after a newer one
     assert read_snapshot(paths)["model_run_id"].unique().tolist() == ["run-59"]
     assert [p.name for p in paths.published.iterdir()] == ["recommendations.parquet"]  # no temp files left
+
+
+def test_a_days_rows_are_replaced_atomically_and_the_other_days_never_move(tmp_path):
+    n_users, k = 300, 20
+    days = [date(2024, 1, 1), date(2024, 1, 2)]
+    lists = versions(n_users, k, 6)
+    with warehouse.session(tmp_path / "w.duckdb") as con:
+        for day in days:
+            warehouse.replace_partition(con, RECOMMENDATIONS_TABLE, day, lists[0].assign(partition_date=day))
+        reader = con.cursor()
+        stop = threading.Event()
+        reads: list = []
+
+        def read():
+            return tuple(
+                reader.execute(
+                    "SELECT count(*) FILTER (WHERE partition_date = '2024-01-02'), count(DISTINCT model_run_id) "
+                    "FILTER (WHERE partition_date = '2024-01-02'), count(*) FILTER (WHERE partition_date = "
+                    "'2024-01-01' AND model_run_id = 'run-0') FROM recommendations"
+                ).fetchall()[0]
+            )
+
+        thread = threading.Thread(target=lambda: reads.extend(poll_while(read, stop)))
+        thread.start()
+        for frame in lists[1:]:  # re-materialize 2024-01-02 five times
+            warehouse.replace_partition(con, RECOMMENDATIONS_TABLE, days[1], frame.assign(partition_date=days[1]))
+        stop.set()
+        thread.join(30)
+        final = con.execute(
+            "SELECT partition_date, model_run_id, count(*) FROM recommendations GROUP BY ALL"
+        ).fetchall()
+    assert len(reads) > 5
+    assert set(reads) == {(n_users * k, 1, n_users * k)}  # that day whole every time, the other day untouched
+    assert sorted(final) == [(days[0], "run-0", n_users * k), (days[1], "run-5", n_users * k)]
+
+
+def test_the_current_published_day_moves_atomically_and_never_back(tmp_path):
+    from recsys_pipeline.serving.publish import publish_day
+    from recsys_pipeline.serving.snapshot import current_day
+
+    paths = HomePaths.at(tmp_path / "home")
+    k = 20
+    items = pd.DataFrame({"item_id": [f"i{n}" for n in range(97)], "title": "t", "users": 1, "rank": range(1, 98)})
+    days = [date(2024, 1, 1) + timedelta(days=n) for n in range(40)]
+    lists = {day: version(300 + 37 * (n % 3), k, n) for n, day in enumerate(days)}
+    expected = {frame["model_run_id"].iloc[0]: len(frame) for frame in lists.values()}
+    publish_day(paths, days[0], lists[days[0]], items)
+    stop = threading.Event()
+    reads: list = []
+
+    def read():
+        try:
+            frame = read_snapshot(paths)  # the current day's lists, as `recsys recommend` reads them
+        except Exception as exc:  # noqa: BLE001  (a torn read is what this test looks for)
+            return ("error", repr(exc)[:200], None)
+        return frame["model_run_id"].iloc[0], len(frame), frame["model_run_id"].nunique()
+
+    thread = threading.Thread(target=lambda: reads.extend(poll_while(read, stop)))
+    thread.start()
+    for n, day in enumerate(days[1:], 1):
+        publish_day(paths, day, lists[day], items, keep_days=7)
+        if n % 5 == 0:  # an old day published again (a backfill): the current day stays the newest
+            publish_day(paths, days[n - 3], lists[days[n - 3]], items, keep_days=7)
+    stop.set()
+    thread.join(30)
+    assert len(reads) > 5
+    assert [r for r in reads if r[0] == "error" or (r[1], r[2]) != (expected[r[0]], 1)] == []
+    runs = [int(r[0].split("-")[1]) for r in reads]
+    assert runs == sorted(runs)  # never an older day after a newer one
+    assert current_day(paths) == days[-1]
+    kept = sorted(p.name for p in (paths.published / "days").iterdir())
+    assert kept == [d.isoformat() for d in days[-7:]]  # retention: the 7 days ending with the newest
+    assert [p.name for p in paths.published.iterdir() if p.name.endswith(".tmp")] == []
 
 
 PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".ckpt"}

@@ -5,12 +5,14 @@ new snapshot fsynced and not yet moved into place. Each time the previous good s
 run completes and writes the new state exactly once.
 
 Writers covered: ingestion (``raw_events`` and ``interactions`` of one partition), embedding sync
-(``text_embeddings``) and publishing (the ``recommendations`` table and its published snapshot).
+(``text_embeddings``) and publishing (the ``recommendations`` table's day, its published snapshot, and the pointer
+to the current published day).
 """
 
 import hashlib
 import json
 import signal
+from datetime import date
 
 import pandas as pd
 import pytest
@@ -19,12 +21,13 @@ from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.catalog import build_item_catalog
 from recsys_pipeline.data.schema import ITEM_CATALOG
 from recsys_pipeline.data.sources import MovieLensSource
-from recsys_pipeline.serving.snapshot import read_snapshot, snapshot_path
-from tests.reliability.support import Children, wait_for
+from recsys_pipeline.serving.snapshot import current_day, day_folder, read_snapshot, snapshot_path
+from tests.reliability.support import TOY_DAY, TOY_NEXT_DAY, Children, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 DAY = "2018-09-16"
+CATALOG_DAY = "2018-09-24"  # the last day of the slice: the catalog as of it holds every item
 
 
 def state(path, *tables: str) -> dict[str, tuple[int, str]]:
@@ -93,7 +96,7 @@ def test_ingestion_killed_inside_its_transaction_leaves_the_partition_as_it_was(
 
 def test_embedding_sync_killed_inside_its_transaction_keeps_the_previous_vectors(cli_home, tmp_path):
     paths, children, data = cli_home
-    run_ok(children, "text_embeddings")
+    run_ok(children, "text_embeddings", partition=CATALOG_DAY)
     before = state(paths.warehouse, "text_embeddings")
     assert before["text_embeddings"][0] == 557
     with warehouse.session(paths.warehouse, read_only=True) as con:
@@ -106,10 +109,10 @@ def test_embedding_sync_killed_inside_its_transaction_keeps_the_previous_vectors
     with warehouse.session(paths.warehouse) as con:  # what item_catalog's run writes from the changed release
         warehouse.replace_table(con, ITEM_CATALOG, build_item_catalog(*MovieLensSource(str(data)).read_catalog()))
 
-    kill_at(children, tmp_path, "text_embeddings.before_commit", "text_embeddings")
+    kill_at(children, tmp_path, "text_embeddings.before_commit", "text_embeddings", partition=CATALOG_DAY)
     assert state(paths.warehouse, "text_embeddings") == before
 
-    run_ok(children, "text_embeddings")
+    run_ok(children, "text_embeddings", partition=CATALOG_DAY)
     with warehouse.session(paths.warehouse, read_only=True) as con:
         after = dict(con.execute("SELECT item_id, content_hash FROM text_embeddings").fetchall())
     assert len(after) == 557
@@ -122,20 +125,34 @@ def test_publishing_killed_before_commit_or_before_the_move_leaves_the_published
     published = read_snapshot(paths)
     table = state(paths.warehouse, "recommendations")
     assert published.groupby("user_id").size().unique().tolist() == [20]
+    publish = dict(partition=TOY_DAY, config_json=top3)  # the day champion_home published, again
 
-    kill_at(children, tmp_path, "recommendations.before_commit", "recommendations", config_json=top3)
+    kill_at(children, tmp_path, "recommendations.before_commit", "recommendations", **publish)
     assert state(paths.warehouse, "recommendations") == table
     pd.testing.assert_frame_equal(read_snapshot(paths), published)
 
     # the table commits this time; the snapshot's writer dies with its new file fsynced, not yet moved
-    kill_at(children, tmp_path, "published/recommendations.before_replace", "recommendations", config_json=top3)
+    kill_at(children, tmp_path, "published/recommendations.before_replace", "recommendations", **publish)
     pd.testing.assert_frame_equal(read_snapshot(paths), published)
-    leftovers = [p.name for p in paths.published.iterdir() if p.name.endswith(".tmp")]
+    folder = day_folder(paths, date.fromisoformat(TOY_DAY))
+    leftovers = [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
     assert len(leftovers) == 1 and leftovers[0].startswith(".recommendations-")
     with warehouse.session(paths.warehouse, read_only=True) as con:
         assert con.execute("SELECT max(rank) FROM recommendations").fetchall() == [(3,)]
 
-    run_ok(children, "recommendations", config_json=top3)
+    run_ok(children, "recommendations", **publish)
     assert read_snapshot(paths).groupby("user_id").size().unique().tolist() == [3]
-    assert sorted(p.name for p in paths.published.iterdir()) == ["items.parquet", "recommendations.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == ["items.parquet", "recommendations.parquet"]
     assert snapshot_path(paths).stat().st_mode & 0o777 == 0o644
+
+    # the next day's lists are written, and the writer dies before the current-day pointer moves: readers stay on
+    # the previous day; the next run moves it
+    before = read_snapshot(paths)
+    kill_at(children, tmp_path, "published/current.before_replace", "recommendations", partition=TOY_NEXT_DAY)
+    assert current_day(paths).isoformat() == TOY_DAY
+    pd.testing.assert_frame_equal(read_snapshot(paths), before)
+    assert (day_folder(paths, date.fromisoformat(TOY_NEXT_DAY)) / "recommendations.parquet").exists()
+    run_ok(children, "recommendations", partition=TOY_NEXT_DAY)
+    assert current_day(paths).isoformat() == TOY_NEXT_DAY
+    assert read_snapshot(paths)["partition_date"].astype(str).unique().tolist() == [TOY_NEXT_DAY]
+    assert sorted(p.name for p in paths.published.iterdir()) == ["current.json", "days"]

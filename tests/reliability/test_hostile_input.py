@@ -78,7 +78,9 @@ HOSTILE_CSV = b"\n".join(
 
 def test_bad_lines_are_quarantined_and_good_lines_load(tmp_path):
     resources = setup(tmp_path, {"2024-01-05.csv": HOSTILE_CSV})
-    assert dg.materialize([item_catalog], resources=resources).success
+    assert dg.materialize(
+        [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+    ).success
     result = ingest(resources, "2024-01-05")
     meta = result.asset_materializations_for_node("interactions")[0].metadata
     raw_meta = result.asset_materializations_for_node("raw_events")[0].metadata
@@ -124,7 +126,9 @@ def test_jsonl_bad_lines_are_quarantined(tmp_path):
         json.dumps({"user_id": "u4", "item_id": "a"}).encode(),  # no timestamp key
     ]
     resources = setup(tmp_path, {"2024-01-05.jsonl": b"\n".join(lines)})
-    assert dg.materialize([item_catalog], resources=resources).success
+    assert dg.materialize(
+        [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+    ).success
     ingest(resources, "2024-01-05")
     assert query(tmp_path, "SELECT user_id, item_id, value FROM interactions ORDER BY ALL") == [
         ("7", "b", 1.0),
@@ -141,7 +145,9 @@ def test_jsonl_bad_lines_are_quarantined(tmp_path):
 def test_undecodable_file_is_a_clear_error_and_keeps_the_previous_state(tmp_path):
     good = b"user_id,item_id,timestamp\nu1,a,2024-01-05T10:00:00Z\n"
     resources = setup(tmp_path, {"2024-01-05.csv": good})
-    assert dg.materialize([item_catalog], resources=resources).success
+    assert dg.materialize(
+        [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+    ).success
     assert ingest(resources, "2024-01-05").success
     before = query(tmp_path, "SELECT * FROM interactions ORDER BY ALL"), query(tmp_path, "SELECT * FROM raw_events")
     for bad in (
@@ -175,7 +181,9 @@ def test_catalog_bad_rows_are_quarantined_with_a_count(tmp_path):
     )
     resources = setup(tmp_path, {"2024-01-05.csv": b"user_id,item_id,timestamp\n"}, catalog=catalog)
     for _ in range(2):  # a re-run replaces the catalog's quarantine rows
-        result = dg.materialize([item_catalog], resources=resources)
+        result = dg.materialize(
+            [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+        )
         meta = result.asset_materializations_for_node("item_catalog")[0].metadata
         assert meta["dagster/row_count"].value == 3 and meta["quarantined"].value == 3
         assert meta["quarantine_reasons"].value == {"missing item_id": 1, "duplicate item_id": 1, "id too long": 1}
@@ -200,9 +208,9 @@ def test_values_that_are_not_dates_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("RECSYS_PARTITIONS_START", "1st of May")
     with pytest.raises(SettingsError, match="RECSYS_PARTITIONS_START='1st of May': Input should be a valid date"):
         get_settings()
-    with pytest.raises(dg.Failure, match="cutoff_date='2024-02-30' is not a YYYY-MM-DD date"):
-        _day_end("2024-02-30", "cutoff_date")
-    assert _day_end("2024-02-28", "cutoff_date") == datetime(2024, 2, 29)
+    with pytest.raises(dg.Failure, match="temporal_cutoff='2024-02-30' is not a YYYY-MM-DD date"):
+        _day_end("2024-02-30", "temporal_cutoff")
+    assert _day_end("2024-02-28", "temporal_cutoff") == datetime(2024, 2, 29)
     with pytest.raises(ValueError, match="--start 'soon' is not a YYYY-MM-DD date"):
         _day("soon", "--start")
     (tmp_path / "events" / "2024-02-30.csv").write_text("user_id,item_id,timestamp\n")
@@ -269,7 +277,9 @@ def test_ids_that_are_json_objects_or_arrays_are_quarantined(tmp_path):
     pd.DataFrame(
         {"user_id": [["u3"], ["u4", "u5"]], "item_id": ["a", "b"], "timestamp": ["2024-01-07T10:00:00Z"] * 2}
     ).to_parquet(tmp_path / "events" / "2024-01-07.parquet")
-    assert dg.materialize([item_catalog], resources=resources).success
+    assert dg.materialize(
+        [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+    ).success
     ingest(resources, "2024-01-05")
     assert query(tmp_path, "SELECT user_id, item_id FROM interactions") == [("u2", "a")]
     assert query(tmp_path, "SELECT source_row, reason FROM quarantine ORDER BY source_row") == [

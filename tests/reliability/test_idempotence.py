@@ -57,7 +57,9 @@ def run_backfill(resources, start: str, end: str) -> None:
 
 def movielens(tmp_path, name: str) -> dict:
     resources = {"warehouse_db": WarehouseResource(path=str(tmp_path / f"{name}.duckdb")), "source": SourceResource()}
-    assert dg.materialize([item_catalog], resources=resources).success
+    assert dg.materialize(
+        [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+    ).success
     return resources
 
 
@@ -111,7 +113,9 @@ def test_dirty_daily_files_rerun_gives_identical_rows_and_quarantine(tmp_path):
         "warehouse_db": WarehouseResource(path=str(tmp_path / "w.duckdb")),
         "source": SourceResource(kind="daily_files", events_dir=str(events), catalog_path=str(tmp_path / "items.csv")),
     }
-    assert dg.materialize([item_catalog], resources=resources).success
+    assert dg.materialize(
+        [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+    ).success
     run_backfill(resources, "2024-01-05", "2024-01-06")
     first = fingerprint(tmp_path / "w.duckdb")
     assert (first["interactions"][0], first["quarantine"][0], first["raw_events"][0]) == (2, 4, 6)
@@ -121,3 +125,55 @@ def test_dirty_daily_files_rerun_gives_identical_rows_and_quarantine(tmp_path):
         assert fingerprint(tmp_path / "w.duckdb") == first
     run_backfill(resources, "2024-01-05", "2024-01-06")
     assert fingerprint(tmp_path / "w.duckdb") == first
+
+
+def test_rematerializing_a_day_of_the_catalog_gives_identical_rows(tmp_path):
+    resources = {"warehouse_db": WarehouseResource(path=str(tmp_path / "w.duckdb")), "source": SourceResource()}
+    prints = []
+    for day in ("2018-09-10", "2018-09-10", "2018-09-24", "2018-09-10"):
+        assert dg.materialize([item_catalog], resources=resources, partition_key=day).success
+        with warehouse.session(tmp_path / "w.duckdb", read_only=True) as con:
+            rows = con.execute("SELECT * FROM item_catalog WHERE added_at <= '2018-09-10' ORDER BY ALL").fetchall()
+            total = warehouse.row_count(con, "item_catalog")
+        prints.append((len(rows), hashlib.sha256(repr(rows).encode()).hexdigest(), total))
+    assert prints[0] == prints[1] and prints[3][:2] == prints[0][:2]  # the items added by 09-10 never move
+    movies = pd.read_csv(BUNDLED_MOVIELENS_DIR / "movies.csv")
+    assert prints[3][2] == prints[2][2] == len(movies) > prints[0][2]  # 09-24 adds the later ones; 09-10 keeps them
+
+
+@pytest.mark.slow
+def test_rematerializing_a_day_of_the_model_group_replaces_that_day_only(champion_home):
+    """``recommendations`` and the evaluation tables keep a set of rows per day: re-running a day gives the same
+    rows (no duplicates), another day's rows stay as they are."""
+    from recsys_pipeline.serving.snapshot import current_day
+    from tests.reliability.support import TOY_DAY, TOY_NEXT_DAY, definitions_training, materialize
+
+    paths, _ = champion_home
+    defs = definitions_training(paths.root, max_epochs=1)  # recommendations trains nothing: any config
+
+    def by_day(table: str) -> dict[str, tuple[int, str]]:
+        out = {}
+        with warehouse.session(paths.warehouse, read_only=True) as con:
+            for (day,) in con.execute(f"SELECT DISTINCT partition_date FROM {table}").fetchall():
+                rows = con.execute(  # produced_on: the wall-clock day of the run, not the lists'
+                    f"SELECT * EXCLUDE (produced_on) FROM {table} WHERE partition_date = ? ORDER BY ALL"
+                    if table == "recommendations"
+                    else f"SELECT * FROM {table} WHERE partition_date = ? ORDER BY ALL",
+                    [day],
+                ).fetchall()
+                out[day.isoformat()] = (len(rows), hashlib.sha256(repr(rows).encode()).hexdigest())
+        return out
+
+    first = by_day("recommendations")
+    assert list(first) == [TOY_DAY] and first[TOY_DAY][0] == 60 * 20
+    metrics = by_day("evaluation_metrics")
+    for _ in range(2):
+        assert materialize(defs, ["recommendations"], with_check=False, day=TOY_DAY).success
+        assert by_day("recommendations") == first
+    assert materialize(defs, ["recommendations"], with_check=False, day=TOY_NEXT_DAY).success
+    both = by_day("recommendations")
+    assert both[TOY_DAY] == first[TOY_DAY] and both[TOY_NEXT_DAY][0] == 60 * 20
+    assert current_day(paths).isoformat() == TOY_NEXT_DAY
+    assert materialize(defs, ["recommendations"], with_check=False, day=TOY_DAY).success  # an old day again
+    assert by_day("recommendations") == both and current_day(paths).isoformat() == TOY_NEXT_DAY  # never back
+    assert by_day("evaluation_metrics") == metrics  # publishing leaves the evaluation of the day alone

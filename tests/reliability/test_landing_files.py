@@ -108,7 +108,7 @@ def test_the_code_location_loads_and_the_other_days_ingest(hostile_env):
     )
 
     ingest = [defs.get_assets_def(k) for k in ("item_catalog", "raw_events", "interactions")]
-    assert dg.materialize(ingest[:1], resources=resources).success
+    assert dg.materialize(ingest[:1], resources=resources, partition_key="2024-01-06").success
     result = dg.materialize(ingest, resources=resources, partition_key="2024-01-06", selection=ingest[1:])
     assert result.success
     meta = result.asset_materializations_for_node("raw_events")[0].metadata
@@ -122,10 +122,13 @@ def test_the_code_location_loads_and_the_other_days_ingest(hostile_env):
 
 def test_demo_and_backfill_agree_on_the_range(hostile_env, monkeypatch):
     ran = []
-    monkeypatch.setattr(cli, "_run", lambda selection, label, first=None, last=None, **_: ran.append((first, last)))
+    monkeypatch.setattr(
+        cli, "_run", lambda selection, label, first=None, last=None, **_: ran.append((first, last)) or {}
+    )
     monkeypatch.setattr(cli, "_prepare_home", lambda home: cli._paths(home))
     cli.run_demo()
-    assert ran == [("2024-01-05", "2024-01-06")]  # the data's days, not 2099-01-01
+    # the data's days, not 2099-01-01: ingestion over every day, then content and model for the last day
+    assert ran == [("2024-01-05", "2024-01-06"), ("2024-01-06", "2024-01-06")]
     args = SimpleNamespace(start="2024-01-05", end="2024-01-06", downstream=False, home=None)
     cli.backfill(args)
     assert ran[-1] == ("2024-01-05", "2024-01-06")

@@ -68,7 +68,9 @@ JULY_1 = HEADER + (
 
 def test_boundaries_and_offsets_land_in_their_own_utc_day(tmp_path):
     resources = daily_resources(tmp_path, {"2018-06-30.csv": JUNE_30, "2018-07-01.csv": JULY_1})
-    assert dg.materialize([item_catalog], resources=resources).success
+    assert dg.materialize(
+        [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+    ).success
     june = ingest(resources, "2018-06-30").asset_materializations_for_node("interactions")[0].metadata
     ingest(resources, "2018-07-01")
     days = rows_by_day(tmp_path / "w.duckdb")
@@ -104,7 +106,9 @@ def test_local_time_zone_does_not_shift_partitions(tmp_path, monkeypatch):
         time.tzset()
         (tmp_path / str(n)).mkdir()
         resources = daily_resources(tmp_path / str(n), files)
-        assert dg.materialize([item_catalog], resources=resources).success
+        assert dg.materialize(
+            [item_catalog], resources=resources, partition_key=item_catalog.partitions_def.get_last_partition_key()
+        ).success
         ingest(resources, "2018-06-30")
         ingest(resources, "2018-07-01")
         results.append(rows_by_day(tmp_path / str(n) / "w.duckdb"))

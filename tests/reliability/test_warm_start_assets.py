@@ -27,7 +27,7 @@ def test_recommender_model_warm_starts_from_the_champion(tmp_path, toy, monkeypa
 
     first = materialize(defs, ["recommender_model", "model_evaluation"], with_check=True)
     assert first.success
-    assert _training_table(first)["warm start"] == "no champion yet: full retrain"
+    assert _training_table(first)["warm start"] == "no champion of 2020-01-01 or before: full retrain"
 
     second = materialize(defs, ["recommender_model"], with_check=False)
     assert second.success

@@ -159,3 +159,57 @@ def test_an_unreadable_snapshot_keeps_the_last_good_one_or_answers_503(published
     assert fresh.get("/recommendations/2").status_code == 503
     publish_snapshot(published, recs_frame(["2"], offset=5))
     assert client.get("/recommendations/2", params={"k": 1}).json()["items"][0]["item_id"] == "i6"
+
+
+@pytest.fixture
+def by_day(tmp_path):
+    """Lists published for three UTC days (version 1, 2, 3), the newest current."""
+    from recsys_pipeline.serving.publish import publish_day
+
+    paths = HomePaths.at(tmp_path / "days")
+    for n, day in enumerate([date(2018, 9, 22), date(2018, 9, 23), date(2018, 9, 24)], 1):
+        recs = recs_frame(["1", "2"], version=str(n), offset=n).assign(partition_date=day, produced_on=day)
+        publish_day(paths, day, recs, items_frame())
+    return paths
+
+
+def test_the_lists_of_a_day_are_asked_by_date_and_the_current_day_is_the_default(by_day):
+    client = TestClient(create_app(by_day))
+    current = client.get("/recommendations/1", params={"k": 2}).json()
+    assert (current["date"], current["model_version"]) == ("2018-09-24", "3")
+    assert [i["item_id"] for i in current["items"]] == ["i4", "i5"]
+    earlier = client.get("/recommendations/1", params={"k": 2, "date": "2018-09-22"}).json()
+    assert (earlier["date"], earlier["model_version"]) == ("2018-09-22", "1")
+    assert [i["item_id"] for i in earlier["items"]] == ["i2", "i3"]
+    assert earlier["items"][0]["title"] == "Movie 2"
+    health = client.get("/health").json()
+    assert health == {**health, "date": "2018-09-24", "published_days": 3, "first_day": "2018-09-22"}
+
+
+def test_a_day_without_lists_is_404_and_a_malformed_date_422(by_day):
+    client = TestClient(create_app(by_day))
+    missing = client.get("/recommendations/1", params={"date": "2018-09-01"})
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": "unknown_date",
+        "date": "2018-09-01",
+        "detail": "no recommendations published for 2018-09-01; published days: 2018-09-22 .. 2018-09-24 (3 days)",
+    }
+    assert client.get("/recommendations/1", params={"date": "2018-02-30"}).status_code == 422
+    assert client.get("/recommendations/1", params={"date": "tomorrow"}).status_code == 422
+    # an unknown user on a known day is the usual unknown_user 404, the day's popularity list on request
+    assert client.get("/recommendations/9", params={"date": "2018-09-23"}).json()["error"] == "unknown_user"
+    cold = client.get("/recommendations/9", params={"date": "2018-09-23", "fallback": "true", "k": 1}).json()
+    assert (cold["strategy"], cold["date"]) == ("popularity_fallback", "2018-09-23")
+
+
+def test_a_rollback_moves_the_default_day_without_a_restart(by_day):
+    from recsys_pipeline.serving.publish import make_current
+
+    client = TestClient(create_app(by_day))
+    assert client.get("/recommendations/2").json()["date"] == "2018-09-24"
+    assert make_current(by_day, date(2018, 9, 23)) == date(2018, 9, 24)
+    body = client.get("/recommendations/2").json()
+    assert (body["date"], body["model_version"]) == ("2018-09-23", "2")
+    with pytest.raises(LookupError, match="no published recommendations of 2018-09-01; published days: 2018-09-22"):
+        make_current(by_day, date(2018, 9, 1))
