@@ -226,10 +226,18 @@ def _instance():
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef  # no public API takes overrides for the home's instance
 
+    try:  # the postgres profile's storage (an optional extra)
+        from dagster_postgres.utils import DagsterPostgresException
+    except ImportError:
+        DagsterPostgresException = ()  # noqa: N806  (an except clause of nothing)
     noop = {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
-    return dg.DagsterInstance.from_ref(
-        InstanceRef.from_dir(os.environ["DAGSTER_HOME"], overrides={"compute_logs": noop})
-    )
+    try:
+        return dg.DagsterInstance.from_ref(
+            InstanceRef.from_dir(os.environ["DAGSTER_HOME"], overrides={"compute_logs": noop})
+        )
+    except DagsterPostgresException as exc:  # e.g. the server is unreachable: one line, not a page of traceback
+        url = _shown_uri(get_settings().postgres_url or "")
+        raise SystemExit(f"recsys: the PostgreSQL server of RECSYS_POSTGRES_URL ({url}): {exc}") from None
 
 
 def _interrupted(result) -> bool:
@@ -290,14 +298,8 @@ def run_demo(home: str | None = None, start: str | None = None, end: str | None 
     """
     from recsys_pipeline.automation import CONTENT_ASSETS, INGESTION_ASSETS, MODEL_ASSETS
 
-    first_day, last_day = _day(start, "--start"), _day(end, "--end")
     paths = _prepare_home(home)
-    from recsys_pipeline.resources import SourceResource
-
-    if first_day is None or last_day is None:
-        source = SourceResource().build()
-        first_day, last_day = first_day or source.first_date(), last_day or source.last_date()
-    first, last = _partition_range(first_day, last_day)
+    first, last = _demo_range(start, end)
     print(f"recsys demo: home {paths.root}\n    data {first} .. {last} (UTC days)", flush=True)
     seconds = _run(
         list(INGESTION_ASSETS), f"{PIPELINE_JOB}: ingestion, daily partitions {first} .. {last} as one run", first, last
@@ -309,6 +311,18 @@ def run_demo(home: str | None = None, start: str | None = None, end: str | None 
         last,
     )
     return seconds
+
+
+def _demo_range(start: str | None, end: str | None) -> tuple[str, str]:
+    """The first and last partition (``YYYY-MM-DD``) ``recsys demo --start/--end`` runs: the source's first / last
+    day where not given. Raises ValueError for a bad date or range."""
+    from recsys_pipeline.resources import SourceResource
+
+    first_day, last_day = _day(start, "--start"), _day(end, "--end")
+    if first_day is None or last_day is None:
+        source = SourceResource().build()
+        first_day, last_day = first_day or source.first_date(), last_day or source.last_date()
+    return _partition_range(first_day, last_day)
 
 
 def _days_between(first: str, last: str) -> list[str]:
@@ -375,13 +389,13 @@ def rollback(args: argparse.Namespace) -> int:
     instance, tagged ``recsys/origin=rollback``). Exit codes: 0 done, 1 no lists published for that day.
     Raises ValueError for a malformed date."""
     from recsys_pipeline.automation import ROLLBACK_JOB
-    from recsys_pipeline.serving.snapshot import current_day, published_days
+    from recsys_pipeline.serving.snapshot import current_day, describe_days, published_days
 
     day = _day(args.date, "--date")
     paths = _paths(args.home)
     days = published_days(paths)
     if day not in days:
-        shown = f"{days[0]} .. {days[-1]} ({len(days)} days)" if days else "none"
+        shown = describe_days(days)
         print(f"recsys rollback: no published recommendations of {day}; published days: {shown}", file=sys.stderr)
         return 1
     before = current_day(paths)
@@ -399,7 +413,7 @@ def rollback(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     timings = run_demo(args.home, args.start, args.end)
-    _summary(_paths(args.home), timings, args.user)
+    _summary(_paths(args.home), timings, args.user, _demo_range(args.start, args.end)[1])
     return 0
 
 
@@ -552,9 +566,9 @@ def _clip(text, chars: int):
     return text[: chars - 1] + "…"
 
 
-def _summary(paths: HomePaths, timings: dict[str, float], user: str | None) -> None:
+def _summary(paths: HomePaths, timings: dict[str, float], user: str | None, day: str) -> None:
     """Print :func:`format_summary` of the home's warehouse after a demo run (``user``: default the smallest id):
-    the evaluation and lists of the newest day the tables hold (the demo's)."""
+    the evaluation and lists of the partition ``day`` (``YYYY-MM-DD``, the demo's last day)."""
     import pandas as pd
 
     from recsys_pipeline.data import warehouse
@@ -568,16 +582,12 @@ def _summary(paths: HomePaths, timings: dict[str, float], user: str | None) -> N
             ).df()
         else:
             missing = pd.DataFrame(columns=["modality", "reason", "items"])
-        newest = "partition_date = (SELECT max(partition_date) FROM {})"  # a table name of this function
         metrics = con.execute(
-            "SELECT protocol, model, metric, value FROM evaluation_metrics WHERE " + newest.format("evaluation_metrics")
+            "SELECT protocol, model, metric, value FROM evaluation_metrics WHERE partition_date = ?", [day]
         ).df()
         ablation = None
         if warehouse.table_exists(con, "evaluation_ablation"):
-            ablation = con.execute(
-                "SELECT * FROM evaluation_ablation WHERE " + newest.format("evaluation_ablation")
-            ).df()
-        day = con.execute("SELECT max(partition_date) FROM recommendations").fetchall()[0][0]
+            ablation = con.execute("SELECT * FROM evaluation_ablation WHERE partition_date = ?", [day]).df()
         if user is None:
             user = con.execute("SELECT min(user_id) FROM recommendations WHERE partition_date = ?", [day]).fetchall()[
                 0
@@ -592,6 +602,7 @@ def _summary(paths: HomePaths, timings: dict[str, float], user: str | None) -> N
             "WHERE i.user_id = ? GROUP BY c.title ORDER BY value DESC, c.title LIMIT 10",
             [user],
         ).df()
+    print(f"\nThe model group of {day}:")
     print(
         format_summary(
             rows=rows,
@@ -610,6 +621,7 @@ def _summary(paths: HomePaths, timings: dict[str, float], user: str | None) -> N
 def _shown_uri(uri: str) -> str:
     """``uri`` as printed: a password replaced by ``***``, quoted for the shell when it has a query (postgres)."""
     shown = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", uri)
+    shown = re.sub(r"([?&]password=)[^&]*", r"\1***", shown)  # libpq also takes it as a query parameter
     return f"'{shown}'" if "?" in shown else shown
 
 
@@ -623,6 +635,7 @@ def recommend(args: argparse.Namespace) -> int:
     from recsys_pipeline.serving.snapshot import (
         ITEMS,
         RECOMMENDATIONS,
+        describe_days,
         published_days,
         read_snapshot,
         snapshot_path,
@@ -630,10 +643,9 @@ def recommend(args: argparse.Namespace) -> int:
 
     paths = _paths(args.home)
     day = _day(args.date, "--date")
-    if day is not None and day not in published_days(paths):
-        days = published_days(paths)
-        shown = f"{days[0]} .. {days[-1]} ({len(days)} days)" if days else "none"
-        print(f"no recommendations published for {day}; published days: {shown}", file=sys.stderr)
+    days = published_days(paths) if day is not None else []
+    if day is not None and day not in days:
+        print(f"no recommendations published for {day}; published days: {describe_days(days)}", file=sys.stderr)
         return 1
     try:
         recs = read_snapshot(paths, RECOMMENDATIONS, day)

@@ -363,9 +363,7 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
         )
         keep = home.resolved_retention_days()
         with warehouse_db.session() as con:
-            written = warehouse.replace_partition(
-                con, RECOMMENDATIONS, day, recs, keep_days=keep, legacy_from="produced_on"
-            )
+            written = warehouse.replace_partition(con, RECOMMENDATIONS, day, recs, keep_days=keep)
             table = table_metadata(con, RECOMMENDATIONS, partition_rows=written["rows"])
             days_held = len(warehouse.partition_days(con, RECOMMENDATIONS.name))
             preview = con.execute(

@@ -223,7 +223,6 @@ def replace_partition(
     *,
     column: str = "partition_date",
     keep_days: int | None = None,
-    legacy_from: str | None = None,
     own_transaction: bool = True,
 ) -> dict[str, int]:
     """Replace the rows of ``table`` whose ``column`` (a DATE) is ``day`` by ``frame``, other days untouched; with
@@ -232,8 +231,8 @@ def replace_partition(
     Re-running with the same frame gives the same rows (no duplicates); one transaction (``own_transaction=False``
     when the caller holds one that covers other writes too), so a crash leaves the previous state. The table is
     created from its declaration when missing. A table an older release wrote without ``column`` (one whole set
-    of rows) gets the column: filled from its column ``legacy_from`` (e.g. ``produced_on``), or, with ``None``,
-    its old rows are deleted.
+    of rows) gets the column and loses its old rows: they carry no day of the data (``produced_on`` is the
+    wall-clock day they were made, which would date them after every partition and keep them past retention).
 
     Args:
         day: the UTC day (``datetime.date``) the rows belong to; every row of ``frame`` must carry it in
@@ -258,10 +257,7 @@ def replace_partition(
     with transaction(con, table.name) if own_transaction else contextlib.nullcontext():
         if table_exists(con, table.name) and not has_column(con, table.name, column):
             con.execute(f"ALTER TABLE {table.name} ADD COLUMN {column} DATE")
-            if legacy_from is not None:
-                con.execute(f"UPDATE {table.name} SET {column} = CAST({legacy_from} AS DATE)")
-            else:
-                con.execute(f"DELETE FROM {table.name}")
+            con.execute(f"DELETE FROM {table.name}")
         _add_nullable_columns(con, table)
         ensure_table(con, table)
         con.execute(f"DELETE FROM {table.name} WHERE {column} = ?", [day])

@@ -128,10 +128,15 @@ def masked_ablation(
             rows += _reference_rows(base, evaluation.metrics, list(evaluation.models))
         else:
             visible = features.with_modalities(names)
+            ranked: dict[tuple[int, int], dict] = {}  # views of one split (item_cold_mixed) share model and split
             for protocol, model in evaluation.models.items():
                 if not hasattr(model, "with_features"):
                     raise ValueError(f"{type(model).__name__} cannot rank with modalities hidden (no with_features)")
-                figures = evaluate(model.with_features(visible), evaluation.splits[protocol], k, groups).metrics
+                split = evaluation.splits[protocol]
+                key = (id(model), id(split))
+                if key not in ranked:
+                    ranked[key] = evaluate(model.with_features(visible), split, k, groups).metrics
+                figures = ranked[key]
                 rows += [
                     {**base, "status": "masked at inference", "protocol": protocol, "metric": m, "value": float(v)}
                     for m, v in figures.items()

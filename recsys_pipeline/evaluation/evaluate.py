@@ -196,7 +196,9 @@ def evaluate_protocols(
 ) -> EvaluationResult:
     """For each protocol of ``settings``: split, fit ``make_model(validation_split(protocol))`` and the popularity
     baseline on the train part, and :func:`evaluate` both on the test part (model names ``ours`` and
-    ``popularity``).
+    ``popularity``). Protocols that are views of one split (``item_cold_mixed`` of ``item_cold_start``'s) share its
+    fit and its ranking: ``item_cold_mixed``'s rows are that evaluation's whole-catalogue figures (the same values
+    as ``item_cold_start``'s rows of those names), its stored lists the whole-catalogue ones.
 
     Args:
         make_model: given the protocol's validation split (``"last"`` or ``"random"``,
@@ -210,11 +212,24 @@ def evaluate_protocols(
         processes: fit the protocols' models in up to this many spawned processes at once (``1``: here, one after
             another). The figures are the same either way up to floating-point summation order (the fits have
             their seeds; thread counts differ).
+
+    Raises:
+        ValueError: a protocol's train or test part is empty (e.g. a ``k_core`` that keeps nothing, a
+            ``temporal_cutoff`` after the last interaction).
     """
     rows, ranked_all, truth_all, details, models = [], [], [], {}, {}
+    evaluated: dict[tuple[str, str], SplitEvaluation] = {}
+    popular: dict[str, PopularityRecommender] = {}
     # one split and one fit per family: item_cold_mixed is another view of item_cold_start's split and model
     families = {protocol: split_family(protocol) for protocol in settings.protocols}
     family_splits = {f: make_split(interactions, f, settings) for f in dict.fromkeys(families.values())}
+    for family, split in family_splits.items():
+        if split.train.empty or split.test.empty:
+            raise ValueError(
+                f"protocol {family}: the {'train' if split.train.empty else 'test'} part is empty "
+                f"({len(interactions)} interactions, k_core={settings.k_core}, temporal_cutoff="
+                f"{settings.temporal_cutoff}): nothing to evaluate on"
+            )
     fitted = _fit_protocols(make_model, family_splits, features, processes)
     splits = {protocol: family_splits[family] for protocol, family in families.items()}
     for protocol, split in splits.items():
@@ -227,10 +242,15 @@ def evaluate_protocols(
             "epochs": getattr(ours, "train_stats", {}).get("epochs_trained"),
             "val_split": validation_split(protocol),
         }
-        popularity = PopularityRecommender().fit(split.train, features)
-        for name, model in (("ours", ours), ("popularity", popularity)):
-            result = evaluate(model, split, settings.k, item_groups)
-            rows += [(protocol, name, metric, float(value)) for metric, value in result.metrics.items()]
+        if families[protocol] not in popular:
+            popular[families[protocol]] = PopularityRecommender().fit(split.train, features)
+        for name, model in (("ours", ours), ("popularity", popular[families[protocol]])):
+            key = (families[protocol], name)  # the views of one split rank once
+            result = evaluated[key] = evaluated.get(key) or evaluate(model, split, settings.k, item_groups)
+            figures = result.metrics.items()
+            if protocol != families[protocol]:  # item_cold_mixed: the whole-catalogue figures, not the held-out ones
+                figures = [(m, v) for m, v in figures if not m.startswith("cold_candidates_")]
+            rows += [(protocol, name, metric, float(value)) for metric, value in figures]
             lists = result.ranked_cold if protocol == "item_cold_start" else result.ranked
             ranked_all.append(lists.assign(protocol=protocol, model=name))
         truth_all.append(split.test[["user_id", "item_id"]].astype(str).assign(protocol=protocol))

@@ -44,6 +44,7 @@ from recsys_pipeline.serving.snapshot import (
     ITEMS,
     RECOMMENDATIONS,
     current_day,
+    describe_days,
     published_days,
     snapshot_path,
 )
@@ -239,7 +240,10 @@ def create_app(paths: HomePaths, api_key: str | None = None):
     app.state.snapshots = state
 
     def not_published() -> JSONResponse:
-        path = snapshot_path(paths, RECOMMENDATIONS)
+        try:
+            path = snapshot_path(paths, RECOMMENDATIONS)
+        except ValueError as exc:  # an unreadable current-day pointer: say so, not a 500
+            return JSONResponse(status_code=503, content={"error": "not_published", "detail": str(exc)[:500]})
         return JSONResponse(
             status_code=503,
             content={
@@ -275,18 +279,25 @@ def create_app(paths: HomePaths, api_key: str | None = None):
         user_id: str,
         k: int = Query(10, ge=1, le=MAX_K, description="list length (at most what was published per user)"),
         fallback: bool = Query(False, description="an id without history is a new user: popularity list, not 404"),
-        day: date | None = Query(  # noqa: B008  (FastAPI's way; `date` is not one of ruff's immutable types)
-            None, alias="date", description="UTC day of the lists (YYYY-MM-DD); default: the current published day"
+        day_text: str | None = Query(
+            None,
+            alias="date",
+            pattern=r"^\d{4}-\d{2}-\d{2}$",  # YYYY-MM-DD only: no epoch seconds, no datetimes
+            description="UTC day of the lists (YYYY-MM-DD); default: the current published day",
         ),
     ):
         """A user's top-``k`` list of the current day, or of ``date``. Known user (has history): personalized list
         from the champion of that day. Unknown id: 404, or with ``fallback=true`` the popularity list (``strategy =
-        popularity_fallback``). A day without published lists: 404 ``unknown_date``."""
+        popularity_fallback``). A day without published lists: 404 ``unknown_date``; a malformed one: 422."""
+        try:
+            day = date.fromisoformat(day_text) if day_text is not None else None
+        except ValueError as exc:  # matches the pattern but is no day, e.g. 2018-02-30
+            return JSONResponse(status_code=422, content={"error": "invalid_date", "detail": str(exc)[:200]})
         if day is not None:
             loaded = state.for_day(day)
             if loaded is None:
                 days = published_days(paths)
-                shown = f"{days[0]} .. {days[-1]} ({len(days)} days)" if days else "none"
+                shown = describe_days(days)
                 return JSONResponse(
                     status_code=404,
                     content={

@@ -23,6 +23,7 @@ from recsys_pipeline.serving.snapshot import (
     ITEMS,
     RECOMMENDATIONS,
     current_day,
+    describe_days,
     publish_snapshot,
     published_days,
     remove_days_before,
@@ -128,7 +129,7 @@ def make_current(paths: HomePaths, day: date, **info: str) -> date | None:
     """
     days = published_days(paths)
     if day not in days:
-        shown = f"{days[0]} .. {days[-1]} ({len(days)} days)" if days else "none"
+        shown = describe_days(days)
         raise LookupError(f"no published recommendations of {day}; published days: {shown}")
     previous = current_day(paths)
     set_current_day(paths, day, **info)

@@ -123,6 +123,14 @@ def set_current_day(paths: HomePaths, day: date, **info: str) -> Path:
     )
 
 
+def describe_days(days: list[date]) -> str:
+    """``"2018-09-01 .. 2018-09-24 (24 days)"`` of ascending ``days``, ``"none"`` when empty: how error messages
+    name the published days."""
+    if not days:
+        return "none"
+    return f"{days[0]} .. {days[-1]} ({len(days)} day{'s' if len(days) != 1 else ''})"
+
+
 def published_days(paths: HomePaths, name: str = RECOMMENDATIONS) -> list[date]:
     """The UTC days with a published snapshot ``name``, ascending."""
     folder = paths.published / DAYS_FOLDER

@@ -138,7 +138,6 @@ def test_a_table_of_an_older_release_gets_its_partition_column(con):
         "model_version VARCHAR NOT NULL, produced_on DATE NOT NULL)"
     )
     warehouse.insert_frame(con, "recommendations", old)
-    warehouse.replace_partition(
-        con, RECOMMENDATIONS, date(2020, 1, 1), daily_lists("2020-01-01", 3), legacy_from="produced_on"
-    )
-    assert per_day(con) == {"2019-12-31": 4, "2020-01-01": 6}  # the old lists kept, dated the day they were made
+    warehouse.replace_partition(con, RECOMMENDATIONS, date(2020, 1, 1), daily_lists("2020-01-01", 3))
+    # the old lists carry no day of the data (produced_on is the wall clock's): dropped, not dated after every day
+    assert per_day(con) == {"2020-01-01": 6}

@@ -244,6 +244,9 @@ def test_item_cold_mixed_is_the_cold_split_ranked_over_the_whole_catalogue(inter
     assert set(mixed["item_id"]) <= split.cold_items  # new items first: the whole-catalogue lists are theirs
     assert len(mixed) == len(cold_lists)
     assert validation_split("item_cold_mixed") == "last"
+    # its rows are the whole-catalogue figures of the shared evaluation, not a copy of the held-out ones
+    assert ("item_cold_mixed", "ours", "cold_candidates_recall_at_5") not in f
+    assert f["item_cold_mixed", "ours", "recall_at_5"] == f["item_cold_start", "ours", "recall_at_5"]
 
 
 def test_k_core_view_is_iterated_and_chooses_the_split():
@@ -264,3 +267,10 @@ def test_k_core_view_is_iterated_and_chooses_the_split():
     assert set(split.train["item_id"]) | set(split.test["item_id"]) == {"i0", "i1", "i2"}
     with pytest.raises(ValueError, match="k_core"):
         EvaluationSettings(k_core=-1)
+    with pytest.raises(ValueError, match="item_cold_start: the train part is empty .*k_core=10"):
+        evaluate_protocols(
+            lambda _val: PopularityRecommender(),
+            data,
+            Catalog(data),
+            EvaluationSettings(["item_cold_start"], k_core=10),
+        )

@@ -197,6 +197,9 @@ def test_a_day_without_lists_is_404_and_a_malformed_date_422(by_day):
     }
     assert client.get("/recommendations/1", params={"date": "2018-02-30"}).status_code == 422
     assert client.get("/recommendations/1", params={"date": "tomorrow"}).status_code == 422
+    # only YYYY-MM-DD: no epoch seconds (1536796800 is 2018-09-13), no datetime
+    for lax in ("1536796800", "0", "2018-09-23T00:00:00"):
+        assert client.get("/recommendations/1", params={"date": lax}).status_code == 422, lax
     # an unknown user on a known day is the usual unknown_user 404, the day's popularity list on request
     assert client.get("/recommendations/9", params={"date": "2018-09-23"}).json()["error"] == "unknown_user"
     cold = client.get("/recommendations/9", params={"date": "2018-09-23", "fallback": "true", "k": 1}).json()
