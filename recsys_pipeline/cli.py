@@ -138,7 +138,8 @@ def _prepare_home(home: str | None, in_process: bool = True) -> HomePaths:
         _quiet_libraries()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return instance.prepare(_paths(home))
+    with _postgres_errors():
+        return instance.prepare(_paths(home))
 
 
 def _definitions():
@@ -226,16 +227,29 @@ def _instance():
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef  # no public API takes overrides for the home's instance
 
+    noop = {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+    with _postgres_errors():
+        return dg.DagsterInstance.from_ref(
+            InstanceRef.from_dir(os.environ["DAGSTER_HOME"], overrides={"compute_logs": noop})
+        )
+
+
+@contextlib.contextmanager
+def _postgres_errors():
+    """The postgres profile's server unreachable: exit with one line naming ``RECSYS_POSTGRES_URL`` (password
+    masked), not a page of traceback."""
     try:  # the postgres profile's storage (an optional extra)
         from dagster_postgres.utils import DagsterPostgresException
     except ImportError:
         DagsterPostgresException = ()  # noqa: N806  (an except clause of nothing)
-    noop = {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+    from sqlalchemy.exc import OperationalError
+
     try:
-        return dg.DagsterInstance.from_ref(
-            InstanceRef.from_dir(os.environ["DAGSTER_HOME"], overrides={"compute_logs": noop})
-        )
-    except DagsterPostgresException as exc:  # e.g. the server is unreachable: one line, not a page of traceback
+        yield
+    except (DagsterPostgresException, OperationalError) as exc:
+        if isinstance(exc, OperationalError) and get_settings().profile != "postgres":
+            raise
+        exc = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]  # the driver's first line
         url = _shown_uri(get_settings().postgres_url or "")
         raise SystemExit(f"recsys: the PostgreSQL server of RECSYS_POSTGRES_URL ({url}): {exc}") from None
 

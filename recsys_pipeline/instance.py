@@ -65,6 +65,7 @@ __all__ = [
     "BatchedSqliteEventLogStorage",
     "PoolWaitError",
     "prepare",
+    "ensure_postgres_storage",
     "relax_sqlite_sync",
     "free_slots_of_dead_steps",
     "kill_orphaned_mlflow_runs",
@@ -95,7 +96,45 @@ def prepare(paths: HomePaths | None = None) -> HomePaths:
     os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
     os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
     relax_sqlite_sync()
+    ensure_postgres_storage(paths)
     return paths
+
+
+# PostgreSQL advisory lock held while one process creates the Dagster instance's tables (MLflow's store has its own)
+DAGSTER_STORE_LOCK_KEY = 7_305_142_093_611_870_002
+_ready_homes: set[str] = set()
+
+
+def ensure_postgres_storage(paths: HomePaths) -> None:
+    """On the postgres profile, make sure the Dagster instance's tables exist: one process at a time opens the
+    instance of ``paths`` (which creates them when missing) under a PostgreSQL advisory lock
+    (:data:`DAGSTER_STORE_LOCK_KEY`); once per home and process. Other profiles: nothing.
+
+    Why: ``dagster-postgres`` creates its tables when an instance is first opened, and two processes doing it at
+    once on an empty database fail (measured in ``tests/orchestration/test_postgres_profile.py``: ``type
+    "secondary_indexes" already exists``). Every ``recsys`` command and the code location go through
+    :func:`prepare`; a bare ``dagster`` command started on an empty database before any of them can still race.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the server cannot be reached.
+    """
+    settings = get_settings()
+    if settings.profile != "postgres" or str(paths.dagster_home) in _ready_homes:
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(str(settings.postgres_url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": DAGSTER_STORE_LOCK_KEY})
+            try:
+                dg.DagsterInstance.from_config(str(paths.dagster_home)).dispose()
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": DAGSTER_STORE_LOCK_KEY})
+    finally:
+        engine.dispose()
+    _ready_homes.add(str(paths.dagster_home))
 
 
 _installed = False

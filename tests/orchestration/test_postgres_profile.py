@@ -205,6 +205,11 @@ def test_backfill_second_run_and_two_trainings_at_once_on_postgres(postgres_serv
     os.environ.update(profile)  # this process reads the same instance and store as its children (undone below)
     try:
         paths = ensure_home(HomePaths.at(tmp_path / "home"))
+        # what any first `recsys` command does (instance.prepare): create the instance's tables once, so the
+        # processes below do not race to create them on the empty database
+        from recsys_pipeline.instance import ensure_postgres_storage
+
+        ensure_postgres_storage(paths)
         with warehouse.session(paths.warehouse) as con:
             warehouse.replace_table(con, ITEM_CATALOG, build_item_catalog(*MovieLensSource(str(data)).read_catalog()))
         children = Children(
