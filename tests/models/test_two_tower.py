@@ -545,15 +545,15 @@ def test_saved_model_holds_folded_history_and_old_artifacts_load(content, toy, t
     plain.save(tmp_path / "p")
     assert not [k for k in load_file(str(tmp_path / "p" / "model.safetensors")) if "history" in k]
     meta = json.loads((tmp_path / "p" / "config.json").read_text())
-    assert meta["format_version"] == 2
+    assert meta["format_version"] == 3
     del meta["model_config"]["history_length"], meta["model_config"]["history_dropout"]
     meta["format_version"] = 1
     (tmp_path / "p" / "config.json").write_text(json.dumps(meta))
     old = TwoTowerRecommender.load(tmp_path / "p", content)
     np.testing.assert_array_equal(old.score(["u1"], content.item_ids), plain.score(["u1"], content.item_ids))
-    # a format this code does not know is refused up front (so is format 2 by the code before it, not half-loaded)
-    (tmp_path / "p" / "config.json").write_text(json.dumps(dict(meta, format_version=3)))
-    with pytest.raises(ValueError, match="format_version 3"):
+    # a format this code does not know is refused up front (so is format 3 by the code before it, not half-loaded)
+    (tmp_path / "p" / "config.json").write_text(json.dumps(dict(meta, format_version=4)))
+    with pytest.raises(ValueError, match="format_version 4"):
         TwoTowerRecommender.load(tmp_path / "p", content)
 
 

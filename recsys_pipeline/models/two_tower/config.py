@@ -54,6 +54,14 @@ class ModelConfig:
     (``fusion_pooling="attention"``), the best image variant, 0.265 (0.245). ``exclude_modalities=""`` reads them
     (through ``pca_dim`` components, pooled by learned weights).
 
+    ``item_item_weight=w > 0`` adds an item-item head (EASE, Steck 2019; ``item_item.ItemItemHead``) fitted in
+    closed form on the training interactions: the score becomes ``z(two-tower) + w * z(item-item)``, each
+    standardised per user over the trained items, so ``w`` is scale-free. It scores from the set of the user's items,
+    order ignored: on ml-latest-small a per-user random holdout wants it (``user_random_fraction`` NDCG@10 0.31
+    without the history head, 0.40 with ``w=0.5``) and a per-user temporal one does not (``user_last_fraction``:
+    every ``w`` tried lowered NDCG@10), hence off by default; ``model_tuning`` chooses it per protocol. A new item has
+    no item-item weight, so among new items the ranking is the content path's.
+
     History head, measured (validation split carved from the benchmark's train split, text only, seed 0): no
     history -> history head: per-user holdout NDCG@10 0.088 -> 0.153, Recall@20 0.108 -> 0.183; item cold start
     NDCG@10 0.273 -> 0.313, Recall@20 0.222 -> 0.263. Figures per change: ``benchmarks/results/model_changes.md``.
@@ -92,6 +100,10 @@ class ModelConfig:
     refit: bool = True  # after early stopping, train on all interactions (validation part included)
     refit_epochs: int = 0  # 0: the refit starts from scratch for the best epoch count; n: on from the best weights
     warm_start_epochs: int = 2  # warm-started retraining (fit(init=champion)): epochs on every interaction
+    item_item_weight: float = 0.0  # > 0: blend in the EASE item-item head (see below); 0 = off
+    item_item_l2: float = 500.0  # EASE's λ
+    item_item_neighbours: int = 200  # item-item weights kept per item
+    item_item_max_items: int = 20_000  # only the most-interacted items get item-item weights (O(n²) memory)
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -111,6 +123,8 @@ class ModelConfig:
             "batch_size",
             "max_epochs",
             "warm_start_epochs",
+            "item_item_neighbours",
+            "item_item_max_items",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -131,6 +145,11 @@ class ModelConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_split not in VALIDATION_SPLITS:
             raise ValueError(f"val_split must be one of {VALIDATION_SPLITS}, got {self.val_split!r}")
+        if self.item_item_weight < 0 or self.item_item_l2 <= 0:
+            raise ValueError(
+                f"item_item_weight must be >= 0 (0 = off) and item_item_l2 > 0, got {self.item_item_weight}, "
+                f"{self.item_item_l2}"
+            )
         if not (self.lr > 0 and self.weight_decay >= 0 and self.history_decay > 0):
             raise ValueError("lr and history_decay must be > 0, weight_decay >= 0")
 

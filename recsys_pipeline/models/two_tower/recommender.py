@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import Logger
 from recsys_pipeline.content.features import ItemFeatures
 from recsys_pipeline.models.base import Recommender, SeenItems
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
+from recsys_pipeline.models.two_tower.item_item import ItemItemHead
 from recsys_pipeline.models.two_tower.item_tensors import item_table
 from recsys_pipeline.models.two_tower.lightning_module import (
     BestStateCallback,
@@ -36,8 +37,10 @@ from recsys_pipeline.models.two_tower.warm_start import carry_rows, remap_state
 
 __all__ = ["TwoTowerRecommender", "FORMAT_VERSION", "two_tower_for_split"]
 
-FORMAT_VERSION = 2  # 2: history head (``user_tower.folded_history``, ``next_item_emb``); 1: plain two-tower
-_READABLE_FORMATS = (1, 2)
+# 3: optional item-item head (``item_item.npz``); 2: history head (``user_tower.folded_history``,
+# ``next_item_emb``); 1: plain two-tower
+FORMAT_VERSION = 3
+_READABLE_FORMATS = (1, 2, 3)
 _HISTORY_PREFIX = "user_tower.history."  # the pooling module: training only
 _FOLDED_KEY = "user_tower.folded_history"
 
@@ -92,7 +95,8 @@ class TwoTowerRecommender(Recommender):
         ``item_ids``: the catalog (``features.item_ids``); ``trained_item_ids``: items with a trained id embedding
         (index ``i + 1``), any other catalog item is a cold item ranked from its content. ``user_ids``: users with
         an embedding (index ``i + 1``); another user scores as the unknown user, i.e. by the learned,
-        content-aware item bias alone. ``train_stats``: see :meth:`fit`.
+        content-aware item bias alone. ``item_item``: the EASE head (``config.item_item_weight > 0``) or ``None``.
+        ``train_stats``: see :meth:`fit`.
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class TwoTowerRecommender(Recommender):
         self.model: TwoTowerModel | None = None
         self.train_stats: dict = {}
         self._history_state: dict[str, torch.Tensor] = {}  # pooling weights of a loaded model (warm starts)
+        self.item_item: ItemItemHead | None = None
 
     # ------------------------------------------------------------------ fitted state
     def _set_state(
@@ -134,6 +139,7 @@ class TwoTowerRecommender(Recommender):
         self.seen = seen
         self._table = item_table(features, self.item_index, self.genre_names, self.modality_dims)
         self._item_vecs: torch.Tensor | None = None
+        self._trained_rows_cache: torch.Tensor | None = None
         return self
 
     @property
@@ -145,6 +151,7 @@ class TwoTowerRecommender(Recommender):
         other = TwoTowerRecommender(self.config, self.trainer_config)
         other.train_stats = dict(self.train_stats)
         other._history_state = self._history_state
+        other.item_item = self.item_item
         return other._set_state(
             self.model, self.user_ids, self.trained_item_ids, features, self.modality_dims, self.genre_names, self.seen
         )
@@ -157,6 +164,7 @@ class TwoTowerRecommender(Recommender):
         """Move the weights (and drop cached item vectors) to ``device``; returns self."""
         self.model.to(device)
         self._item_vecs = None
+        self._trained_rows_cache = None
         return self
 
     def item_vectors(self) -> torch.Tensor:
@@ -183,11 +191,34 @@ class TwoTowerRecommender(Recommender):
 
     @torch.no_grad()
     def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-        """``(n_users, n_items)`` float32 scores; unknown users get the item-bias (popularity-like) score."""
+        """``(n_users, n_items)`` float32 scores; unknown users get the item-bias (popularity-like) score.
+
+        With an item-item head (``config.item_item_weight = w > 0``): ``z(two-tower) + w * z(item-item)``, each
+        term standardised per user by its mean and standard deviation over the trained items (not over the items
+        asked for, so an item's score does not depend on the others asked); the item-item term reads the user's
+        ``seen`` items, is 0 for an item without item-item weights (a new item) and for a user with no seen items.
+        """
         if self.model is None:
             raise RuntimeError("TwoTowerRecommender.score called before fit or load")
         rows = torch.from_numpy(self._item_rows(item_ids)).to(self.device)
-        return (self.user_vectors(user_ids) @ self.item_vectors()[rows].T).float().cpu().numpy()
+        users = self.user_vectors(user_ids)
+        scores = (users @ self.item_vectors()[rows].T).float().cpu().numpy()
+        if self.item_item is None or self.config.item_item_weight == 0:
+            return scores
+        trained = self._trained_rows()
+        reference = (users @ self.item_vectors()[trained].T).float().cpu().numpy()
+        scores = _standardise(scores, reference)
+        item_item = self.item_item.scores(self.seen, user_ids)
+        columns = self.item_item.item_ids.get_indexer(pd.Index([str(i) for i in item_ids], dtype=object))
+        asked = np.where(columns >= 0, item_item[:, np.maximum(columns, 0)], 0.0)
+        return (scores + self.config.item_item_weight * _standardise(asked, item_item)).astype(np.float32)
+
+    def _trained_rows(self) -> torch.Tensor:
+        """Catalog rows of the trained items (the fixed reference set of :meth:`score`'s standardisation)."""
+        if getattr(self, "_trained_rows_cache", None) is None:
+            rows = self.features.rows(self.trained_item_ids)
+            self._trained_rows_cache = torch.from_numpy(rows[rows >= 0]).to(self.device)
+        return self._trained_rows_cache
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -213,7 +244,8 @@ class TwoTowerRecommender(Recommender):
                 new ones and, as replay, all the older ones), without validation, early stopping or refit.
 
         Sets ``train_stats``: ``best_val_ndcg_at_10, epochs_trained, best_epoch, train_seconds,
-        samples_per_second, n_train_interactions, n_val_users, refit, history_items_trained, warm_start`` (and
+        samples_per_second, n_train_interactions, n_val_users, refit, history_items_trained, warm_start,
+        item_item_seconds, item_item_items`` (``train_seconds`` includes the item-item fit) (and
         with ``init``: ``warm_start_users_carried``, ``warm_start_items_carried``, the ids whose rows came from it).
 
         Raises:
@@ -325,6 +357,14 @@ class TwoTowerRecommender(Recommender):
             # except items seen only in validation (no id embedding, so padding)
             module.set_history(*InteractionDataModule(interactions, features, 0.0, config.batch_size).train_history)
         module.fold_history()
+        item_item_seconds = 0.0
+        self.item_item = None
+        if config.item_item_weight > 0:
+            started = time.perf_counter()
+            self.item_item = ItemItemHead.fit(
+                interactions, config.item_item_l2, config.item_item_neighbours, config.item_item_max_items
+            )
+            item_item_seconds = time.perf_counter() - started
         seconds = time.perf_counter() - t0
         self.train_stats = {
             "best_val_ndcg_at_10": float(best.best_score) if best.best_state is not None else float("nan"),
@@ -338,6 +378,8 @@ class TwoTowerRecommender(Recommender):
             # item ids whose history embedding was trained (merged over DDP ranks); the rest pool as padding
             "history_items_trained": int(module.h_trained[1:].sum()) if hasattr(module, "h_trained") else 0,
             "warm_start": init is not None,
+            "item_item_seconds": item_item_seconds,
+            "item_item_items": len(self.item_item.item_ids) if self.item_item is not None else 0,
             **{f"warm_start_{k}": v for k, v in carried.items()},
         }
         self._history_state = {}
@@ -354,7 +396,8 @@ class TwoTowerRecommender(Recommender):
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` (weights), ``config.json`` (config, widths, genres), ``id_maps.json``,
-        ``item_features.npz``, ``seen.parquet`` and ``recommender.json``; no pickle anywhere."""
+        ``item_features.npz``, ``seen.parquet``, ``recommender.json`` and, with an item-item head,
+        ``item_item.npz`` + ``item_item_ids.json``; no pickle anywhere."""
         from safetensors.torch import save_file
 
         d = Path(directory)
@@ -375,6 +418,8 @@ class TwoTowerRecommender(Recommender):
         (d / "config.json").write_text(json.dumps(meta, indent=2))
         (d / "id_maps.json").write_text(json.dumps({"user_ids": self.user_ids, "item_ids": self.trained_item_ids}))
         self.features.to_npz(d / "item_features.npz")
+        if self.item_item is not None:
+            self.item_item.save(d)
 
     @classmethod
     def load(
@@ -426,6 +471,7 @@ class TwoTowerRecommender(Recommender):
         module.model.to(map_location)  # load_state_dict copies into the CPU-built module
         loaded = cls(config)
         loaded._history_state = {k: v for k, v in state.items() if k.startswith(_HISTORY_PREFIX)}
+        loaded.item_item = ItemItemHead.load(d)
         return loaded._set_state(
             module.model,
             maps["user_ids"],
@@ -501,6 +547,13 @@ def _saved_reductions(state: dict[str, torch.Tensor]) -> dict[str, dict[str, np.
         m: {part: state[_REDUCER_KEY.format(m, part)].cpu().numpy() for part in ("mean", "components", "scale")}
         for m in names
     }
+
+
+def _standardise(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``(values - mean) / std`` per row, with the mean and std of ``reference``'s row (a constant row: std 1)."""
+    mean = reference.mean(axis=1, keepdims=True)
+    std = reference.std(axis=1, keepdims=True)
+    return (values - mean) / np.where(std > 0, std, 1.0)
 
 
 def _check_inputs(interactions: pd.DataFrame, features: ItemFeatures) -> None:
