@@ -21,9 +21,11 @@ Metrics come from ``recsys_pipeline.evaluation.evaluate.evaluate`` (what ``model
 peers included, ranks through ``Recommender.recommend``.
 
 Peers (``--models``, default all): ``ours`` (two-tower, text), ``popularity``, ``random``, ``content_knn`` (mean text
-vector of the user's items, cosine), ``implicit`` ``als`` / ``bpr``, cornac 3.x ``cornac_bpr``, ``bivae``, ``ease``,
-``itemknn`` and ``vbpr`` (visual features = the poster image embeddings when ``--posters DIR`` is given: the
-project's ``ImageEncoder``, cached in ``benchmarks/.cache/``; else its row is N/A), LightFM WARP ``lightfm_ids``,
+vector of the user's items, cosine), ``implicit`` ``als`` / ``bpr``, cornac 3.x ``cornac_bpr``, ``bivae``, ``ease`` and
+``vbpr`` (visual features = the poster image embeddings when ``--posters DIR`` is given: the project's
+``ImageEncoder``, cached in ``benchmarks/.cache/``; else its row is N/A), ``itemknn`` (item-based k-NN for top-N,
+cosine; not cornac's ``ItemKNN``, a rating predictor that ranks nothing on all-ones data, see ``ItemKNN``), LightFM
+WARP ``lightfm_ids``,
 ``lightfm_genres`` (ids + genres), ``lightfm_genres_text`` (ids + genres + text PCA-32) and ``lightfm_content``
 (item features only: genres + the full text vectors, no id features: a cold-start peer). Pure collaborative peers
 cannot rank an item with no interactions (no trained factor): their cold-protocol cells are N/A, with the reason
@@ -375,13 +377,45 @@ def fit_ease(data: Data, lamb=500.0):
     return CornacScorer(data, m, ts, lambda rows: np.asarray(m.U[rows] @ m.B))
 
 
-def fit_itemknn(data: Data, k=20, similarity="cosine", weighting=None):
-    from cornac.models import ItemKNN
+class ItemKNN(FittedScorer):
+    """Item-based k-NN for top-N on implicit data (Deshpande & Karypis 2004): cosine similarity of the items' binary
+    user vectors, ``sim = co-occurrence / (|i| |j| + shrink)``, each item keeping its ``k`` nearest, raised to
+    ``amplify``; ``score(u, i) = sum over the user's train items j of sim(i, j)``; unknown users score 0.
 
-    ts = _cornac_train_set(data)
-    m = ItemKNN(k=k, similarity=similarity, weighting=weighting, num_threads=1, verbose=False, seed=data.seed)
-    m.fit(ts)
-    return CornacScorer(data, m, ts)
+    Not cornac's ``ItemKNN``: measured on this data, its similarity is computed over co-rated users only, so on
+    all-ones implicit ratings every pair that shares a user has similarity 1.0 (whatever ``k`` or weighting), and
+    its ``score`` is rating prediction (a similarity-weighted *average* of the user's ratings, 1.0 for every item
+    with a rated neighbour): Recall@20 0.004 on user_last_fraction (200 users) against 0.116 for ALS.
+    """
+
+    def __init__(self, data: Data, k: int = 20, shrink: float = 0.0, amplify: float = 1.0):
+        super().__init__(data)
+        x = data.user_items.T.tocsr().astype(np.float32)  # items x users, binary
+        norms = np.sqrt(np.asarray(x.sum(axis=1)).ravel())
+        co = (x @ x.T).tocsr()
+        co.setdiag(0.0)
+        co.eliminate_zeros()
+        rows = np.repeat(np.arange(co.shape[0]), np.diff(co.indptr))
+        co.data = co.data / (norms[rows] * norms[co.indices] + shrink)
+        keep = np.zeros(co.nnz, bool)
+        for i in range(co.shape[0]):  # each item's k nearest neighbours
+            lo, hi = co.indptr[i], co.indptr[i + 1]
+            if hi - lo <= k:
+                keep[lo:hi] = True
+            else:
+                keep[lo + np.argpartition(-co.data[lo:hi], k - 1)[:k]] = True
+        co.data = np.where(keep, co.data**amplify, 0.0).astype(np.float32)
+        co.eliminate_zeros()
+        self.sim_t = co.T.tocsr()  # column i: the neighbours of item i
+        self.rated = data.user_items
+
+    def score(self, user_ids, item_ids) -> np.ndarray:
+        u = np.array([self.data.user_index.get(str(x), -1) for x in user_ids])
+        i = self.data.content.rows([str(x) for x in item_ids])
+        out = np.zeros((len(u), len(i)), np.float32)
+        known = u >= 0
+        out[known] = (self.rated[u[known]] @ self.sim_t[:, i]).toarray()
+        return out
 
 
 def fit_bivae(data: Data, k=10, encoder_width=20, n_epochs=100, learning_rate=0.001, batch_size=100):
@@ -594,9 +628,9 @@ def _space_ease(t):
 
 def _space_itemknn(t):
     return dict(
-        k=t.suggest_int("k", 10, 200, log=True),
-        similarity=t.suggest_categorical("similarity", ["cosine", "pearson"]),
-        weighting=t.suggest_categorical("weighting", [None, "idf", "bm25"]),
+        k=t.suggest_int("k", 10, 500, log=True),
+        shrink=t.suggest_float("shrink", 0.0, 100.0),
+        amplify=t.suggest_float("amplify", 1.0, 3.0),
     )
 
 
@@ -701,11 +735,12 @@ def families() -> list[Family]:
         ),
         Family(
             "itemknn",
-            fit_itemknn,
+            ItemKNN,
             _space_itemknn,
-            default=dict(k=20, similarity="cosine", weighting=None),
+            default=dict(k=20, shrink=0.0, amplify=1.0),
             cold_na="no interactions = no item-item similarity",
-            note="cornac ItemKNN",
+            note="item-based k-NN, cosine, score = sum of similarities to the user's items (not cornac's ItemKNN: "
+            "rating prediction, all-ones similarities on implicit data; see ItemKNN)",
         ),
         Family(
             "vbpr",

@@ -40,7 +40,9 @@ def test_cornac_ease_and_bpr_rank_planted_structure_above_random(setup):
     assert ease["recall_at_20"] > rnd["recall_at_20"] + 0.3
     assert bpr["ndcg_at_10"] > rnd["ndcg_at_10"] + 0.3
     assert bpr["recall_at_20"] > rnd["recall_at_20"] + 0.3
-    for m in (rnd, ease, bpr):
+    knn = _figures(quality.ItemKNN(data, k=20), split, "user_last_fraction")
+    assert knn["ndcg_at_10"] > rnd["ndcg_at_10"] + 0.3
+    for m in (rnd, ease, bpr, knn):
         assert 0.0 <= m["ndcg_at_10"] <= 1.0 and 0.0 <= m["recall_at_20"] <= 1.0
 
 
@@ -55,6 +57,20 @@ def test_cornac_scorer_unknown_items_last_and_unknown_users_zero(setup):
     assert s.shape == (2, len(warm) + len(cold)) and s.dtype == np.float32
     assert s[0, len(warm) :].max() < s[0, : len(warm)].min()  # an item cornac never saw ranks below every known one
     assert not s[1].any()  # an unknown user scores 0 everywhere
+
+
+def test_vbpr_scores_cold_items_by_their_visual_features(setup):
+    content, inter = setup
+    split = make_split(inter, "item_cold_start", EvaluationSettings(seed=0))
+    model = quality.fit_vbpr(quality.Data(split.train, content, 0), n_epochs=2)
+    cold = sorted(split.cold_items)
+    s = model.score([split.train["user_id"].iloc[0], "nobody"], cold)
+    assert s.shape == (2, len(cold)) and np.isfinite(s).all()
+    assert s[0].std() > 0  # the visual part ranks items cornac never saw
+    assert not s[1].any()
+    # no image modality: the family says why it cannot run
+    fam = next(f for f in quality.families() if f.name == "vbpr")
+    assert fam.needs(content) == "" and "--posters" in fam.needs(content.with_modalities(["text"]))
 
 
 def test_lightfm_item_features_only_ranks_cold_items_above_random(setup):
