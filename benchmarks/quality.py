@@ -847,12 +847,13 @@ class Tuner:
             model = fit_family(fam, Data(inner.train, content, seed), params, protocol, self.quick)
             fit_s = time.perf_counter() - t0
             value = figures(model, inner, [protocol])[protocol][key]
-            self.log(f"  trial {trial.number} {fam.name}/{protocol} {params}: val NDCG@10 {value:.4f} ({fit_s:.1f}s)")
+            shown = effective_params(fam, params, self.quick)
+            self.log(f"  trial {trial.number} {fam.name}/{protocol} {shown}: val NDCG@10 {value:.4f} ({fit_s:.1f}s)")
             if self.mlflow_on:
                 import mlflow
 
                 with mlflow.start_run(run_name=f"{fam.name}/{protocol}/trial{trial.number}", nested=True):
-                    mlflow.log_params({"family": fam.name, "protocol": protocol, **params})
+                    mlflow.log_params({"family": fam.name, "protocol": protocol, **shown})
                     mlflow.log_metrics({"val_ndcg_at_10": value, "fit_seconds": fit_s})
             return value
 
@@ -976,7 +977,7 @@ def write_table(rows: list[dict], meta: dict, path: Path | None = None, extra: s
         for p, why in r.get("na", {}).items():
             reasons.setdefault(why, []).append(p)
         notes += [f"N/A on {', '.join(ps)}: {why}" for why, ps in reasons.items()]
-        fit_s = f"{np.mean(r['fit_s']):.1f}" if r.get("fit_s") else ""
+        fit_s = f"{np.mean(r['fit_s']):.1f}" if r.get("fit_s") else "-"
         note = "; ".join(n for n in notes if n) or "-"
         lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {params} | {fit_s} | {note} |")
     text = "\n".join(lines) + "\n" + extra
@@ -1008,6 +1009,7 @@ def mlflow_parent(run_name: str):
     mlflow.set_tracking_uri(uri)
     # artifacts under the home, not ./mlruns of whatever folder the script runs from
     exp = experiment_id(uri, "quality_benchmark", str(paths.mlflow_artifacts))
+    mlflow.set_experiment(experiment_id=exp)  # the trials' nested runs go to the same experiment
     print(f"[mlflow] logging to {uri} (experiment quality_benchmark)")
     return mlflow.start_run(experiment_id=exp, run_name=run_name)
 

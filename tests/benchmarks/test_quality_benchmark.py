@@ -175,3 +175,19 @@ def test_table_format_mean_std_and_merge(tmp_path):
     als_params = "user_last_fraction: factors=64, regularization=0.04312 | 2.0 | "
     assert lines[1] == als_cells + als_params + "N/A on item_cold_start: no interactions = no trained factor |"
     assert "data view: 10-core" in text and "wall time 42 s" in text and "seeds: [0, 1]" in text
+
+
+def test_trials_are_mlflow_child_runs_of_the_benchmark_run(setup, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    content, inter = setup
+    fams = [f for f in quality.families() if f.name == "ease"]
+    with quality.mlflow_parent("toy") as parent:
+        quality.run(inter, content, fams, ["user_last_fraction"], [0], quality.Tuner(2, quick=True, mlflow_on=True))
+    runs = mlflow.search_runs(experiment_ids=[parent.info.experiment_id])
+    kids = runs[runs["tags.mlflow.parentRunId"] == parent.info.run_id]
+    assert sorted(kids["tags.mlflow.runName"]) == ["ease/user_last_fraction/trial0", "ease/user_last_fraction/trial1"]
+    assert (kids["metrics.val_ndcg_at_10"] > 0.3).all()
+    assert "500.0" in kids["params.lamb"].tolist()  # trial 0: the documented default
