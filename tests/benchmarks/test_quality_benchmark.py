@@ -1,5 +1,7 @@
-"""Smoke test of benchmarks/quality.py on the planted toy data (the ``toy`` fixture; no text model, no full data)."""
+"""Smoke tests of benchmarks/quality.py on the planted toy data (the ``toy`` fixture; no text model, no full data):
+the peer wrappers, the quick-mode run (Optuna budgets, N/A rows) and the table format."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,53 +12,182 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import quality  # noqa: E402
 
+from recsys_pipeline.evaluation.protocols import EvaluationSettings, make_split  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def setup(toy):
     return toy.features(), toy.interactions()
 
 
-@pytest.mark.parametrize("protocol", ["warm", "cold"])
-def test_peers_rank_planted_structure_above_random(setup, protocol):
+def _figures(model, split, protocol):
+    return quality.figures(model, split, [protocol])[protocol]
+
+
+def test_cornac_ease_and_bpr_rank_planted_structure_above_random(setup):
     content, inter = setup
-    split = quality.make_split(protocol, inter, seed=0)
+    split = make_split(inter, "user_last_fraction", EvaluationSettings(seed=0))
     data = quality.Data(split.train, content, 0)
-    ids = content.item_ids
-    rnd = quality.evaluate(quality.RandomRecommender(0).fit(split.train, content), split, protocol, ids, None)
-    knn = quality.evaluate(quality.ContentKNN(data), split, protocol, ids, None)
-    lfm = quality.evaluate(quality.fit_lightfm(data, "genres", no_components=8, epochs=5), split, protocol, ids, None)
-    # users like exactly one genre and the text vector encodes the genre: content-based peers must beat random
-    assert knn["recall_at_20"] > rnd["recall_at_20"] + 0.1
-    assert lfm["recall_at_20"] > rnd["recall_at_20"] + 0.1
-    if protocol == "warm":
-        als = quality.evaluate(quality.fit_als(data, factors=8, iterations=5), split, protocol, ids, None)
-        assert als["ndcg_at_10"] > rnd["ndcg_at_10"]
-    for m in (rnd, knn, lfm):
+    rnd = _figures(quality.RandomRecommender(0).fit(split.train, content), split, "user_last_fraction")
+    ease = _figures(quality.fit_ease(data, lamb=50.0), split, "user_last_fraction")
+    bpr = _figures(
+        quality.fit_cornac_bpr(data, k=16, learning_rate=0.05, lambda_reg=0.01, max_iter=50),
+        split,
+        "user_last_fraction",
+    )
+    # users like exactly one genre: item-item co-occurrence (EASE) and factors (BPR) must find it
+    assert ease["ndcg_at_10"] > rnd["ndcg_at_10"] + 0.3
+    assert ease["recall_at_20"] > rnd["recall_at_20"] + 0.3
+    assert bpr["ndcg_at_10"] > rnd["ndcg_at_10"] + 0.3
+    assert bpr["recall_at_20"] > rnd["recall_at_20"] + 0.3
+    knn = _figures(quality.ItemKNN(data, k=20), split, "user_last_fraction")
+    assert knn["ndcg_at_10"] > rnd["ndcg_at_10"] + 0.3
+    for m in (rnd, ease, bpr, knn):
         assert 0.0 <= m["ndcg_at_10"] <= 1.0 and 0.0 <= m["recall_at_20"] <= 1.0
+
+
+def test_cornac_scorer_unknown_items_last_and_unknown_users_zero(setup):
+    content, inter = setup
+    split = make_split(inter, "item_cold_start", EvaluationSettings(seed=0))
+    model = quality.fit_ease(quality.Data(split.train, content, 0), lamb=50.0)
+    cold = sorted(split.cold_items)
+    warm = sorted(set(split.train["item_id"]))
+    user = split.train["user_id"].iloc[0]
+    s = model.score([user, "nobody"], warm + cold)
+    assert s.shape == (2, len(warm) + len(cold)) and s.dtype == np.float32
+    assert s[0, len(warm) :].max() < s[0, : len(warm)].min()  # an item cornac never saw ranks below every known one
+    assert not s[1].any()  # an unknown user scores 0 everywhere
+
+
+def test_vbpr_scores_cold_items_by_their_visual_features(setup):
+    content, inter = setup
+    split = make_split(inter, "item_cold_start", EvaluationSettings(seed=0))
+    model = quality.fit_vbpr(quality.Data(split.train, content, 0), n_epochs=2)
+    cold = sorted(split.cold_items)
+    s = model.score([split.train["user_id"].iloc[0], "nobody"], cold)
+    assert s.shape == (2, len(cold)) and np.isfinite(s).all()
+    assert s[0].std() > 0  # the visual part ranks items cornac never saw
+    assert not s[1].any()
+    # no image modality: the family says why it cannot run
+    fam = next(f for f in quality.families() if f.name == "vbpr")
+    assert fam.needs(content) == "" and "--posters" in fam.needs(content.with_modalities(["text"]))
+
+
+def test_lightfm_item_features_only_ranks_cold_items_above_random(setup):
+    content, inter = setup
+    split = make_split(inter, "item_cold_start", EvaluationSettings(seed=0))
+    data = quality.Data(split.train, content, 0)
+    f = quality._lightfm_item_features(data, "content", text_dim=0)
+    # genres + the full text vectors, no identity block: an item is only its content
+    assert f.shape == (len(content), len(content.genre_names) + content.modalities["text"].shape[1])
+    np.testing.assert_allclose(np.asarray(abs(f).sum(axis=1)).ravel(), 1.0, rtol=1e-5)
+    rnd = _figures(quality.RandomRecommender(0).fit(split.train, content), split, "item_cold_start")
+    lfm = _figures(quality.fit_lightfm(data, "content", no_components=16, epochs=10), split, "item_cold_start")
+    assert lfm["cold_candidates_ndcg_at_10"] > rnd["cold_candidates_ndcg_at_10"] + 0.2
+    assert lfm["cold_candidates_recall_at_20"] > rnd["cold_candidates_recall_at_20"] + 0.1
 
 
 def test_lightfm_features_hide_cold_item_ids(setup):
     content, inter = setup
-    split = quality.make_split("cold", inter, seed=0)
+    split = make_split(inter, "item_cold_start", EvaluationSettings(seed=0))
     data = quality.Data(split.train, content, 0)
     f = quality._lightfm_item_features(data, "genres+text", text_dim=4)
     cold_rows = content.rows(sorted(split.cold_items))
     assert f.shape == (len(content), len(content) + len(content.genre_names) + 4)
     assert f[cold_rows, : len(content)].nnz == 0  # no identity feature for an item without interactions
-    np.testing.assert_allclose(np.asarray(abs(f).sum(axis=1)).ravel(), 1.0, rtol=1e-5)
 
 
-def test_table_lists_ours_first_and_na(tmp_path):
+def test_quick_run_equal_budgets_and_na_rows(setup):
+    content, inter = setup
+    fams = [f for f in quality.families() if f.name in ("ease", "lightfm_content", "random", "vbpr")]
+    logged: list[str] = []
+    protocols = ["user_last_fraction", "item_cold_start", "item_cold_mixed"]
+    tuner = quality.Tuner(trials=2, quick=True, log=logged.append)
+    text_only = content.with_modalities(["text"])
+    rows = {r["name"]: r for r in quality.run(inter, text_only, fams, protocols, [0], tuner, log=logged.append)}
+    # equal budget: 2 trials per family with hyperparameters and split, 1 fit (no trials) without
+    for name, split in (("ease", "user_last_fraction"), ("lightfm_content", "item_cold_start")):
+        assert sum(line.startswith("  trial ") and f" {name}/{split} " in line for line in logged) == 2
+    assert not any(" random/" in line for line in logged)
+    # trial 0 is the documented default
+    assert any(line.startswith("  trial 0 ease/user_last_fraction {'lamb': 500.0}") for line in logged)
+    # pure CF: N/A on both cold protocols, with the reason; no fit there
+    assert rows["ease"]["na"] == dict.fromkeys(("item_cold_start", "item_cold_mixed"), quality.NO_FACTOR)
+    assert set(rows["ease"]["results"]) == {"user_last_fraction"}
+    # VBPR without an image modality: N/A everywhere, saying why
+    assert set(rows["vbpr"]["na"]) == set(protocols) and "--posters" in rows["vbpr"]["na"]["item_cold_start"]
+    # the content-only LightFM serves both cold views from one fit; its quick budget is applied
+    lfm = rows["lightfm_content"]
+    assert len(lfm["fit_s"]) == 2  # user_last_fraction + item_cold_start (item_cold_mixed reuses the latter)
+    assert lfm["params"]["item_cold_start"]["epochs"] == 3
+    assert set(lfm["results"]["item_cold_mixed"]) == {"cold_recall_at_20", "cold_ndcg_at_10", "cold_share_at_20"}
+    cold = lfm["results"]["item_cold_start"]["cold_candidates_ndcg_at_10"][0]
+    assert cold > rows["random"]["results"]["item_cold_start"]["cold_candidates_ndcg_at_10"][0]
+    share = lfm["results"]["item_cold_mixed"]["cold_share_at_20"][0]
+    assert 0.0 < share <= 1.0
+
+    meta = dict(protocols=protocols, seeds=[0], trials=2, k_core=0, max_users=None, quick=True, commit="abc1234")
+    text = quality.write_table(quality.order_rows(list(rows.values())), meta)
+    head = next(line for line in text.splitlines() if line.startswith("| model |"))
+    assert head.count("|") == 1 + 11  # 11 columns: model, 2 + 2 + 3 metric columns, params, fit s, notes
+    assert "| item_cold_mixed cold share@20 |" in head
+    ease_line = next(line for line in text.splitlines() if line.startswith("| ease |"))
+    cells = [c.strip() for c in ease_line.split("|")[1:-1]]
+    assert cells[3:8] == ["N/A"] * 5 and float(cells[1]) > 0.3
+    assert "N/A on item_cold_start, item_cold_mixed: no interactions = no trained factor" in ease_line
+    assert "seed-dependent splits (the seed also draws the split): item_cold_start, item_cold_mixed" in text.lower()
+    assert "commit abc1234" in text and "QUICK MODE" in text
+
+
+def test_table_format_mean_std_and_merge(tmp_path):
     rows = [
+        {
+            "name": "als",
+            "note": "",
+            "results": {"user_last_fraction": {"recall_at_20": [0.1, 0.1], "ndcg_at_10": [0.1, 0.1]}},
+            "params": {"user_last_fraction": {"factors": 64, "regularization": 0.0431171}},
+            "na": {"item_cold_start": quality.NO_FACTOR},
+            "fit_s": [1.0, 3.0],
+        },
         {
             "name": "ours",
             "note": "",
-            "warm": {"recall_at_20": [0.2, 0.3], "ndcg_at_10": [0.1, 0.1]},
-            "cold": {"recall_at_20": [0.1, 0.1], "ndcg_at_10": [0.05, 0.05]},
+            "results": {
+                "user_last_fraction": {"recall_at_20": [0.2, 0.3], "ndcg_at_10": [0.1, 0.1]},
+                "item_cold_start": {
+                    "cold_candidates_recall_at_20": [0.5, 0.5],
+                    "cold_candidates_ndcg_at_10": [0.4, 0.2],
+                },
+            },
+            "params": {},
+            "na": {},
+            "fit_s": [10.0],
         },
-        {"name": "als", "note": "", "warm": {"recall_at_20": [0.1, 0.1], "ndcg_at_10": [0.1, 0.1]}, "cold_na": "N/A"},
     ]
-    text = quality.write_table(rows, [0, 1], tmp_path / "q.md")
+    meta = dict(protocols=["user_last_fraction", "item_cold_start"], seeds=[0, 1], trials=10, k_core=10, wall_s=42.0)
+    (tmp_path / "rows.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    out = tmp_path / "q.md"
+    assert quality.main(["--merge", str(tmp_path / "rows.json"), "--out", str(out), "--no-mlflow"]) == 0
+    text = out.read_text()
     lines = [ln for ln in text.splitlines() if ln.startswith(("| ours", "| als"))]
-    assert lines[0].startswith("| ours | 0.2500 ± 0.0707 | 0.1000 ± 0.0000 |")
-    assert "| N/A | N/A |" in lines[1]
+    assert lines[0] == "| ours | 0.2500 ± 0.0707 | 0.1000 ± 0.0000 | 0.5000 ± 0.0000 | 0.3000 ± 0.1414 | - | 10.0 | - |"
+    als_cells = "| als | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | N/A | N/A | "
+    als_params = "user_last_fraction: factors=64, regularization=0.04312 | 2.0 | "
+    assert lines[1] == als_cells + als_params + "N/A on item_cold_start: no interactions = no trained factor |"
+    assert "data view: 10-core" in text and "wall time 42 s" in text and "seeds: [0, 1]" in text
+
+
+def test_trials_are_mlflow_child_runs_of_the_benchmark_run(setup, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    content, inter = setup
+    fams = [f for f in quality.families() if f.name == "ease"]
+    with quality.mlflow_parent("toy") as parent:
+        quality.run(inter, content, fams, ["user_last_fraction"], [0], quality.Tuner(2, quick=True, mlflow_on=True))
+    runs = mlflow.search_runs(experiment_ids=[parent.info.experiment_id])
+    kids = runs[runs["tags.mlflow.parentRunId"] == parent.info.run_id]
+    assert sorted(kids["tags.mlflow.runName"]) == ["ease/user_last_fraction/trial0", "ease/user_last_fraction/trial1"]
+    assert (kids["metrics.val_ndcg_at_10"] > 0.3).all()
+    assert "500.0" in kids["params.lamb"].tolist()  # trial 0: the documented default
