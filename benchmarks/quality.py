@@ -105,6 +105,7 @@ from recsys_pipeline.evaluation.protocols import (  # noqa: E402
     split_family,
     validation_split,
 )
+from recsys_pipeline.evaluation.tuning import TUNED_FIELDS, Trial, tune, two_tower_space  # noqa: E402
 from recsys_pipeline.models.base import Recommender  # noqa: E402
 from recsys_pipeline.models.popularity import PopularityRecommender  # noqa: E402
 from recsys_pipeline.models.random import RandomRecommender  # noqa: E402
@@ -599,15 +600,6 @@ class Family:
     needs: Callable[[ItemFeatures], str] | None = None  # content -> reason it cannot run ("" = it can)
 
 
-def _space_ours(t):
-    return dict(
-        history_length=t.suggest_categorical("history_length", [0, 20, 50]),
-        id_dropout=t.suggest_float("id_dropout", 0.0, 0.6),
-        max_epochs=t.suggest_int("max_epochs", 6, 20),
-        lr=t.suggest_float("lr", 1e-3, 1e-2, log=True),
-    )
-
-
 def _space_als(t):
     return dict(
         factors=t.suggest_categorical("factors", [32, 64, 128]),
@@ -683,10 +675,10 @@ def families() -> list[Family]:
         Family(
             "ours",
             fit_ours,
-            _space_ours,
-            default=dict(history_length=50, id_dropout=0.3, max_epochs=12, lr=3e-3),
+            two_tower_space,
+            default={f: getattr(ModelConfig(), f) for f in TUNED_FIELDS},
             quick=dict(max_epochs=2),
-            note="two-tower + text (+ history head); trial 0 = ModelConfig defaults",
+            note="two-tower + text (+ history head, + EASE item-item head where tuned); trial 0 = ModelConfig defaults",
         ),
         Family(
             "popularity",
@@ -838,37 +830,32 @@ class Tuner:
 
     def tune(self, fam: Family, protocols: Sequence[str], train: pd.DataFrame, content, seed: int) -> dict:
         """The params of ``fam`` with the best validation NDCG@10 of ``protocols[0]`` on a split carved from
-        ``train`` as that protocol carves its test part (split seed ``1000 + seed``); ``{}`` without a space."""
+        ``train`` as that protocol carves its test part (split seed ``1000 + seed``; ``evaluation.tuning.tune``,
+        the loop ``model_tuning`` uses); ``{}`` without a space."""
         fixed = self.overrides.get(fam.name, {})
         if fam.space is None:
             return dict(fixed)
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         protocol = protocols[0]
         inner = restrict_users(make_split(train, protocol, EvaluationSettings(seed=1000 + seed)), self.max_users)
-        key = dict(METRICS[protocol])["NDCG@10"]
-        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
-        study.enqueue_trial(fam.default)
 
-        def objective(trial):
-            params = {**fam.space(trial), **fixed}
-            t0 = time.perf_counter()
-            model = fit_family(fam, Data(inner.train, content, seed), params, protocol, self.quick)
-            fit_s = time.perf_counter() - t0
-            value = figures(model, inner, [protocol])[protocol][key]
-            shown = effective_params(fam, params, self.quick)
-            self.log(f"  trial {trial.number} {fam.name}/{protocol} {shown}: val NDCG@10 {value:.4f} ({fit_s:.1f}s)")
+        def fit(params: dict, part: pd.DataFrame) -> Recommender:
+            return fit_family(fam, Data(part, content, seed), {**params, **fixed}, protocol, self.quick)
+
+        def report(trial: Trial) -> None:
+            shown = effective_params(fam, {**trial.params, **fixed}, self.quick)
+            self.log(
+                f"  trial {trial.number} {fam.name}/{protocol} {shown}: val NDCG@10 {trial.value:.4f} "
+                f"({trial.seconds:.1f}s)"
+            )
             if self.mlflow_on:
                 import mlflow
 
                 with mlflow.start_run(run_name=f"{fam.name}/{protocol}/trial{trial.number}", nested=True):
                     mlflow.log_params({"family": fam.name, "protocol": protocol, **shown})
-                    mlflow.log_metrics({"val_ndcg_at_10": value, "fit_seconds": fit_s})
-            return value
+                    mlflow.log_metrics({"val_ndcg_at_10": trial.value, "fit_seconds": trial.seconds})
 
-        study.optimize(objective, n_trials=self.trials)
-        return {**study.best_params, **fixed}
+        result = tune(fit, fam.space, inner, protocol, self.trials, fam.default, seed=0, on_trial=report)
+        return {**result.best_params, **fixed}
 
 
 def run(

@@ -9,6 +9,8 @@
   yesterday's partition of every stage, in one run.
 - ``landing_events``: watches the ``daily_files`` source folder and ingests a day (``item_catalog``,
   ``raw_events``, ``interactions``) when its file appears or changes.
+- ``model_tuning_job`` / ``weekly_model_tuning`` (Sundays 03:00 UTC): the two-tower model's hyperparameter search
+  (``model_tuning``), outside the nightly job; the next ``recommender_model`` trains with its chosen params.
 - ``rollback_recommendations``: points the published lists (what ``recsys serve`` / ``recsys recommend`` answer
   from by default) at another published day (``recsys rollback --date D``), recorded as a run and as an
   observation of that day's ``recommendations`` partition.
@@ -45,6 +47,8 @@ SETTLE_SECONDS = 30.0
 PIPELINE_JOB = "recsys_pipeline_job"
 INGEST_JOB = "ingest_events_job"
 ROLLBACK_JOB = "rollback_recommendations"
+TUNING_JOB = "model_tuning_job"
+TUNING_ASSETS = ("model_tuning",)  # not partitioned, not nightly: on demand or weekly
 INGESTION_ASSETS = ("item_catalog", "raw_events", "interactions")
 CONTENT_ASSETS = ("text_embeddings", "image_embeddings", "audio_embeddings", "item_features")
 # a range of days as one run (BackfillPolicy.single_run): the demo's and `recsys backfill`'s first run
@@ -55,6 +59,7 @@ __all__ = [
     "PIPELINE_JOB",
     "INGEST_JOB",
     "ROLLBACK_JOB",
+    "TUNING_JOB",
     "INGESTION_ASSETS",
     "CONTENT_ASSETS",
     "DAILY_RANGE_ASSETS",
@@ -73,12 +78,13 @@ __all__ = [
 
 
 def jobs() -> list:
-    """``recsys_pipeline_job`` (every asset), ``ingest_events_job`` (one day of events), both partitioned like
-    their assets (Dagster infers it), and ``rollback_recommendations`` (no partitions: its config names the day)."""
+    """``recsys_pipeline_job`` (every daily asset), ``ingest_events_job`` (one day of events), both partitioned
+    like their assets (Dagster infers it), ``model_tuning_job`` and ``rollback_recommendations`` (no partitions:
+    its config names the day)."""
     return [
         dg.define_asset_job(
             PIPELINE_JOB,
-            selection=dg.AssetSelection.all(),
+            selection=dg.AssetSelection.all() - dg.AssetSelection.assets(*TUNING_ASSETS),
             description="The whole graph for a day: ingest it, the catalog as of it (embeddings of new items), "
             "train the model of that day, evaluate, gate, publish that day's lists. A range of days as one run: "
             "ingestion and content only (the model group runs one day per run).",
@@ -88,6 +94,12 @@ def jobs() -> list:
             selection=dg.AssetSelection.assets(*INGESTION_ASSETS),
             description="One day of events: the catalog as of that day (so new items are known), raw_events and "
             "interactions.",
+        ),
+        dg.define_asset_job(
+            TUNING_JOB,
+            selection=dg.AssetSelection.assets(*TUNING_ASSETS),
+            description="The two-tower model's hyperparameter search on every interaction (model_tuning): the "
+            "next recommender_model trains with its chosen params.",
         ),
         rollback_job(),
     ]
@@ -147,8 +159,18 @@ def rollback_job() -> dg.JobDefinition:
 
 
 def schedules(pipeline_job, settings: Settings) -> list:
-    """``nightly_retrain``: ``pipeline_job`` for yesterday's partition at ``RECSYS_NIGHTLY_HOUR_UTC`` (stopped)."""
+    """``nightly_retrain``: ``pipeline_job`` for yesterday's partition at ``RECSYS_NIGHTLY_HOUR_UTC``;
+    ``weekly_model_tuning``: ``model_tuning_job`` on Sundays at 03:00 UTC. Both stopped."""
     return [
+        dg.ScheduleDefinition(
+            name="weekly_model_tuning",
+            job_name=TUNING_JOB,
+            cron_schedule="0 3 * * 0",
+            execution_timezone="UTC",
+            description="The model's hyperparameter search, weekly (each trial is a full training).",
+            default_status=dg.DefaultScheduleStatus.STOPPED,
+            tags={ORIGIN_TAG: ORIGIN_SCHEDULE},
+        ),
         dg.build_schedule_from_partitioned_job(
             pipeline_job,
             hour_of_day=settings.nightly_hour_utc,
@@ -158,7 +180,7 @@ def schedules(pipeline_job, settings: Settings) -> list:
             "publish.",
             default_status=dg.DefaultScheduleStatus.STOPPED,
             tags={ORIGIN_TAG: ORIGIN_SCHEDULE},
-        )
+        ),
     ]
 
 

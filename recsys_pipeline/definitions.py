@@ -39,6 +39,7 @@ def build_definitions(
         ingestion_checks,
         model_assets,
         model_checks,
+        tuning_assets,
     )
     from recsys_pipeline.resources import default_resources
 
@@ -46,7 +47,12 @@ def build_definitions(
     partitions = daily_partitions(settings)
     jobs = automation.jobs()
     return dg.Definitions(
-        assets=[*ingestion_assets(partitions), *content_assets(partitions), *model_assets(partitions, settings)],
+        assets=[
+            *ingestion_assets(partitions),
+            *content_assets(partitions),
+            *model_assets(partitions, settings),
+            *tuning_assets(),
+        ],
         asset_checks=[*ingestion_checks(partitions), *content_checks(), *model_checks(partitions)],
         jobs=jobs,
         schedules=automation.schedules(jobs[0], settings),

@@ -112,6 +112,25 @@ def _training_window(day: date, window_days: int | None) -> tuple[datetime | Non
     return (until - timedelta(days=window_days) if window_days else None), until
 
 
+def _tuning_tags(tuning: dict) -> dict[str, str]:
+    """MLflow tags naming the search a model's params came from (none without a search)."""
+    if not tuning:
+        return {}
+    return {"tuning.mlflow_run_id": tuning["mlflow_run_id"], "tuning.protocol": tuning["protocol"]}
+
+
+def _tuning_note(tuned: dict, tuning: dict, config) -> str:
+    """Where the model's hyperparameters came from, in words, for the materialization."""
+    if not tuning:
+        return "ModelConfig defaults and the training resource (no model_tuning search yet)"
+    chosen = ", ".join(f"{k}={getattr(config, k)}" for k in tuned)
+    return (
+        f"model_tuning of {tuning['tuned_at']} on {tuning['protocol']} (validation {tuning['metric']} "
+        f"{tuning['value']:.4f}, defaults {tuning['default_value']:.4f}, {tuning['trials']} trials): {chosen}; "
+        "a field set in the training resource wins"
+    )
+
+
 def _days(since: datetime | None, until: datetime) -> str:
     """The UTC days ``[since, until)`` in words, for a materialization."""
     last = (until - timedelta(days=1)).date()
@@ -130,7 +149,7 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
     # not show on the check's partitions.
     daily = dict(pool=DUCKDB_POOL, group_name="model", partitions_def=partitions)
 
-    @dg.asset(**daily, kinds={"pytorch", "mlflow"}, deps=[history, "item_features"])
+    @dg.asset(**daily, kinds={"pytorch", "mlflow"}, deps=[history, "item_features", "model_tuning"])
     def recommender_model(
         context: dg.AssetExecutionContext,
         config: TrainConfig,
@@ -153,6 +172,7 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
             data = warehouse.read_interactions(con, until, since)
             try:
                 features = load_item_features(con, until)
+                tuned, tuning = warehouse.read_tuned_params(con)
             except ValueError as exc:
                 raise dg.Failure(str(exc)) from exc
         if data.empty:
@@ -163,16 +183,17 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
         warm_start = training.warm_start_default() if config.warm_start is None else config.warm_start
         name = mlflow.registered_model_name
         init, warm_note = _champion_to_start_from(warm_start, tracking_uri, name, day, features)
+        model_config = training.build_model_config(tuned)
         result = train_and_log(
             data,
             features,
-            training.build_model_config(),
+            model_config,
             training.build_trainer_config(),
             tracking_uri,
             experiment_id,
             name,
             run_name="recommender_model",
-            tags={**mlflow_tags(context), PARTITION_DATE_TAG: day.isoformat()},
+            tags={**mlflow_tags(context), PARTITION_DATE_TAG: day.isoformat(), **_tuning_tags(tuning)},
             data_source=str(warehouse_db.file()),
             init=init,
             version_tags={PARTITION_DATE_TAG: day.isoformat()},
@@ -203,6 +224,7 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
                         "best epoch (0-based)": stats["best_epoch"] if stats["n_val_users"] else "",
                         "refit on every interaction": stats["refit"],
                         "warm start": warm_note,
+                        "hyperparameters": _tuning_note(tuned, tuning, model_config),
                         "interactions in the last fit": stats["n_train_interactions"],
                         "validation users": stats["n_val_users"],
                         "items with a trained history embedding": stats["history_items_trained"],
@@ -250,6 +272,7 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
             data = warehouse.read_interactions(con, until, since)
             try:
                 features = load_item_features(con, until)
+                tuned, _ = warehouse.read_tuned_params(con)
             except ValueError as exc:
                 raise dg.Failure(str(exc)) from exc
         try:
@@ -261,7 +284,7 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
             data,
             features,
             version,
-            training.build_model_config(),
+            training.build_model_config(tuned),
             training.build_trainer_config(),
             settings,
             mlflow.champion_policy(),

@@ -29,6 +29,7 @@ __all__ = [
     "EVALUATION_RANKED_LISTS",
     "EVALUATION_GROUND_TRUTH",
     "EVALUATION_ABLATION",
+    "MODEL_TUNING",
     "TABLES",
     "EVENT_TABLES",
     "embedding_table",
@@ -254,6 +255,22 @@ EVALUATION_ABLATION = Table(
     "the modality ablation on the evaluation's splits",
 )
 
+MODEL_TUNING = Table(
+    "model_tuning",
+    (
+        _col("tuned_at", "TIMESTAMP", False, "when the search ended (naive UTC)"),
+        _col("protocol", "VARCHAR", False, "whose validation split the trials were judged on"),
+        _col("metric", "VARCHAR", False, "the validation figure, e.g. ndcg_at_10"),
+        _col("trial", "BIGINT", False, "0 = the configured model (the default)"),
+        _col("params", "VARCHAR", False, "the trial's ModelConfig overrides, JSON"),
+        _col("value", "DOUBLE", False, "validation figure of the trial"),
+        _col("seconds", "DOUBLE", False, "fit + evaluation time of the trial"),
+        _col("chosen", "BOOLEAN", False, "the best trial: recommender_model trains with its params"),
+        _col("mlflow_run_id", "VARCHAR", False, "the search's parent run (each trial is a child run)"),
+    ),
+    "the latest hyperparameter search (model_tuning): one row per trial",
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
@@ -268,6 +285,7 @@ TABLES: dict[str, Table] = {
         EVALUATION_RANKED_LISTS,
         EVALUATION_GROUND_TRUTH,
         EVALUATION_ABLATION,
+        MODEL_TUNING,
     )
 }
 # Created on every connection for writing: ingestion appends to them window by window.

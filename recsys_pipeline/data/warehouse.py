@@ -393,3 +393,42 @@ def read_interactions(
         params.append(until)
     clause = f"WHERE {' AND '.join(where)} " if where else ""
     return con.execute(f"SELECT {columns} FROM interactions {clause}ORDER BY timestamp, user_id, item_id", params).df()
+
+
+def read_tuned_params(con: duckdb.DuckDBPyConnection) -> tuple[dict, dict]:
+    """``(params, about)``: the ``ModelConfig`` overrides of the chosen trial of the latest search
+    (``model_tuning``) and ``about`` it (``protocol, metric, value, default_value, trials, tuned_at,
+    mlflow_run_id``); ``({}, {})`` when no search was run.
+
+    Raises:
+        ValueError: the table holds no chosen trial or unreadable params (a half-written search cannot happen: the
+            table is replaced in one transaction).
+    """
+    import json
+
+    from recsys_pipeline.data.schema import MODEL_TUNING
+
+    if not table_exists(con, MODEL_TUNING.name):
+        return {}, {}
+    rows = read_frame(con, f"SELECT * FROM {MODEL_TUNING.name} ORDER BY trial")
+    if rows.empty:
+        return {}, {}
+    chosen = rows[rows["chosen"]]
+    if len(chosen) != 1:
+        raise ValueError(f"{MODEL_TUNING.name} holds {len(chosen)} chosen trials, not 1: materialize model_tuning")
+    best = chosen.iloc[0]
+    try:
+        params = json.loads(best["params"])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{MODEL_TUNING.name}: unreadable params of trial {best['trial']}: {exc}") from exc
+    default = rows[rows["trial"] == 0]
+    about = {
+        "protocol": str(best["protocol"]),
+        "metric": str(best["metric"]),
+        "value": float(best["value"]),
+        "default_value": float(default["value"].iloc[0]) if len(default) else float("nan"),
+        "trials": len(rows),
+        "tuned_at": str(best["tuned_at"]),
+        "mlflow_run_id": str(best["mlflow_run_id"]),
+    }
+    return params, about

@@ -4,6 +4,8 @@
   version (described with what it was trained on).
 - :func:`evaluate_and_log`: ``evaluation.evaluate_protocols`` in one MLflow run; :func:`ablation_and_log` the
   modality ablation (modalities hidden at inference, nothing trained), one child run of it per variant.
+- :func:`tune_and_log`: what ``model_tuning`` does: an Optuna search of the two-tower model on a protocol's
+  validation split, one parent run and a child run per trial.
 - :func:`evaluate_and_gate`: what ``model_evaluation`` does: evaluate a registered version's config, optionally the
   ablation, then the champion / challenger gate.
 
@@ -22,7 +24,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 
 import mlflow
@@ -293,6 +295,77 @@ def _figures(table: pd.DataFrame, keys: Sequence[str]) -> dict[str, float]:
     rows = table[table["value"].notna() & ~table["metric"].astype(str).str.endswith("n_users")]
     out = {".".join(str(getattr(r, k)) for k in keys): float(r.value) for r in rows.itertuples()}
     return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def tune_and_log(
+    interactions: pd.DataFrame,
+    features: ItemFeatures,
+    base_config: ModelConfig,
+    trainer_config: TrainerConfig,
+    protocol: str,
+    settings: EvaluationSettings,
+    n_trials: int,
+    tracking_uri: str,
+    experiment_id: str,
+    tags: Mapping[str, str] | None = None,
+    seed: int = 0,
+    fixed: Sequence[str] = (),
+):
+    """Search the two-tower model's :func:`~recsys_pipeline.evaluation.tuning.two_tower_space` on ``protocol``'s
+    validation split (:func:`~recsys_pipeline.evaluation.tuning.tuning_split`; its early-stopping split, if the
+    config has one, carved the same way), trial 0 being ``base_config``. Every other field, and the ``fixed`` ones
+    (what the user set: training uses them whatever the search says), stays ``base_config``'s. One MLflow run
+    ``model_tuning`` (params ``protocol, n_trials, metric, k_core, seed``; metrics ``best_value, default_value``;
+    tag ``best_params`` as JSON) with a child run per trial (params: the trial's; metrics ``val_{metric}``,
+    ``seconds``).
+
+    Returns:
+        ``(TuningResult, run_id)``.
+
+    Raises:
+        ValueError: an unknown protocol, too little data for the split, or ``n_trials < 1``.
+    """
+    from recsys_pipeline.evaluation.protocols import validation_split
+    from recsys_pipeline.evaluation.tuning import TUNED_FIELDS, tune, tuning_split, two_tower_space, validation_metric
+    from recsys_pipeline.models.two_tower.recommender import two_tower_for_split
+
+    split = tuning_split(interactions, protocol, settings)
+
+    def fit(params: dict, train: pd.DataFrame):
+        model = two_tower_for_split(replace(base_config, **params), trainer_config, validation_split(protocol))
+        return model.fit(train, features)
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="model_tuning", tags=dict(tags or {})) as parent:
+        mlflow.log_params({"protocol": protocol, "n_trials": n_trials, "k_core": settings.k_core, "seed": seed})
+
+        def log_trial(trial) -> None:
+            with mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=f"trial {trial.number}",
+                tags=dict(tags or {}),
+                parent_run_id=parent.info.run_id,
+                nested=True,
+            ):
+                mlflow.log_params(trial.params)
+                mlflow.log_metrics({f"val_{metric}": trial.value, "seconds": trial.seconds})
+
+        metric = validation_metric(protocol)
+        default = {f: getattr(base_config, f) for f in TUNED_FIELDS if f not in fixed}
+        result = tune(
+            fit,
+            partial(two_tower_space, fixed=fixed),
+            split,
+            protocol,
+            n_trials,
+            default,
+            seed=seed,
+            on_trial=log_trial,
+        )
+        mlflow.log_param("metric", metric)
+        mlflow.log_metrics({"best_value": result.best_value, "default_value": result.default_value})
+        mlflow.set_tag("best_params", json.dumps(result.best_params, sort_keys=True))
+    return result, parent.info.run_id
 
 
 def ablation_and_log(

@@ -44,17 +44,27 @@ class TrainingResource(dg.ConfigurableResource):
     warm_start: bool | None = None
     model: ModelOverrides = pydantic.Field(default_factory=ModelOverrides)
 
-    def build_model_config(self) -> ModelConfig:
-        """``ModelConfig`` with the overrides set here (and ``RECSYS_MAX_EPOCHS`` when ``max_epochs`` is not).
+    def build_model_config(self, tuned: dict | None = None) -> ModelConfig:
+        """``ModelConfig``: its defaults, then ``tuned`` (``model_tuning``'s chosen params), then
+        ``RECSYS_MAX_EPOCHS`` (a cap the tests and the demo set), then the overrides set here (a field the user
+        set wins over tuning).
 
         Raises:
             ValueError: an override outside its range.
         """
-        overrides = self.model.model_dump(exclude_none=True)
+        overrides = dict(tuned or {})
         max_epochs = get_settings().max_epochs
-        if max_epochs is not None and "max_epochs" not in overrides:
+        if max_epochs is not None:
             overrides["max_epochs"] = max_epochs
+        overrides.update(self.model.model_dump(exclude_none=True))
         return ModelConfig(**overrides)
+
+    def fixed_fields(self) -> list[str]:
+        """The ``ModelConfig`` fields set here or by ``RECSYS_MAX_EPOCHS``: tuning leaves them as they are."""
+        fixed = list(self.model.model_dump(exclude_none=True))
+        if get_settings().max_epochs is not None and "max_epochs" not in fixed:
+            fixed.append("max_epochs")
+        return fixed
 
     def warm_start_default(self) -> bool:
         """Whether ``recommender_model`` warm starts when its run config does not say (``RECSYS_WARM_START``)."""

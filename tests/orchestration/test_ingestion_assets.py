@@ -152,6 +152,7 @@ def test_definitions_list_every_asset_and_the_schedule(definitions, asset):
         "recommender_model",
         "model_evaluation",
         "recommendations",
+        "model_tuning",
     }
     schedule = definitions.resolve_schedule_def("nightly_retrain")
     assert schedule.cron_schedule == "0 2 * * *"

@@ -59,7 +59,8 @@ def test_nightly_schedule_runs_the_whole_graph_at_two_utc(definitions):
     schedule = definitions.resolve_schedule_def("nightly_retrain")
     assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone in (None, "UTC")
     job = definitions.resolve_job_def(schedule.job_name)
-    every_asset = set(definitions.resolve_all_asset_keys())
+    # every asset but the on-demand / weekly hyperparameter search
+    every_asset = set(definitions.resolve_all_asset_keys()) - {dg.AssetKey(a) for a in automation.TUNING_ASSETS}
     assert set(job.asset_layer.executable_asset_keys) == every_asset
     # every stage is on the job's daily partitions: yesterday's run materializes yesterday's partition of each
     for key in every_asset:
@@ -70,6 +71,15 @@ def test_nightly_schedule_runs_the_whole_graph_at_two_utc(definitions):
     assert {k for k, p in policies.items() if p and p.max_partitions_per_run is None} == set(
         automation.DAILY_RANGE_ASSETS
     )
+
+
+def test_weekly_tuning_schedule_runs_model_tuning_alone_and_starts_stopped(definitions):
+    schedule = definitions.resolve_schedule_def("weekly_model_tuning")
+    assert schedule.cron_schedule == "0 3 * * 0" and schedule.execution_timezone == "UTC"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    job = definitions.resolve_job_def(schedule.job_name)
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"model_tuning"}
+    assert definitions.get_assets_def("model_tuning").partitions_def is None
 
 
 def test_nightly_hour_comes_from_the_settings_and_is_validated(monkeypatch):

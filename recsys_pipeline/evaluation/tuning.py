@@ -1,0 +1,138 @@
+"""Hyperparameter search on a validation split carved as the protocol carves its test part (Optuna, TPE).
+
+One loop for every model: :func:`tune` (the ``model_tuning`` asset tunes the two-tower model with it,
+``benchmarks/quality.py`` tunes every peer with it, with the same number of trials). The validation split is carved
+from the **train part** of the protocol's split, the same way (:func:`tuning_split`), so the protocol's test rows
+(what ``model_evaluation`` and the gate judge) are never seen while tuning.
+
+Example::
+
+    split = tuning_split(interactions, "user_last_fraction", EvaluationSettings())
+    result = tune(lambda params, train: fit_something(train, **params), space, split, "user_last_fraction", 10)
+    result.best_params, result.best_value, result.default_value
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
+
+import pandas as pd
+
+from recsys_pipeline.evaluation.evaluate import evaluate
+from recsys_pipeline.evaluation.protocols import EvaluationSettings, Split, make_split
+from recsys_pipeline.models.base import Recommender
+
+__all__ = ["Trial", "TuningResult", "tune", "tuning_split", "validation_metric", "two_tower_space", "TUNED_FIELDS"]
+
+# The two-tower fields :func:`two_tower_space` searches (a user's explicit setting of one of them wins over tuning).
+TUNED_FIELDS = ("history_length", "item_item_weight", "id_dropout", "max_epochs", "lr")
+
+
+def two_tower_space(trial, fixed: Collection[str] = ()) -> dict:
+    """The two-tower model's search space (``ModelConfig`` overrides): the history head's length (0 = off), the
+    item-item head's weight (0 = off), id dropout, epochs and learning rate; fields in ``fixed`` (set by the user)
+    are not searched."""
+    suggest = {
+        "history_length": lambda: trial.suggest_categorical("history_length", [0, 20, 50]),
+        "item_item_weight": lambda: trial.suggest_categorical("item_item_weight", [0.0, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        "id_dropout": lambda: trial.suggest_float("id_dropout", 0.0, 0.6),
+        "max_epochs": lambda: trial.suggest_int("max_epochs", 6, 20),
+        "lr": lambda: trial.suggest_float("lr", 1e-3, 1e-2, log=True),
+    }
+    return {name: draw() for name, draw in suggest.items() if name not in fixed}
+
+
+def validation_metric(protocol: str) -> str:
+    """The :func:`~recsys_pipeline.evaluation.evaluate.evaluate` key a protocol is tuned on: NDCG@10 of its test
+    items (``item_cold_start``: ranked among the new items; ``item_cold_mixed``: among the whole catalogue)."""
+    return {"item_cold_start": "cold_candidates_ndcg_at_10", "item_cold_mixed": "cold_ndcg_at_10"}.get(
+        protocol, "ndcg_at_10"
+    )
+
+
+def tuning_split(interactions: pd.DataFrame, protocol: str, settings: EvaluationSettings) -> Split:
+    """The validation split of ``protocol``: its split (``settings``) of ``interactions``, then the same split of
+    that train part (seed ``settings.seed + 1000``; the data view is already applied).
+
+    Raises:
+        ValueError: an unknown protocol, or an empty part (too little data for two nested splits).
+    """
+    outer = make_split(interactions, protocol, settings)
+    inner = make_split(outer.train, protocol, replace(settings, seed=settings.seed + 1000, k_core=0))
+    if inner.train.empty or inner.test.empty:
+        raise ValueError(f"{protocol}: the validation split of the train part is empty; too little data to tune")
+    return inner
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial: its ``params``, validation ``value`` and fit + evaluation ``seconds``."""
+
+    number: int
+    params: dict
+    value: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """``best_params`` (the winning trial's), its ``best_value``, ``default_value`` (trial 0: the given default)
+    and every trial, on validation ``metric``."""
+
+    protocol: str
+    metric: str
+    best_params: dict
+    best_value: float
+    default_value: float
+    trials: list[Trial] = field(default_factory=list)
+
+
+def tune(
+    fit: Callable[[dict, pd.DataFrame], Recommender],
+    space: Callable,
+    split: Split,
+    protocol: str,
+    n_trials: int,
+    default: dict | None = None,
+    seed: int = 0,
+    on_trial: Callable[[Trial], None] | None = None,
+) -> TuningResult:
+    """Search ``space`` for the params whose model, ``fit(params, split.train)``, has the best validation
+    :func:`validation_metric` on ``split`` (ranked through ``Recommender.recommend``).
+
+    Args:
+        space: ``space(optuna_trial) -> params``.
+        n_trials: trials in all, the ``default`` one included (trial 0; ``{}`` = the model's own defaults).
+        seed: the TPE sampler's seed (the first trials are its random start-up draws).
+        on_trial: called after each trial (e.g. to log it as an MLflow child run).
+
+    Raises:
+        ValueError: ``n_trials < 1``.
+        ImportError: optuna is not installed.
+    """
+    import optuna
+
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    metric = validation_metric(protocol)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    if default is not None:
+        study.enqueue_trial(default)
+    trials: list[Trial] = []
+
+    def objective(trial) -> float:
+        params = space(trial)
+        started = time.perf_counter()
+        value = float(evaluate(fit(params, split.train), split).metrics[metric])
+        done = Trial(trial.number, params, value, time.perf_counter() - started)
+        trials.append(done)
+        if on_trial is not None:
+            on_trial(done)
+        return value
+
+    study.optimize(objective, n_trials=n_trials)
+    best = trials[study.best_trial.number]
+    return TuningResult(protocol, metric, best.params, best.value, trials[0].value, trials)

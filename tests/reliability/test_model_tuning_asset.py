@@ -1,0 +1,87 @@
+"""``model_tuning`` through Dagster: an Optuna search whose trials are MLflow child runs and rows of the
+``model_tuning`` table, and whose chosen params ``recommender_model`` then trains with (a field set in the
+``training`` resource wins)."""
+
+import json
+
+import dagster as dg
+import pytest
+from mlflow.tracking import MlflowClient
+
+from recsys_pipeline.data import warehouse
+from recsys_pipeline.evaluation.tuning import TUNED_FIELDS
+from recsys_pipeline.models.two_tower.config import ModelConfig
+from recsys_pipeline.settings import HomePaths, ensure_home
+from tests.reliability.support import definitions_training, materialize, toy_warehouse
+
+pytestmark = pytest.mark.reliability
+
+
+def _tune(defs, **config) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [defs.get_assets_def(k) for k in defs.resolve_all_asset_keys()],
+        resources=defs.resources,
+        selection=dg.AssetSelection.assets("model_tuning"),
+        run_config={"ops": {"model_tuning": {"config": config}}},
+        raise_on_error=False,
+    )
+
+
+@pytest.mark.slow
+def test_model_tuning_chooses_the_params_recommender_model_trains_with(tmp_path, toy, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("RECSYS_HOME", str(home))
+    monkeypatch.delenv("RECSYS_MAX_EPOCHS", raising=False)
+    paths = ensure_home(HomePaths.at(home))
+    toy_warehouse(paths, toy)
+    fixed = {**toy.FAST, "max_epochs": 3, "val_fraction": 0.0}  # lr and max_epochs are set: tuning cannot move them
+    defs = definitions_training(home, **fixed)
+
+    tuned = _tune(defs, n_trials=3, protocol="user_random_fraction")
+    assert tuned.success
+    with warehouse.session(paths.warehouse) as con:
+        rows = warehouse.read_frame(con, "SELECT * FROM model_tuning ORDER BY trial")
+        params, about = warehouse.read_tuned_params(con)
+    assert list(rows["trial"]) == [0, 1, 2] and set(rows["protocol"]) == {"user_random_fraction"}
+    assert rows["chosen"].sum() == 1 and rows.loc[rows["chosen"], "value"].item() == rows["value"].max()
+    base = ModelConfig(**fixed)
+    searched = [f for f in TUNED_FIELDS if f not in fixed]  # what the user set is not searched
+    assert searched == ["history_length", "item_item_weight", "id_dropout"]
+    assert json.loads(rows["params"][0]) == {f: getattr(base, f) for f in searched}  # trial 0: as configured
+    assert all(set(json.loads(p)) == set(searched) for p in rows["params"])
+    assert params == json.loads(rows.loc[rows["chosen"], "params"].item())
+    assert about["trials"] == 3 and about["metric"] == "ndcg_at_10" and 0 < about["value"] <= 1
+
+    client = MlflowClient(paths.mlflow_tracking_uri)
+    parent = client.get_run(about["mlflow_run_id"])
+    assert parent.data.params["protocol"] == "user_random_fraction"
+    assert parent.data.metrics["best_value"] == pytest.approx(about["value"])
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10
+    )
+    assert sorted(float(r.data.metrics["val_ndcg_at_10"]) for r in children) == sorted(rows["value"])
+
+    trained = materialize(defs, ["recommender_model"], with_check=False)
+    assert trained.success
+    model_params = client.get_run(client.get_model_version("recsys_ranker", "1").run_id).data
+    for field in searched:
+        assert (
+            ModelConfig.from_params({field: model_params.params[f"model.{field}"]}).__getattribute__(field)
+            == (params[field])
+        )
+    assert model_params.params["model.max_epochs"] == "3" and model_params.tags["tuning.protocol"] == (
+        "user_random_fraction"
+    )
+    meta = trained.asset_materializations_for_node("recommender_model")[0].metadata["training"].value
+    note = {r.data["what"]: r.data["value"] for r in meta.records}["hyperparameters"]
+    assert note.startswith("model_tuning of ") and "a field set in the training resource wins" in note
+
+
+def test_model_tuning_refuses_an_unknown_protocol(tmp_path, toy, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("RECSYS_HOME", str(home))
+    toy_warehouse(ensure_home(HomePaths.at(home)), toy)
+    result = _tune(definitions_training(home, **toy.FAST), protocol="temporal")
+    assert not result.success
+    failure = result.failure_data_for_node("model_tuning").error.message
+    assert "cannot be tuned on" in failure
