@@ -12,6 +12,8 @@
   raw_events and interactions (and the catalog) as one run; ``--downstream``: the content as of those days in the
   same run, then the model group as of each day, one run per day.
 - ``recsys rollback --date D``: answer from the lists published for day D (a run of ``rollback_recommendations``).
+- ``recsys tune [--trials N] [--protocol P] [--k-core N]``: the model's hyperparameter search (a run of
+  ``model_tuning_job``); the next training uses its chosen params.
 - ``recsys export --out DIR``: the inputs of standalone training.
 - ``recsys ui``: the Dagster UI on 127.0.0.1.
 
@@ -422,6 +424,35 @@ def rollback(args: argparse.Namespace) -> int:
         job_name=ROLLBACK_JOB,
     )
     print(f"recsys rollback: `recsys recommend` and `recsys serve` answer from {day} (was {before or 'none'})")
+    return 0
+
+
+def tune(args: argparse.Namespace) -> int:
+    """Run ``model_tuning`` (a run of ``model_tuning_job`` on the home's instance, tagged ``recsys/origin=tune``)
+    and print the trials and the chosen params. Exit code 0; a failed search exits naming the step."""
+    from recsys_pipeline.automation import TUNING_JOB
+    from recsys_pipeline.data import warehouse
+
+    paths = _prepare_home(args.home)
+    config = {"n_trials": args.trials, "protocol": args.protocol, "k_core": args.k_core}
+    _run(
+        None,
+        f"{TUNING_JOB}: {args.trials} trials on the validation split of {args.protocol}",
+        run_config={"ops": {"model_tuning": {"config": config}}},
+        origin="tune",
+        job_name=TUNING_JOB,
+    )
+    with warehouse.session(paths.warehouse, read_only=True) as con:
+        trials = warehouse.read_frame(
+            con, "SELECT trial, value, seconds, chosen, params FROM model_tuning ORDER BY trial"
+        )
+        params, about = warehouse.read_tuned_params(con)
+    print(_markdown(trials.round({"value": 4, "seconds": 1})))
+    print(
+        f"chosen: trial {int(trials.loc[trials['chosen'], 'trial'].item())}, validation {about['metric']} "
+        f"{about['value']:.4f} (trial 0, as configured: {about['default_value']:.4f}); the next recommender_model "
+        f"trains with {params}"
+    )
     return 0
 
 
@@ -840,6 +871,7 @@ COMMANDS = {
     "backfill": "re-ingest a range of UTC days as one Dagster run; --downstream: also retrain as of each day",
     "recommend": "print a user's published recommendations with titles (the current day, or --date)",
     "rollback": "answer from the recommendations published for an earlier day (a Dagster run)",
+    "tune": "search the model's hyperparameters on the data (a Dagster run); the next training uses the best",
     "export": "write the interactions and item features for standalone training (e.g. under torchrun)",
     "serve": "serve the published recommendations over HTTP: GET /recommendations/{user_id}?k=10",
     "ui": "start the Dagster UI (webserver and daemon) on 127.0.0.1",
@@ -906,6 +938,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--date", metavar="YYYY-MM-DD", required=True, help="a published UTC day: readers answer from its lists"
     )
+    p = command("tune", tune)
+    p.add_argument("--trials", type=_positive_int, default=10, help="trials in all, the configured model first")
+    p.add_argument(
+        "--protocol",
+        default="user_last_fraction",
+        choices=["user_last_fraction", "user_random_fraction", "item_cold_start", "item_cold_mixed"],
+        help="whose validation split judges the trials",
+    )
+    p.add_argument("--k-core", type=int, default=0, help="data view: 0 = every interaction, N = the N-core")
     p = command("export", export)
     p.add_argument(
         "--out", metavar="DIR", required=True, help="folder for interactions.parquet and item_features.npz (created)"

@@ -30,7 +30,8 @@ COLUMN_SCHEMA = "dagster/column_schema"
 ORIGIN_TAG = "recsys/origin"
 ORIGIN_SCHEDULE, ORIGIN_SENSOR, ORIGIN_DEMO, ORIGIN_BACKFILL = "schedule", "sensor", "demo", "backfill"
 ORIGIN_ROLLBACK = "rollback"  # `recsys rollback`: the published lists answer from another day
-ORIGINS = (ORIGIN_SCHEDULE, ORIGIN_SENSOR, ORIGIN_DEMO, ORIGIN_BACKFILL, ORIGIN_ROLLBACK)
+ORIGIN_TUNE = "tune"  # `recsys tune`: the hyperparameter search
+ORIGINS = (ORIGIN_SCHEDULE, ORIGIN_SENSOR, ORIGIN_DEMO, ORIGIN_BACKFILL, ORIGIN_ROLLBACK, ORIGIN_TUNE)
 # Dagster run tags the MLflow runs repeat (run id, partition or range, where the run came from)
 _PARTITION = "dagster/partition"
 _RANGE_START, _RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"

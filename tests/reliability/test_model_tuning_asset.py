@@ -85,3 +85,34 @@ def test_model_tuning_refuses_an_unknown_protocol(tmp_path, toy, monkeypatch):
     assert not result.success
     failure = result.failure_data_for_node("model_tuning").error.message
     assert "cannot be tuned on" in failure
+
+
+@pytest.mark.slow
+def test_recsys_tune_is_a_dagster_run_and_prints_the_chosen_params(tmp_path, toy):
+    """``recsys tune`` in a child process: one run of model_tuning_job on the home's instance, tagged with its
+    origin; the printed choice is the table's."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    paths = ensure_home(HomePaths.at(home))
+    toy_warehouse(paths, toy)
+    env = {**os.environ, "RECSYS_HOME": str(home), "RECSYS_MAX_EPOCHS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-m", "recsys_pipeline.cli", "tune", "--trials", "2", "--protocol", "item_cold_start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    with warehouse.session(paths.warehouse, read_only=True) as con:
+        params, about = warehouse.read_tuned_params(con)
+    assert about["protocol"] == "item_cold_start" and about["metric"] == "cold_candidates_ndcg_at_10"
+    assert f"validation cold_candidates_ndcg_at_10 {about['value']:.4f}" in out.stdout
+    assert "max_epochs" not in params  # RECSYS_MAX_EPOCHS fixes it: not searched
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        (run,) = instance.get_runs()
+        assert run.job_name == "model_tuning_job" and run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.tags["recsys/origin"] == "tune"
