@@ -38,7 +38,7 @@ def test_weights_are_the_ease_closed_form():
     head = ItemItemHead.fit(pd.concat([inter, inter.iloc[:5]]), l2=3.0, neighbours=100)  # repeats count once
     ids, expected = _dense_ease(inter, 3.0)
     assert list(head.item_ids) == ids
-    np.testing.assert_allclose(head.weights.toarray(), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(head.weights.toarray(), expected, rtol=1e-3, atol=1e-5)  # float32 inverse
     assert np.all(head.weights.diagonal() == 0)
 
 
@@ -49,8 +49,8 @@ def test_pruning_keeps_each_columns_largest_weights_and_the_cap_keeps_the_most_i
     assert (np.count_nonzero(pruned, axis=0) == 4).all()
     for j in range(dense.shape[1]):
         kept = np.flatnonzero(pruned[:, j])
-        np.testing.assert_allclose(pruned[kept, j], dense[kept, j], rtol=1e-4)
-        assert np.abs(dense[kept, j]).min() >= np.sort(np.abs(dense[:, j]))[-4] - 1e-9
+        np.testing.assert_allclose(pruned[kept, j], dense[kept, j], rtol=1e-3)
+        assert np.abs(dense[kept, j]).min() >= np.sort(np.abs(dense[:, j]))[-4] - 1e-5
 
     popular = inter["item_id"].value_counts()
     capped = ItemItemHead.fit(inter, l2=3.0, max_items=5)
