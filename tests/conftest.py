@@ -65,6 +65,7 @@ TOY_FAST = dict(
     lr=3e-3,
     val_fraction=0.1,
     exclude_modalities="",  # the toy image is read: fusion, masking and the ablation need a second modality
+    item_item_weight=0.0,  # the two-tower alone (its scores are user @ item); the item-item head: test_item_item.py
 )
 
 

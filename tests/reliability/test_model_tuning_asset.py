@@ -34,7 +34,8 @@ def test_model_tuning_chooses_the_params_recommender_model_trains_with(tmp_path,
     monkeypatch.delenv("RECSYS_MAX_EPOCHS", raising=False)
     paths = ensure_home(HomePaths.at(home))
     toy_warehouse(paths, toy)
-    fixed = {**toy.FAST, "max_epochs": 3, "val_fraction": 0.0}  # lr and max_epochs are set: tuning cannot move them
+    # lr and max_epochs are set: tuning cannot move them; the item-item weight is left to the search
+    fixed = {**{k: v for k, v in toy.FAST.items() if k != "item_item_weight"}, "max_epochs": 3, "val_fraction": 0.0}
     defs = definitions_training(home, **fixed)
 
     tuned = _tune(defs, n_trials=3, protocol="user_random_fraction")
