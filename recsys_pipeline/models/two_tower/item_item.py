@@ -50,7 +50,7 @@ class ItemItemHead:
         interactions: pd.DataFrame,
         l2: float = 500.0,
         neighbours: int = 200,
-        max_items: int = 20_000,
+        max_items: int = 5_000,
     ) -> ItemItemHead:
         """Fit EASE on ``interactions`` (``user_id, item_id``; repeats count once).
 
