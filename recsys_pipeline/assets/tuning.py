@@ -37,7 +37,8 @@ def tuning_assets() -> list[dg.AssetsDefinition]:
     @dg.asset(
         name=MODEL_TUNING_ASSET,
         pool=DUCKDB_POOL,
-        group_name="model",
+        # its own group: "Materialize all" on the daily model group must not start a search
+        group_name="tuning",
         kinds={"optuna", "mlflow", "duckdb"},
         deps=["interactions", "item_features"],
     )

@@ -27,7 +27,7 @@ def test_jobs_say_what_they_run(definitions):
         description = definitions.resolve_job_def(name).description
         assert description and len(description) > 40, name
     assert automation.ORIGIN_TAG == "recsys/origin"  # the key the `recsys` commands set (demo, backfill) too
-    assert set(automation.ORIGINS) == {"schedule", "sensor", "demo", "backfill", "rollback"}
+    assert set(automation.ORIGINS) == {"schedule", "sensor", "demo", "backfill", "rollback", "tune"}
 
 
 def test_partitions_of_the_bundled_data_end_at_its_last_day_and_growing_ones_at_yesterday(tmp_path, monkeypatch):
@@ -122,3 +122,13 @@ def test_the_model_of_a_day_reads_the_interactions_up_to_that_day_or_its_window(
     since, until = _training_window(date(2018, 9, 24), 7)
     assert (since, until) == (datetime(2018, 9, 18), datetime(2018, 9, 25))  # what training reads: [since, until)
     assert _training_window(date(2018, 9, 24), None) == (None, datetime(2018, 9, 25))
+
+
+def test_model_tuning_is_outside_the_daily_model_group(definitions):
+    """ "Materialize all" on the UI's model group backfills days: the search, unpartitioned, must not be in it."""
+    groups = {
+        k.to_user_string(): definitions.get_assets_def(k).group_names_by_key[k]
+        for k in definitions.resolve_all_asset_keys()
+    }
+    assert {name for name, group in groups.items() if group == "model"} == set(automation.MODEL_ASSETS)
+    assert groups["model_tuning"] == "tuning"
