@@ -149,7 +149,9 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
     # not show on the check's partitions.
     daily = dict(pool=DUCKDB_POOL, group_name="model", partitions_def=partitions)
 
-    @dg.asset(**daily, kinds={"pytorch", "mlflow"}, deps=[history, "item_features", "model_tuning"])
+    # model_tuning's table is read when it exists, not declared as a dependency: a search is optional, and an
+    # upstream asset never materialized makes the UI ask "Are you sure?" before every training
+    @dg.asset(**daily, kinds={"pytorch", "mlflow"}, deps=[history, "item_features"])
     def recommender_model(
         context: dg.AssetExecutionContext,
         config: TrainConfig,
