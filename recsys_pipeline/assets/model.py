@@ -161,8 +161,10 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
     ):
         """The ranker of day D: trained with Lightning on the interactions up to the end of D (UTC; the
         ``RECSYS_TRAINING_WINDOW_DAYS`` days ending with D when set) and the items added by D; tracked and
-        registered in MLflow as a new version tagged ``partition_date`` = D. The materialization links to the
-        training run and the version; training figures beyond the headline ones are in its ``training`` table."""
+        registered in MLflow as a new version tagged ``partition_date`` = D. Hyperparameters: ``ModelConfig``'s
+        defaults, then the chosen trial of the latest ``model_tuning`` search if one ran, then what the ``training``
+        resource sets. The materialization links to the training run and the version; training figures beyond the
+        headline ones are in its ``training`` table."""
         from recsys_pipeline.content.features import load_item_features
         from recsys_pipeline.registry.model_registry import PARTITION_DATE_TAG
         from recsys_pipeline.registry.runs import train_and_log
