@@ -112,6 +112,24 @@ def _training_window(day: date, window_days: int | None) -> tuple[datetime | Non
     return (until - timedelta(days=window_days) if window_days else None), until
 
 
+def _model_config(training: TrainingResource, tuned: dict):
+    """``training``'s ``ModelConfig`` over ``model_tuning``'s chosen params; a clear failure when those no longer
+    fit (a field renamed or removed since the search, a value now out of range).
+
+    Raises:
+        dagster.Failure: naming the fix (materialize model_tuning again).
+    """
+    try:
+        return training.build_model_config(tuned)
+    except (TypeError, ValueError) as exc:
+        if not tuned:
+            raise
+        raise dg.Failure(
+            f"model_tuning's chosen params {tuned} do not fit this ModelConfig ({exc}): materialize model_tuning "
+            "again (recsys tune), or drop its table"
+        ) from exc
+
+
 def _tuning_tags(tuning: dict) -> dict[str, str]:
     """MLflow tags naming the search a model's params came from (none without a search)."""
     if not tuning:
@@ -187,7 +205,7 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
         warm_start = training.warm_start_default() if config.warm_start is None else config.warm_start
         name = mlflow.registered_model_name
         init, warm_note = _champion_to_start_from(warm_start, tracking_uri, name, day, features)
-        model_config = training.build_model_config(tuned)
+        model_config = _model_config(training, tuned)
         result = train_and_log(
             data,
             features,
@@ -288,7 +306,7 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
             data,
             features,
             version,
-            training.build_model_config(tuned),
+            _model_config(training, tuned),
             training.build_trainer_config(),
             settings,
             mlflow.champion_policy(),

@@ -20,8 +20,10 @@ MODEL_TUNING_ASSET = "model_tuning"
 
 
 class TuningConfig(dg.Config):
-    """``protocol``: whose validation split judges the trials (carved from that protocol's train part, so the
-    evaluation's test rows are never seen); the one the served model should be good at. ``n_trials``: trials in
+    """``protocol``: whose validation split judges the trials (carved from that protocol's train part of the data
+    at hand; with ``user_last_fraction`` no later day's evaluation judges on rows the search trained on, while the
+    random and item cold-start splits are redrawn over each day's data); the one the served model should be good
+    at. ``n_trials``: trials in
     all, trial 0 being the configured model. ``k_core``: the data view (0 = every interaction). ``seed``: the
     split's and the sampler's."""
 
@@ -88,7 +90,6 @@ def tuning_assets() -> list[dg.AssetsDefinition]:
             )
         except ValueError as exc:
             raise dg.Failure(f"model_tuning: {exc}") from exc
-        best = max(result.trials, key=lambda t: t.value)
         tuned_at = datetime.now(UTC).replace(tzinfo=None)
         rows = pd.DataFrame(
             {
@@ -99,7 +100,7 @@ def tuning_assets() -> list[dg.AssetsDefinition]:
                 "params": [json.dumps(t.params, sort_keys=True) for t in result.trials],
                 "value": [t.value for t in result.trials],
                 "seconds": [t.seconds for t in result.trials],
-                "chosen": [t.number == best.number for t in result.trials],
+                "chosen": [t.number == result.best_number for t in result.trials],  # Optuna's best_trial
                 "mlflow_run_id": run_id,
             }
         )

@@ -2,8 +2,9 @@
 
 One loop for every model: :func:`tune` (the ``model_tuning`` asset tunes the two-tower model with it,
 ``benchmarks/quality.py`` tunes every peer with it, with the same number of trials). The validation split is carved
-from the **train part** of the protocol's split, the same way (:func:`tuning_split`), so the protocol's test rows
-(what ``model_evaluation`` and the gate judge) are never seen while tuning.
+from the **train part** of the protocol's split, the same way (:func:`tuning_split`), so that split's test rows
+are never seen while tuning (on the same data and settings; a seeded random split redrawn over other data is
+another split).
 
 Example::
 
@@ -78,8 +79,8 @@ class Trial:
 
 @dataclass(frozen=True)
 class TuningResult:
-    """``best_params`` (the winning trial's), its ``best_value``, ``default_value`` (trial 0: the given default)
-    and every trial, on validation ``metric``."""
+    """``best_params`` (the winning trial's, number ``best_number``: Optuna's ``best_trial``), its ``best_value``,
+    ``default_value`` (trial 0: the given default) and every trial, on validation ``metric``."""
 
     protocol: str
     metric: str
@@ -87,6 +88,7 @@ class TuningResult:
     best_value: float
     default_value: float
     trials: list[Trial] = field(default_factory=list)
+    best_number: int = 0
 
 
 def tune(
@@ -135,4 +137,4 @@ def tune(
 
     study.optimize(objective, n_trials=n_trials)
     best = trials[study.best_trial.number]
-    return TuningResult(protocol, metric, best.params, best.value, trials[0].value, trials)
+    return TuningResult(protocol, metric, best.params, best.value, trials[0].value, trials, best.number)

@@ -142,3 +142,11 @@ def test_saved_head_loads_with_identical_scores(blended, tmp_path):
     newer = pd.concat([model.seen.pairs(), pd.DataFrame({"user_id": ["u0"], "item_id": [content.item_ids[-1]]})])
     moved = TwoTowerRecommender.load(tmp_path / "m", seen=newer).score(["u0"], content.item_ids)
     assert not np.allclose(moved, model.score(["u0"], content.item_ids))
+
+
+def test_a_model_trained_with_the_head_refuses_to_load_without_it(blended, tmp_path):
+    _, _, model = blended
+    model.save(tmp_path / "m")
+    (tmp_path / "m" / "item_item.npz").unlink()
+    with pytest.raises(ValueError, match="holds no item_item.npz"):
+        TwoTowerRecommender.load(tmp_path / "m")

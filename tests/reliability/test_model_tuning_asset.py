@@ -117,3 +117,58 @@ def test_recsys_tune_is_a_dagster_run_and_prints_the_chosen_params(tmp_path, toy
         (run,) = instance.get_runs()
         assert run.job_name == "model_tuning_job" and run.status == dg.DagsterRunStatus.SUCCESS
         assert run.tags["recsys/origin"] == "tune"
+
+
+def test_model_config_precedence_defaults_then_tuned_then_max_epochs_then_the_resource(monkeypatch):
+    from recsys_pipeline.resources import ModelOverrides, TrainingResource
+
+    tuned = {"history_length": 0, "item_item_weight": 1.0, "lr": 0.009, "max_epochs": 17}
+    monkeypatch.delenv("RECSYS_MAX_EPOCHS", raising=False)
+    config = TrainingResource(model=ModelOverrides(lr=0.002)).build_model_config(tuned)
+    assert (config.history_length, config.item_item_weight, config.max_epochs) == (0, 1.0, 17)
+    assert config.lr == 0.002  # set in the resource: wins over the search
+    assert config.id_dropout == ModelConfig().id_dropout  # neither searched nor set: the default
+    monkeypatch.setenv("RECSYS_MAX_EPOCHS", "3")
+    assert TrainingResource().build_model_config(tuned).max_epochs == 3
+    assert TrainingResource().fixed_fields() == ["max_epochs"]
+
+
+@pytest.mark.slow
+def test_a_chosen_trial_reaches_the_trained_model_and_a_stale_one_fails_clearly(tmp_path, toy, monkeypatch):
+    """A ``model_tuning`` table written by hand with non-default params: the trained run logs exactly them; params
+    that no longer fit ``ModelConfig`` stop ``recommender_model`` with a message, not a traceback."""
+    import pandas as pd
+
+    from recsys_pipeline.data.schema import MODEL_TUNING
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("RECSYS_HOME", str(home))
+    monkeypatch.delenv("RECSYS_MAX_EPOCHS", raising=False)
+    paths = ensure_home(HomePaths.at(home))
+    toy_warehouse(paths, toy)
+    fixed = {k: v for k, v in toy.FAST.items() if k not in ("item_item_weight", "lr")}
+    defs = definitions_training(home, **{**fixed, "max_epochs": 2, "val_fraction": 0.0})
+
+    def write(params: dict) -> None:
+        row = {"tuned_at": pd.Timestamp("2020-01-02"), "protocol": "user_last_fraction", "metric": "ndcg_at_10"}
+        rows = pd.DataFrame(
+            [
+                {**row, "trial": 0, "params": "{}", "value": 0.1, "seconds": 1.0, "chosen": False},
+                {**row, "trial": 1, "params": json.dumps(params), "value": 0.2, "seconds": 1.0, "chosen": True},
+            ]
+        ).assign(mlflow_run_id="run-0")
+        with warehouse.session(paths.warehouse) as con:
+            warehouse.replace_table(con, MODEL_TUNING, rows)
+
+    write({"history_length": 0, "item_item_weight": 1.0, "lr": 0.0077})
+    assert materialize(defs, ["recommender_model"], with_check=False).success
+    client = MlflowClient(paths.mlflow_tracking_uri)
+    run = client.get_run(client.get_model_version("recsys_ranker", "1").run_id).data
+    assert run.params["model.history_length"] == "0" and run.params["model.item_item_weight"] == "1.0"
+    assert run.params["model.lr"] == "0.0077" and run.tags["tuning.mlflow_run_id"] == "run-0"
+
+    write({"a_field_renamed_since": 3})
+    stale = materialize(defs, ["recommender_model"], with_check=False)
+    assert not stale.success
+    message = stale.failure_data_for_node("recommender_model").error.message
+    assert "do not fit this ModelConfig" in message and "materialize model_tuning again" in message

@@ -37,8 +37,8 @@ from recsys_pipeline.models.two_tower.warm_start import carry_rows, remap_state
 
 __all__ = ["TwoTowerRecommender", "FORMAT_VERSION", "two_tower_for_split"]
 
-# 3: optional item-item head (``item_item.npz``); 2: history head (``user_tower.folded_history``,
-# ``next_item_emb``); 1: plain two-tower
+# 3: an item-item head (``item_item.npz``; written only when there is one, so a model without it stays readable by
+# the release before); 2: history head (``user_tower.folded_history``, ``next_item_emb``); 1: plain two-tower
 FORMAT_VERSION = 3
 _READABLE_FORMATS = (1, 2, 3)
 _HISTORY_PREFIX = "user_tower.history."  # the pooling module: training only
@@ -194,9 +194,11 @@ class TwoTowerRecommender(Recommender):
         """``(n_users, n_items)`` float32 scores; unknown users get the item-bias (popularity-like) score.
 
         With an item-item head (``config.item_item_weight = w > 0``): ``z(two-tower) + w * z(item-item)``, each
-        term standardised per user by its mean and standard deviation over the trained items (not over the items
-        asked for, so an item's score does not depend on the others asked); the item-item term reads the user's
-        ``seen`` items, is 0 for an item without item-item weights (a new item) and for a user with no seen items.
+        term standardised per user by its mean and standard deviation over a fixed set (the two-tower term over the
+        trained items, the item-item term over the head's items), not over the items asked for, so an item's score
+        does not depend on the others asked. The item-item term reads the user's ``seen`` items; its raw value is 0
+        for an item without item-item weights (a new item), i.e. the same per-user constant ``-w * mean / std``
+        after standardisation for every new item, and 0 for a user with no seen items.
         """
         if self.model is None:
             raise RuntimeError("TwoTowerRecommender.score called before fit or load")
@@ -401,14 +403,15 @@ class TwoTowerRecommender(Recommender):
         from safetensors.torch import save_file
 
         d = Path(directory)
-        self._save_common(d, {"format_version": FORMAT_VERSION})
+        version = FORMAT_VERSION if self.item_item is not None else 2
+        self._save_common(d, {"format_version": version})
         # the user-history pooling is folded into ``user_tower.folded_history`` after training: its weights are
         # dead in the served model, saved for warm-started retraining only (``fit(init=...)``)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         state.update({k: v.detach().cpu().contiguous() for k, v in getattr(self, "_history_state", {}).items()})
-        save_file(state, str(d / "model.safetensors"), metadata={"format_version": str(FORMAT_VERSION)})
+        save_file(state, str(d / "model.safetensors"), metadata={"format_version": str(version)})
         meta = {
-            "format_version": FORMAT_VERSION,
+            "format_version": version,
             "model_config": self.config.to_dict(),
             "modality_dims": self.modality_dims,
             "genre_names": self.genre_names,
@@ -472,6 +475,11 @@ class TwoTowerRecommender(Recommender):
         loaded = cls(config)
         loaded._history_state = {k: v for k, v in state.items() if k.startswith(_HISTORY_PREFIX)}
         loaded.item_item = ItemItemHead.load(d)
+        if loaded.item_item is None and config.item_item_weight > 0:
+            raise ValueError(
+                f"{d} was trained with an item-item head (weight {config.item_item_weight}) but holds no "
+                f"{ItemItemHead.FILE}: its scores cannot be rebuilt"
+            )
         return loaded._set_state(
             module.model,
             maps["user_ids"],
