@@ -1,5 +1,7 @@
-"""The EASE item-item head: the closed form, pruning, the item cap, fold-in scores, and its blend into the
-two-tower recommender (formula, new items, persistence)."""
+"""The EASE item-item head: the closed form, pruning, the item cap, fold-in scores, items outside the head borrowing
+their content neighbours' columns, and its blend into the two-tower recommender (formula, new items, persistence)."""
+
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -87,10 +89,17 @@ def blended(toy):
     return content, split, TwoTowerRecommender(config, CPU).fit(split.train, content)
 
 
+def _with_content_neighbours(model: TwoTowerRecommender, k: int, features: ItemFeatures) -> TwoTowerRecommender:
+    other = model.with_features(features)
+    other.config = replace(other.config, item_item_content_neighbours=k)
+    return other
+
+
 def test_blend_is_standardised_two_tower_plus_weighted_standardised_item_item(blended):
     content, split, model = blended
     assert model.item_item is not None and model.train_stats["item_item_items"] == len(model.item_item.item_ids)
     users, items = ["u0", "u7", "stranger"], content.item_ids
+    model = _with_content_neighbours(model, 0, content)  # items outside the head: raw item-item term 0
     plain = TwoTowerRecommender.with_features(model, content)
     plain.item_item = None
     two_tower = plain.score(users, items)
@@ -122,13 +131,62 @@ def test_new_items_rank_among_themselves_by_the_content_path_alone(blended, toy)
         genre_names=content.genre_names,
         year=np.concatenate([content.year, new.year]),
     )
-    model = model.with_features(both)
+    model = _with_content_neighbours(model, 0, both)
     plain = model.with_features(both)
     plain.item_item = None
     users = ["u0", "u3", "u5"]
     blended_new = model.score(users, new.item_ids)
     content_new = plain.score(users, new.item_ids)
     np.testing.assert_array_equal(np.argsort(-blended_new, axis=1), np.argsort(-content_new, axis=1))
+
+
+def test_catalog_map_reads_head_columns_and_borrows_the_nearest_heads_for_other_items():
+    head = ItemItemHead(["a", "b", "c"], ItemItemHead.fit(_random_interactions(n_items=3), l2=3.0).weights)
+    catalog = ["a", "b", "c", "new_near_a", "new_between", "new_opposite"]
+    content = np.array(
+        [[1, 0], [0, 1], [-1, 0], [2, 0.0], [1, 1], [-1, -3]],  # the last is closest to c, then negative to b
+        dtype=np.float32,
+    )
+    one = head.catalog_map(catalog, content, 1).toarray()
+    np.testing.assert_array_equal(one[:, :3], np.eye(3))  # a head item reads its own column
+    np.testing.assert_array_equal(one[:, 3], [1, 0, 0])
+    np.testing.assert_array_equal(one[:, 5], [0, 0, 1])
+    two = head.catalog_map(catalog, content, 2).toarray()
+    np.testing.assert_allclose(two[:, 4], [0.5, 0.5, 0])  # cosines 0.707 and 0.707
+    # new_opposite: cosine 1/sqrt(10) to c, -1/sqrt(10) to a (its second): a negative one weighs 0, weights sum to 1
+    np.testing.assert_allclose(two[:, 5], [0, 0, 1])
+    none = head.catalog_map(catalog, content, 0).toarray()
+    assert not none[:, 3:].any()
+    scores = np.array([[1.0, 2.0, 4.0]], dtype=np.float32)  # one user's head scores
+    np.testing.assert_allclose(scores @ two, [[1, 2, 4, 1, 1.5, 4]])
+    with pytest.raises(ValueError, match="does not match"):
+        head.catalog_map(catalog, content[:3], 1)
+    with pytest.raises(ValueError, match="neighbours must be >= 0"):
+        head.catalog_map(catalog, content, -1)
+
+
+def test_a_new_items_content_twin_lends_it_its_item_item_score(blended):
+    content, _, model = blended
+    twin_of = model.item_item.item_ids[0]
+    row = content.rows([twin_of])
+    twin = content.subset([twin_of])
+    both = ItemFeatures(
+        item_ids=content.item_ids + ["twin"],
+        modalities={k: np.concatenate([content.modalities[k], twin.modalities[k]]) for k in content.modalities},
+        present=np.concatenate([content.present, twin.present]),
+        genres=np.concatenate([content.genres, content.genres[row]]),
+        genre_names=content.genre_names,
+        year=np.concatenate([content.year, content.year[row]]),
+    )
+    users = ["u0", "u3", "u5", "stranger"]
+    borrowing = _with_content_neighbours(model, 1, both).score(users, ["twin"])
+    not_borrowing = _with_content_neighbours(model, 0, both).score(users, ["twin"])
+    ii = model.item_item.scores(model.seen, users)
+    std = np.where(ii.std(1) > 0, ii.std(1), 1.0)
+    expected = model.config.item_item_weight * ii[:, 0] / std  # the twin's raw term: 0 -> its twin's
+    np.testing.assert_allclose((borrowing - not_borrowing)[:, 0], expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(expected[:3]).max() > 0.1  # a real lift or drop for known users; none for the stranger
+    assert expected[3] == 0
 
 
 def test_saved_head_loads_with_identical_scores(blended, tmp_path):

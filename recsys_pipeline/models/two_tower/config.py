@@ -108,6 +108,7 @@ class ModelConfig:
     item_item_l2: float = 500.0  # EASE's λ
     item_item_neighbours: int = 200  # item-item weights kept per item
     item_item_max_items: int = 5_000  # only the most-interacted items get item-item weights (O(n³) time)
+    item_item_content_neighbours: int = 10  # an item outside the head borrows k content neighbours' scores (0 = off)
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -156,6 +157,10 @@ class ModelConfig:
             )
         if not (self.lr > 0 and self.weight_decay >= 0 and self.history_decay > 0):
             raise ValueError("lr and history_decay must be > 0, weight_decay >= 0")
+        if self.item_item_content_neighbours < 0:
+            raise ValueError(
+                f"item_item_content_neighbours must be >= 0 (0 = off), got {self.item_item_content_neighbours}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
@@ -205,7 +210,13 @@ class ModelConfig:
 
 # What a model saved (or a run logged) before a field existed was trained with: a config read back without the
 # field gets this value, not today's default, so a saved model rebuilds the architecture it was trained as.
-LEGACY_VALUES = {"exclude_modalities": "", "pca_dim": 0, "fusion_pooling": "mean", "item_item_weight": 0.0}
+LEGACY_VALUES = {
+    "exclude_modalities": "",
+    "pca_dim": 0,
+    "fusion_pooling": "mean",
+    "item_item_weight": 0.0,
+    "item_item_content_neighbours": 0,
+}
 
 
 @dataclass(frozen=True)

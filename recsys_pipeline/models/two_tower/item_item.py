@@ -4,8 +4,11 @@ they interacted with (order ignored).
 
 It is the collaborative part that a per-user random holdout asks for: on ml-latest-small's ``user_random_fraction``
 split the two-tower model alone reaches NDCG@10 0.31 (no history head), EASE alone 0.39, the blend 0.40
-(``benchmarks/results/model_changes.md``, session of 2026-12-07). A new item has no column in ``B`` (no interaction):
-its item-item score is 0, so among new items the ranking is the content path's alone.
+(``benchmarks/results/model_changes.md``, session of 2026-12-07). An item outside the head (a new item, or one
+too rarely interacted with) has no column in ``B``; :meth:`ItemItemHead.catalog_map` lets it borrow the columns of
+its nearest head items in a content space (a neighbour-based mapping from content to collaborative scores, in the
+spirit of Gantner et al., "Learning Attribute-to-Feature Mappings for Cold-Start Recommendations", ICDM 2010), so
+that a new item mixed into the whole catalogue is scored on the same scale as the known ones.
 
 ``B = I - P diag(1 / diag(P))`` with ``P = (XᵀX + λI)⁻¹`` and ``X`` the binary ``(n_users, n_items)`` train
 matrix (Steck 2019, eq. 8), i.e. ``B_ij = -P_ij / P_jj`` and ``B_jj = 0``. Each column keeps its ``neighbours``
@@ -102,6 +105,55 @@ class ItemItemHead:
         rows, cols = seen.mask_positions([str(u) for u in user_ids], self.item_ids)
         x = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(user_ids), len(self.item_ids)))
         return np.asarray((x @ self.weights).todense(), dtype=np.float32)
+
+    def catalog_map(self, catalog_ids: Sequence[str], content: np.ndarray, neighbours: int) -> sp.csc_matrix:
+        """How each catalog item's item-item score is read from the head's columns: ``scores @ map``.
+
+        A head item reads its own column. Another item reads the cosine-weighted mean of the columns of its
+        ``neighbours`` nearest head items in ``content`` (negative similarities count 0; weights sum to 1, or the
+        item scores 0 when no neighbour is similar); ``neighbours = 0``: it scores 0.
+
+        Args:
+            catalog_ids: ``n_catalog`` item ids.
+            content: ``(n_catalog, d)`` float32 content vectors of the catalog items (row order = ``catalog_ids``),
+                e.g. the item tower's vectors with the id hidden.
+            neighbours: head items borrowed from per item outside the head (``>= 0``).
+
+        Returns:
+            ``(n_heads_items, n_catalog)`` float32 CSC matrix.
+
+        Raises:
+            ValueError: ``content`` rows differ from ``catalog_ids``, or ``neighbours < 0``.
+        """
+        catalog = pd.Index([str(i) for i in catalog_ids], dtype=object)
+        content = np.asarray(content, dtype=np.float32)
+        if content.ndim != 2 or content.shape[0] != len(catalog):
+            raise ValueError(f"content {content.shape} does not match {len(catalog)} catalog items")
+        if neighbours < 0:
+            raise ValueError(f"neighbours must be >= 0, got {neighbours}")
+        head_cols = self.item_ids.get_indexer(catalog)  # -1: outside the head
+        inside = np.flatnonzero(head_cols >= 0)
+        outside = np.flatnonzero(head_cols < 0)
+        rows, cols, vals = [head_cols[inside]], [inside], [np.ones(len(inside), np.float32)]
+        k = min(neighbours, len(inside))
+        if k > 0 and len(outside):
+            unit = content / np.maximum(np.linalg.norm(content, axis=1, keepdims=True), 1e-12)
+            keys = unit[inside]  # head items present in this catalog, in catalog order
+            for start in range(0, len(outside), 4096):  # bounded memory: 4,096 x n_head similarities at a time
+                part = outside[start : start + 4096]
+                sim = unit[part] @ keys.T
+                top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+                weight = np.maximum(np.take_along_axis(sim, top, axis=1), 0.0)
+                total = weight.sum(axis=1, keepdims=True)
+                weight = np.divide(weight, total, out=np.zeros_like(weight), where=total > 0)
+                rows.append(head_cols[inside[top]].ravel())
+                cols.append(np.repeat(part, k))
+                vals.append(weight.ravel().astype(np.float32))
+        return sp.csc_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(len(self.item_ids), len(catalog)),
+            dtype=np.float32,
+        )
 
     def save(self, directory: Path) -> None:
         """Write ``item_item.npz`` (``scipy.sparse.save_npz``, no pickle) and ``item_item_ids.json``."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from lightning.pytorch.loggers import Logger
 
@@ -140,6 +141,7 @@ class TwoTowerRecommender(Recommender):
         self._table = item_table(features, self.item_index, self.genre_names, self.modality_dims)
         self._item_vecs: torch.Tensor | None = None
         self._trained_rows_cache: torch.Tensor | None = None
+        self._item_item_map_cache: sp.csc_matrix | None = None
         return self
 
     @property
@@ -196,9 +198,11 @@ class TwoTowerRecommender(Recommender):
         With an item-item head (``config.item_item_weight = w > 0``): ``z(two-tower) + w * z(item-item)``, each
         term standardised per user by its mean and standard deviation over a fixed set (the two-tower term over the
         trained items, the item-item term over the head's items), not over the items asked for, so an item's score
-        does not depend on the others asked. The item-item term reads the user's ``seen`` items; its raw value is 0
-        for an item without item-item weights (a new item), i.e. the same per-user constant ``-w * mean / std``
-        after standardisation for every new item, and 0 for a user with no seen items.
+        does not depend on the others asked. The item-item term reads the user's ``seen`` items (0 for a user with
+        none). An item outside the head (a new item, or a rarely interacted one) borrows the cosine-weighted mean of
+        the item-item scores of its ``config.item_item_content_neighbours`` nearest head items by the item tower's
+        content vector (the tower with the id hidden; :meth:`ItemItemHead.catalog_map`); with ``0`` its raw value
+        is 0, the same per-user constant after standardisation for every such item.
         """
         if self.model is None:
             raise RuntimeError("TwoTowerRecommender.score called before fit or load")
@@ -211,9 +215,20 @@ class TwoTowerRecommender(Recommender):
         reference = (users @ self.item_vectors()[trained].T).float().cpu().numpy()
         scores = _standardise(scores, reference)
         item_item = self.item_item.scores(self.seen, user_ids)
-        columns = self.item_item.item_ids.get_indexer(pd.Index([str(i) for i in item_ids], dtype=object))
-        asked = np.where(columns >= 0, item_item[:, np.maximum(columns, 0)], 0.0)
-        return (scores + self.config.item_item_weight * _standardise(asked, item_item)).astype(np.float32)
+        asked = item_item @ self._item_item_map()[:, rows.cpu().numpy()]  # dense @ sparse: (n_users, n_asked)
+        return (scores + self.config.item_item_weight * _standardise(np.asarray(asked), item_item)).astype(np.float32)
+
+    @torch.no_grad()
+    def _item_item_map(self) -> sp.csc_matrix:
+        """``(n_head_items, n_catalog)``: how each catalog item reads the item-item head (cached per catalog)."""
+        if getattr(self, "_item_item_map_cache", None) is None:
+            hidden_ids = item_table(self.features, {}, self.genre_names, self.modality_dims)
+            vectors = compute_item_vectors(self.model, hidden_ids)[:, : self.config.embedding_dim]  # v: no bias
+            content = vectors.float().cpu().numpy()
+            self._item_item_map_cache = self.item_item.catalog_map(
+                self.item_ids, content, self.config.item_item_content_neighbours
+            )
+        return self._item_item_map_cache
 
     def _trained_rows(self) -> torch.Tensor:
         """Catalog rows of the trained items (the fixed reference set of :meth:`score`'s standardisation)."""
