@@ -8,6 +8,9 @@
 - ``item_cold_mixed``: the same split (the same model serves both), but the held-out items are ranked among the
   whole catalogue, as a new item is served: how far new items reach into lists full of known ones.
 - ``temporal``: a global cutoff; test keeps the users with train history.
+- ``user_cold_start`` (:func:`split_user_cold_start`, not a ``model_evaluation`` protocol): a seeded random
+  fraction of users is held out entirely; at request time each reveals their first ``n`` interactions and the
+  model ranks the rest (new users served from their first clicks, without retraining).
 
 Example::
 
@@ -35,6 +38,9 @@ __all__ = [
     "validation_split",
     "split_temporal",
     "split_item_cold_start",
+    "split_user_cold_start",
+    "UserColdStart",
+    "USER_COLD_START_REVEALED",
     "split_family",
     "k_core",
     "evaluation_fingerprint",
@@ -161,6 +167,54 @@ def split_item_cold_start(interactions: pd.DataFrame, fraction: float = 0.2, see
     cold = set(rng.choice(items, size=n_cold, replace=False).tolist()) if n_cold else set()
     is_cold = interactions["item_id"].astype(str).isin(cold)
     return Split(interactions[~is_cold].reset_index(drop=True), interactions[is_cold].reset_index(drop=True), cold)
+
+
+USER_COLD_START_REVEALED = (1, 3, 5, 10)  # interactions a held-out user reveals at request time
+
+
+@dataclass
+class UserColdStart:
+    """The ``user_cold_start`` split: ``train`` (the other users' interactions) and ``held_out`` (every
+    interaction of the held-out users, oldest first; ties by item id)."""
+
+    train: pd.DataFrame
+    held_out: pd.DataFrame
+
+    def reveal(self, n: int) -> tuple[pd.DataFrame, Split]:
+        """Each held-out user's first ``n`` interactions, and the split that ranks the rest.
+
+        Returns:
+            ``(revealed, split)``: ``revealed`` the first ``n`` rows per held-out user (what a model folds in);
+            ``split.train`` = ``train`` + ``revealed`` (their items are excluded from the lists), ``split.test``
+            = the held-out users' later rows. A user with ``n`` or fewer interactions has no test rows.
+
+        Raises:
+            ValueError: ``n < 1``.
+        """
+        if n < 1:
+            raise ValueError(f"reveal needs n >= 1, got {n}")
+        position = self.held_out.groupby("user_id", sort=False).cumcount()
+        revealed = self.held_out[position < n].reset_index(drop=True)
+        test = self.held_out[position >= n].reset_index(drop=True)
+        return revealed, Split(pd.concat([self.train, revealed], ignore_index=True), test)
+
+
+def split_user_cold_start(interactions: pd.DataFrame, fraction: float = 0.1, seed: int = 0) -> UserColdStart:
+    """Hold out a random ``fraction`` of users (``seed``) with all their interactions (new users).
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1), or no user left on either side.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    users = np.sort(interactions["user_id"].astype(str).unique())
+    n_out = int(round(fraction * len(users)))
+    if n_out < 1 or n_out >= len(users):
+        raise ValueError(f"holding out {n_out} of {len(users)} users leaves one side empty")
+    out = set(np.random.default_rng(seed).choice(users, size=n_out, replace=False).tolist())
+    is_out = interactions["user_id"].astype(str).isin(out)
+    held = interactions[is_out].sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    return UserColdStart(interactions[~is_out].reset_index(drop=True), held.reset_index(drop=True))
 
 
 def k_core(interactions: pd.DataFrame, k: int) -> pd.DataFrame:

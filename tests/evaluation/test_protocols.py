@@ -13,6 +13,7 @@ from recsys_pipeline.evaluation.protocols import (
     make_split,
     split_item_cold_start,
     split_temporal,
+    split_user_cold_start,
     split_user_last_fraction,
     split_user_random_fraction,
     validation_split,
@@ -274,3 +275,23 @@ def test_k_core_view_is_iterated_and_chooses_the_split():
             Catalog(data),
             EvaluationSettings(["item_cold_start"], k_core=10),
         )
+
+
+def test_user_cold_start_holds_out_whole_users_and_reveals_their_first_interactions(toy):
+    inter = toy.interactions()
+    split = split_user_cold_start(inter, 0.25, seed=3)
+    held = set(split.held_out["user_id"])
+    assert len(held) == round(0.25 * inter["user_id"].nunique())
+    assert not held & set(split.train["user_id"])
+    assert len(split.train) + len(split.held_out) == len(inter)
+    assert split_user_cold_start(inter, 0.25, seed=3).held_out.equals(split.held_out)  # seeded
+    revealed, test_split = split.reveal(3)
+    for user, rows in split.held_out.groupby("user_id"):
+        rows = rows.sort_values("timestamp")
+        assert list(revealed[revealed["user_id"] == user]["item_id"]) == list(rows["item_id"][:3])
+        assert list(test_split.test[test_split.test["user_id"] == user]["item_id"]) == list(rows["item_id"][3:])
+    assert len(test_split.train) == len(split.train) + len(revealed)
+    with pytest.raises(ValueError, match="n >= 1"):
+        split.reveal(0)
+    with pytest.raises(ValueError, match="fraction"):
+        split_user_cold_start(inter, 1.0)
