@@ -384,8 +384,10 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
         except LookupError as exc:
             raise dg.Failure(str(exc)) from exc
         with warehouse_db.session(read_only=True) as con:
-            interactions = con.execute(
-                "SELECT DISTINCT user_id, item_id FROM interactions WHERE timestamp < ?", [until]
+            interactions = con.execute(  # timestamps: users with events newer than the champion are folded in
+                "SELECT user_id, item_id, max(timestamp) AS timestamp FROM interactions WHERE timestamp < ? "
+                "GROUP BY user_id, item_id",
+                [until],
             ).df()
             try:
                 features = load_item_features(con, until)
@@ -417,7 +419,9 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
                 "(SELECT min(user_id) FROM recommendations WHERE partition_date = ?) ORDER BY r.rank LIMIT 10",
                 [day, day],
             ).df()
-        published = publish_day(home.paths(), day, recs, items_snapshot(interactions, features, titles), keep)
+        published = publish_day(
+            home.paths(), day, recs, items_snapshot(interactions, features, titles), keep, model=model
+        )
         return dg.MaterializeResult(
             metadata={
                 **table,  # row_count: every day held; partition_row_count: this day's lists

@@ -188,7 +188,7 @@ RECOMMENDATIONS = Table(
         _col("rank", "BIGINT", False, "1 = best"),
         _col("item_id", "VARCHAR", False),
         _col("score", "FLOAT", False),
-        _col("strategy", "VARCHAR", False, "personalized or cold_user_prior"),
+        _col("strategy", "VARCHAR", False, "personalized, folded_in or cold_user_prior (serving.publish)"),
         _col("model_run_id", "VARCHAR", False, "MLflow run of the champion"),
         _col("model_version", "VARCHAR", False, "registry version of the champion"),
         _col("produced_on", "DATE", False, "UTC day the run made the lists (wall clock)"),

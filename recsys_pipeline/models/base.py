@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import abc
+import copy
 import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -92,19 +93,39 @@ class SeenItems:
         self.indices = i.astype(np.int32)
         self.users = pd.Index(self.users, dtype=object)
         self.items = pd.Index(self.items, dtype=object)
+        self._extra: SeenItems | None = None  # with_pairs: a small overlay on these arrays
+
+    def with_pairs(self, pairs: pd.DataFrame) -> SeenItems:
+        """These pairs and ``pairs`` (``user_id, item_id``), without rebuilding the arrays: a request-time overlay
+        (e.g. a visitor's items) costs ``O(len(pairs))``, not ``O(len(self))``."""
+        combined = copy.copy(self)
+        combined._extra = SeenItems(pairs if self._extra is None else pd.concat([self._extra.pairs(), pairs]))
+        return combined
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.pairs()) if self._extra is not None else len(self.indices)
 
     def pairs(self) -> pd.DataFrame:
         """The distinct ``user_id, item_id`` pairs (str)."""
         counts = np.diff(self.indptr)
-        return pd.DataFrame(
+        own = pd.DataFrame(
             {"user_id": np.repeat(self.users.to_numpy(), counts), "item_id": self.items.to_numpy()[self.indices]}
         )
+        if self._extra is None:
+            return own
+        return pd.concat([own, self._extra.pairs()], ignore_index=True).drop_duplicates(ignore_index=True)
 
     def mask_positions(self, user_ids: Sequence[str], candidates: pd.Index) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, cols)`` of the seen (user, candidate) entries of a ``(len(user_ids), len(candidates))`` matrix."""
+        """``(rows, cols)`` of the seen (user, candidate) entries of a ``(len(user_ids), len(candidates))`` matrix,
+        each entry once."""
+        rows, cols = self._own_positions(user_ids, candidates)
+        if self._extra is None:
+            return rows, cols
+        extra_rows, extra_cols = self._extra.mask_positions(user_ids, candidates)
+        flat = np.unique(np.concatenate([rows, extra_rows]) * len(candidates) + np.concatenate([cols, extra_cols]))
+        return flat // len(candidates), flat % len(candidates)
+
+    def _own_positions(self, user_ids: Sequence[str], candidates: pd.Index) -> tuple[np.ndarray, np.ndarray]:
         user_rows = self.users.get_indexer(pd.Index(user_ids, dtype=object))
         item_to_col = candidates.get_indexer(self.items)  # once per vocabulary, not per pair
         ok = user_rows >= 0

@@ -20,6 +20,13 @@ Contract of ``GET /recommendations/{user_id}?k=10[&fallback=true][&date=YYYY-MM-
   ``strategy = "popularity_fallback"``.
 - nothing published yet: ``503`` with ``{"error": "not_published", ...}``.
 
+``POST /recommendations`` with ``{"items": ["1", "50", ...], "k": 10[, "date": "YYYY-MM-DD"]}``: a visitor without an
+id, served from the items they just interacted with (oldest first), without retraining: the day's published model
+(``published/days/D/model-*``, loaded on first use) folds them in (``TwoTowerRecommender.with_history``) and ranks
+the catalogue minus those items. ``200`` with ``strategy = "folded_in"`` and ``ignored_items`` (ids not in the
+model's catalogue, left out); ``422`` when no item is known (``{"error": "unknown_items"}``) or the body is
+malformed; ``503`` ``model_not_published`` for a day published without a model.
+
 ``GET /health``: ``200`` with what is loaded (users, model version, production date, the current day and the
 published days), ``503`` before the first publish.
 
@@ -38,14 +45,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, Field
 
-from recsys_pipeline.serving.publish import PERSONALIZED, POPULARITY_FALLBACK
+from recsys_pipeline.serving.publish import FOLDED_IN, PERSONALIZED, POPULARITY_FALLBACK
 from recsys_pipeline.serving.snapshot import (
     ITEMS,
     RECOMMENDATIONS,
     current_day,
     describe_days,
     published_days,
+    published_model,
     snapshot_path,
 )
 from recsys_pipeline.settings import HomePaths
@@ -188,6 +197,45 @@ class PublishedSnapshots:
         )
 
 
+class PublishedModels:
+    """The published model of each day, loaded on first use (torch is imported then, not at start) and kept while
+    its folder is the one the day's ``model.json`` names; the latest two are kept in memory."""
+
+    def __init__(self, paths: HomePaths):
+        self.paths = paths
+        self._lock = threading.Lock()
+        self._loaded: dict[Path, object] = {}
+
+    def get(self, day: date):
+        """The model of UTC day ``day``, or ``None`` when that day published none."""
+        found = published_model(self.paths, day)
+        if found is None:
+            return None
+        folder = found[0]
+        with self._lock:
+            model = self._loaded.get(folder)
+            if model is None:
+                from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
+
+                model = TwoTowerRecommender.load(folder)
+                self._loaded[folder] = model
+                for stale in list(self._loaded)[:-2]:
+                    del self._loaded[stale]
+            return model
+
+
+VISITOR = "\x00visitor"  # the user id a POST's visitor folds in under: no real id contains NUL
+MAX_VISITOR_ITEMS = 1000
+
+
+class VisitorRequest(BaseModel):
+    """Body of ``POST /recommendations``: a visitor's items, oldest first, and the list length."""
+
+    items: list[str] = Field(min_length=1, max_length=MAX_VISITOR_ITEMS, description="item ids, oldest first")
+    k: int = Field(10, ge=1, le=MAX_K, description="list length")
+    date: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="UTC day (default: current)")
+
+
 def _read(path: Path) -> pd.DataFrame:
     """One snapshot file, read through one open handle (``snapshot.read_snapshot``'s reason)."""
     with open(path, "rb") as handle:
@@ -221,6 +269,7 @@ def create_app(paths: HomePaths, api_key: str | None = None):
     from fastapi.responses import JSONResponse
 
     state = PublishedSnapshots(paths)
+    models = PublishedModels(paths)
     # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, blank offline. The schema they would
     # render is /openapi.json (served as usual).
     app = FastAPI(title="recsys_pipeline recommendations", description=__doc__, docs_url=None, redoc_url=None)
@@ -252,6 +301,29 @@ def create_app(paths: HomePaths, api_key: str | None = None):
                 "`recommendations` (or run `recsys demo`)",
             },
         )
+
+    def snapshots_of(day_text: str | None):
+        """The snapshots of ``day_text`` (``None``: the current day), or the error response to send."""
+        try:
+            day = date.fromisoformat(day_text) if day_text is not None else None
+        except ValueError as exc:  # matches the pattern but is no day, e.g. 2018-02-30
+            return JSONResponse(status_code=422, content={"error": "invalid_date", "detail": str(exc)[:200]})
+        if day is not None:
+            loaded = state.for_day(day)
+            if loaded is None:
+                days = published_days(paths)
+                shown = describe_days(days)
+                return JSONResponse(
+                    status_code=404,
+                    content={
+                        "error": "unknown_date",
+                        "date": day.isoformat(),
+                        "detail": f"no recommendations published for {day}; published days: {shown}",
+                    },
+                )
+        else:
+            loaded = state.current()
+        return not_published() if loaded is None else loaded
 
     # async: the work is a dict lookup and a few array slices; a thread-pool hop per request would cost more
     @app.get("/health")
@@ -289,27 +361,9 @@ def create_app(paths: HomePaths, api_key: str | None = None):
         """A user's top-``k`` list of the current day, or of ``date``. Known user (has history): personalized list
         from the champion of that day. Unknown id: 404, or with ``fallback=true`` the popularity list (``strategy =
         popularity_fallback``). A day without published lists: 404 ``unknown_date``; a malformed one: 422."""
-        try:
-            day = date.fromisoformat(day_text) if day_text is not None else None
-        except ValueError as exc:  # matches the pattern but is no day, e.g. 2018-02-30
-            return JSONResponse(status_code=422, content={"error": "invalid_date", "detail": str(exc)[:200]})
-        if day is not None:
-            loaded = state.for_day(day)
-            if loaded is None:
-                days = published_days(paths)
-                shown = describe_days(days)
-                return JSONResponse(
-                    status_code=404,
-                    content={
-                        "error": "unknown_date",
-                        "date": day.isoformat(),
-                        "detail": f"no recommendations published for {day}; published days: {shown}",
-                    },
-                )
-        else:
-            loaded = state.current()
-        if loaded is None:
-            return not_published()
+        loaded = snapshots_of(day_text)
+        if isinstance(loaded, JSONResponse):
+            return loaded
         span = loaded.spans.get(user_id)
         if span is not None:
             start, stop = span[0], min(span[1], span[0] + k)
@@ -356,6 +410,59 @@ def create_app(paths: HomePaths, api_key: str | None = None):
                 "items": items,
             }
         )
+
+    # sync: the fold-in is ~ms of numpy / torch work, run in the thread pool so GETs are not held
+    @app.post("/recommendations")
+    def visitor_recommendations(body: VisitorRequest):
+        """A visitor's top-``k`` from the items they just interacted with (oldest first), folded into the day's
+        published model without retraining (``strategy = folded_in``). Unknown item ids are left out and listed
+        in ``ignored_items``; none known: 422 ``unknown_items``."""
+        loaded = snapshots_of(body.date)
+        if isinstance(loaded, JSONResponse):
+            return loaded
+        day = date.fromisoformat(loaded.meta["date"]) if loaded.meta["date"] else None
+        model = models.get(day) if day is not None else None
+        if model is None:
+            return JSONResponse(
+                status_code=503,
+                content={
+                    "error": "model_not_published",
+                    "detail": f"the lists of {day or 'this home (published without days)'} were published "
+                    "without their model: materialize `recommendations` again to serve visitors",
+                },
+            )
+        catalog = model.features.index
+        items = list(dict.fromkeys(body.items))
+        known = [i for i in items if i in catalog]
+        ignored = [_echo(i) for i in items if i not in catalog]
+        if not known:
+            return JSONResponse(
+                status_code=422,
+                content={
+                    "error": "unknown_items",
+                    "detail": f"none of the {len(items)} item ids is in the model's catalogue",
+                    "ignored_items": ignored[:20],
+                },
+            )
+        events = pd.DataFrame({"user_id": VISITOR, "item_id": known, "timestamp": np.arange(len(known))})
+        ranked = model.with_history(events).recommend([VISITOR], k=body.k)
+        return {
+            "strategy": FOLDED_IN,
+            "k": len(ranked),
+            "requested_k": body.k,
+            **loaded.meta,
+            "items_used": len(known),
+            "ignored_items": ignored,
+            "items": [
+                {
+                    "rank": int(r.rank),
+                    "item_id": r.item_id,
+                    "title": loaded.titles.get(r.item_id),
+                    "score": float(r.score),
+                }
+                for r in ranked.itertuples()
+            ],
+        }
 
     return app
 

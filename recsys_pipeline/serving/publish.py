@@ -3,9 +3,12 @@ items snapshot (titles and the popularity list that serves users without history
 
 Strategies (the ``strategy`` column and the HTTP answer):
 
-- ``personalized``: a user the model was trained on;
-- ``cold_user_prior``: a user whose history arrived after the model's training cutoff (no user embedding yet:
-  ranked by the model's content-aware item prior, seen items still excluded);
+- ``personalized``: a user the model was trained on, with no interaction newer than the model;
+- ``folded_in``: a user with interactions the model was not trained on (a new user, or a known one with newer
+  events): a model that can (``with_history``) folds their history in when the lists are made, without retraining
+  (the item-item head reads every item of theirs; a known user's history head is re-pooled);
+- ``cold_user_prior``: such a user under a model that cannot fold in (ranked by its item prior, seen items
+  excluded);
 - ``popularity_fallback``: a caller-declared new user without any history (``recsys serve`` with
   ``?fallback=true``).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import numpy as np
 import pandas as pd
 
 from recsys_pipeline.content.features import ItemFeatures
@@ -24,6 +28,7 @@ from recsys_pipeline.serving.snapshot import (
     RECOMMENDATIONS,
     current_day,
     describe_days,
+    publish_model,
     publish_snapshot,
     published_days,
     remove_days_before,
@@ -34,6 +39,7 @@ from recsys_pipeline.settings import HomePaths
 __all__ = [
     "PERSONALIZED",
     "COLD_USER_PRIOR",
+    "FOLDED_IN",
     "POPULARITY_FALLBACK",
     "rank_all_users",
     "items_snapshot",
@@ -44,6 +50,7 @@ __all__ = [
 
 PERSONALIZED = "personalized"
 COLD_USER_PRIOR = "cold_user_prior"
+FOLDED_IN = "folded_in"
 POPULARITY_FALLBACK = "popularity_fallback"
 
 
@@ -57,8 +64,12 @@ def rank_all_users(
     partition_date: date | None = None,
     model_partition_date: date | None = None,
 ) -> pd.DataFrame:
-    """Top-``k`` for every user in ``interactions`` (``user_id, item_id``), excluding each user's interacted items
-    (those the model was fit on and any newer ones).
+    """Top-``k`` for every user in ``interactions`` (``user_id, item_id[, timestamp]``), excluding each user's
+    interacted items (those the model was fit on and any newer ones).
+
+    A user with pairs the model was not fit on (not in ``model.seen``) is folded in first when the model has
+    ``with_history`` and ``interactions`` has ``timestamp``: their whole history in ``interactions`` is given
+    (strategy ``folded_in``); otherwise such an unknown user is ``cold_user_prior``.
 
     Returns the ``recommendations`` table (``data.schema.RECOMMENDATIONS``): ``partition_date`` (the UTC day of the
     lists; default ``produced_on``), ``user_id, rank, item_id, score, strategy, model_run_id, model_version,
@@ -66,9 +77,19 @@ def rank_all_users(
     """
     pairs = interactions[["user_id", "item_id"]].astype(str).drop_duplicates()
     users = sorted(pairs["user_id"].unique())
+    folded: set[str] = set()
+    if hasattr(model, "with_history") and "timestamp" in interactions.columns:
+        fitted = model.seen.pairs().assign(_fitted=True)
+        newer = pairs.merge(fitted, on=["user_id", "item_id"], how="left")["_fitted"].isna().to_numpy()
+        folded = set(pairs.loc[newer, "user_id"])
+        if folded:
+            histories = interactions[interactions["user_id"].astype(str).isin(folded)]
+            model = model.with_history(histories)
     recs = model.recommend(users, k=k, exclude_seen=True, exclude=pairs)
     known = recs["user_id"].isin(set(model.known_users))
-    recs["strategy"] = known.map({True: PERSONALIZED, False: COLD_USER_PRIOR}).astype(str)
+    recs["strategy"] = np.where(
+        recs["user_id"].isin(folded), FOLDED_IN, np.where(known, PERSONALIZED, COLD_USER_PRIOR)
+    ).astype(str)
     return recs.assign(
         partition_date=partition_date or produced_on,
         model_run_id=model_run_id,
@@ -98,17 +119,26 @@ def publish(paths: HomePaths, recommendations: pd.DataFrame, items: pd.DataFrame
 
 
 def publish_day(
-    paths: HomePaths, day: date, recommendations: pd.DataFrame, items: pd.DataFrame, keep_days: int | None = None
+    paths: HomePaths,
+    day: date,
+    recommendations: pd.DataFrame,
+    items: pd.DataFrame,
+    keep_days: int | None = None,
+    model: Recommender | None = None,
 ) -> dict:
-    """Publish the lists of UTC day ``day``: its snapshots (items first, then the lists; each replaced atomically),
-    then the current-day pointer moves to ``day`` unless it names a later day (days never go backwards: publishing
-    an old day again keeps serving the newer one; :func:`make_current` rolls back). ``keep_days``: published days
-    before ``day - (keep_days - 1)`` are deleted, the current one excepted.
+    """Publish the lists of UTC day ``day``: the model that made them (``model``, for request-time fold-in:
+    ``POST /recommendations``), its snapshots (items first, then the lists; each replaced atomically), then the
+    current-day pointer moves to ``day`` unless it names a later day (days never go backwards: publishing an old
+    day again keeps serving the newer one; :func:`make_current` rolls back). ``keep_days``: published days before
+    ``day - (keep_days - 1)`` are deleted, the current one excepted.
 
     Returns:
         ``{"current": the current day after publishing, "moved": whether the pointer moved to day, "removed":
         [days deleted by retention]}``.
     """
+    if model is not None:
+        version = str(recommendations["model_version"].iloc[0]) if "model_version" in recommendations else ""
+        publish_model(paths, day, model.save, model_version=version)
     publish_snapshot(paths, items, ITEMS, day)
     publish_snapshot(paths, recommendations, RECOMMENDATIONS, day)
     current = current_day(paths)

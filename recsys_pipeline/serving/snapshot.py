@@ -16,7 +16,13 @@ Layout::
 
     published/current.json                      {"date": "2018-09-24", ...}: the current day
     published/days/2018-09-24/recommendations.parquet, items.parquet
+    published/days/2018-09-24/model.json        {"folder": "model-<id>", ...}: the day's champion, for fold-in
+    published/days/2018-09-24/model-<id>/       what ``Recommender.save`` wrote (``POST /recommendations``)
     published/days/2018-09-23/...               kept for RECSYS_RETENTION_DAYS days
+
+A day's model is written to a new ``model-<id>`` folder (``.model-<id>.tmp`` until complete), then ``model.json``
+is replaced atomically to name it, then the folder it named before is deleted: a reader sees the old model or the
+new one.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -37,6 +45,7 @@ RECOMMENDATIONS = "recommendations"
 ITEMS = "items"  # item_id, title, users, rank: titles and the popularity fallback (serving.publish.items_snapshot)
 CURRENT = "current"  # published/current.json: the day readers answer from by default
 DAYS_FOLDER = "days"
+MODEL_POINTER = "model.json"  # published/days/D/model.json: names the day's model folder
 
 
 def day_folder(paths: HomePaths, day: date) -> Path:
@@ -89,6 +98,49 @@ def publish_snapshot(
     return _replace_atomically(
         target, lambda handle: frame.to_parquet(handle, index=False), f"published/{name}.before_replace"
     )
+
+
+def publish_model(paths: HomePaths, day: date, save: Callable[[Path], None], **info: str) -> Path:
+    """Publish UTC day ``day``'s model: ``save(folder)`` writes it into a new folder, then the day's
+    ``model.json`` names it (atomically, with ``info`` such as the model version), then older model folders of the
+    day are deleted. Returns the new folder.
+
+    Raises:
+        OSError: the day folder is not writable; whatever ``save`` raises (the previous model stays published).
+    """
+    folder = day_folder(paths, day)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"model-{uuid.uuid4().hex[:12]}"
+    tmp = folder / f".{name}.tmp"
+    try:
+        save(tmp)
+        for path in (tmp, *tmp.rglob("*")):  # a server running as another user must read it
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        os.rename(tmp, folder / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    text = json.dumps({"folder": name, **info}, sort_keys=True).encode()
+    _replace_atomically(folder / MODEL_POINTER, lambda handle: handle.write(text), "published/model.before_replace")
+    for stale in folder.glob("model-*"):  # the one named before, and any a crash left behind
+        if stale.name != name and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    for stale in folder.glob(".model-*.tmp"):
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return folder / name
+
+
+def published_model(paths: HomePaths, day: date) -> tuple[Path, dict] | None:
+    """``(folder, info)`` of UTC day ``day``'s published model (``info``: what :func:`publish_model` recorded),
+    or ``None`` when the day has none (published before models were, or not at all)."""
+    pointer = day_folder(paths, day) / MODEL_POINTER
+    try:
+        info = json.loads(pointer.read_text())
+    except FileNotFoundError:
+        return None
+    folder = day_folder(paths, day) / str(info.get("folder", ""))
+    return (folder, info) if info.get("folder") and folder.is_dir() else None
 
 
 def current_day(paths: HomePaths) -> date | None:

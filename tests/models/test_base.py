@@ -92,3 +92,23 @@ def test_random_scores_are_stable_per_pair_and_uniform(data):
     )
     draws = big.score(["u"], big.item_ids)[0]
     assert 0.45 < draws.mean() < 0.55 and draws.min() >= 0 and draws.max() < 1
+
+
+def test_seen_items_overlay_adds_pairs_once_and_leaves_the_base_alone():
+    base = SeenItems(pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["x", "y", "x"]}))
+    more = base.with_pairs(pd.DataFrame({"user_id": ["a", "c", "c"], "item_id": ["y", "z", "x"]}))  # (a, y) again
+    candidates = pd.Index(["x", "y", "z"], dtype=object)
+    rows, cols = more.mask_positions(["a", "b", "c", "nobody"], candidates)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 0), (0, 1), (1, 0), (2, 0), (2, 2)]
+    assert len(more) == 5 and len(base) == 3
+    assert sorted(map(tuple, more.pairs().to_numpy().tolist())) == [
+        ("a", "x"),
+        ("a", "y"),
+        ("b", "x"),
+        ("c", "x"),
+        ("c", "z"),
+    ]
+    rows, _ = base.mask_positions(["c"], candidates)
+    assert len(rows) == 0
+    again = more.with_pairs(pd.DataFrame({"user_id": ["b"], "item_id": ["z"]}))  # overlays stack
+    assert len(again) == 6 and len(more) == 5

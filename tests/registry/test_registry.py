@@ -162,6 +162,23 @@ def test_recommendations_and_pyfunc_use_the_champion(store):
     assert recs["strategy"].eq("personalized").all() and recs.groupby("user_id").size().eq(5).all()
     assert recs.merge(seen, on=["user_id", "item_id"]).empty  # seen items excluded
     assert (recs["model_version"] == "3").all()
+    # interactions the champion was not trained on are folded in when the lists are made
+    known = data[data["user_id"] == "u0"]
+    newer = pd.DataFrame(
+        {
+            "user_id": ["newbie"] * 3 + ["u0"],
+            "item_id": [*known["item_id"].iloc[:3], features.item_ids[-1]],
+            "timestamp": pd.Timestamp("2030-01-01"),
+        }
+    )
+    events = pd.concat([data[["user_id", "item_id", "timestamp"]], newer], ignore_index=True)
+    folded = rank_all_users(model, events, 5, champion.run_id, champion.version, date(2024, 1, 1))
+    strategy = folded.groupby("user_id")["strategy"].first()
+    assert strategy["newbie"] == "folded_in" and strategy["u0"] == "folded_in"
+    assert strategy.drop(["newbie", "u0"]).eq("personalized").all()
+    assert folded.merge(newer, on=["user_id", "item_id"]).empty  # the newer items are excluded too
+    unchanged = folded[folded["user_id"] == "u7"]["item_id"].tolist()
+    assert unchanged == recs[recs["user_id"] == "u7"]["item_id"].tolist()  # the others' lists do not move
     served = mlflow.pyfunc.load_model(model_registry.champion_uri(NAME))
     users = ["u0", "u7"]
     out = served.predict(pd.DataFrame({"user_id": users}), params={"k": 5})

@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Collection, Sequence
@@ -192,8 +193,8 @@ class TwoTowerRecommender(Recommender):
         if missing:
             raise ValueError(f"with_history: interactions lack {sorted(missing)}")
         events = interactions[["user_id", "item_id", "timestamp"]].astype({"user_id": str, "item_id": str})
-        other = self.with_features(self.features)
-        other.seen = SeenItems(pd.concat([self.seen.pairs(), events[["user_id", "item_id"]]], ignore_index=True))
+        other = copy.copy(self)  # same catalog: shares the weights and the item-side caches
+        other.seen = self.seen.with_pairs(events[["user_id", "item_id"]])
         users = sorted(events["user_id"].unique())
         idx = torch.tensor([self.user_index.get(u, 0) for u in users], dtype=torch.long, device=self.device)
         vectors = self.model.user_vectors(idx).clone()
