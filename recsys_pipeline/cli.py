@@ -4,8 +4,8 @@
   the Dagster instance under ``$RECSYS_HOME/dagster`` (the runs show in the UI): ingestion over every daily
   partition as one run, then the content and the model group (encode, train, evaluate, gate, publish) for the last
   day; then a summary.
-- ``recsys recommend --user ID [-k N] [--date D]``: that user's published recommendations with titles (of the
-  current published day, or of day D).
+- ``recsys recommend --user ID [-k N] [--date D] [--explain]``: that user's published recommendations with titles
+  (of the current published day, or of day D); ``--explain``: and the user's items that raise each most.
 - ``recsys serve [--host 127.0.0.1] [--port 8000]``: ``GET /recommendations/{user_id}?k=10[&date=D]`` over the
   published recommendations (``serving.app``).
 - ``recsys backfill --start D --end D [--downstream]``: re-ingest the UTC days ``start..end`` (inclusive) of
@@ -709,14 +709,37 @@ def recommend(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         titles = recs[["item_id"]].assign(title=None)
     recs = recs.merge(titles, on="item_id", how="left").assign(score=lambda f: f["score"].round(4))
+    columns = ["rank", "item_id", "title", "score"]
+    if args.explain:
+        if "explanation" not in recs.columns or recs["explanation"].isna().all():
+            print("these lists were published without explanations", file=sys.stderr)
+        else:
+            by_id = dict(zip(titles["item_id"].astype(str), titles["title"]))
+            recs["because you liked"] = recs["explanation"].map(lambda text: _because(text, by_id))
+            columns.append("because you liked")
     version = f"champion v{recs['model_version'].iloc[0]}, " if "model_version" in recs.columns else ""
     of_day = f" of {recs['partition_date'].iloc[0]}" if "partition_date" in recs.columns else ""
     print(
         f"Top {len(recs)}{of_day} for user {args.user} ({version}model run {recs['model_run_id'].iloc[0]}, "
         f"produced {recs['produced_on'].iloc[0]}):"
     )
-    print(recs[["rank", "item_id", "title", "score"]].to_markdown(index=False))
+    print(recs[columns].to_markdown(index=False))
     return 0
+
+
+def _because(stored, titles: dict[str, str]) -> str:
+    """``"Title A; Title B"`` of a stored explanation (``serving.publish.explanation_json``), plus the modality
+    shares of an item no item of the user raises (e.g. ``"(content: text 0.8, image 0.2)"``)."""
+    import json
+
+    if not isinstance(stored, str):  # None / NaN: not explained
+        return ""
+    why = json.loads(stored)
+    named = "; ".join(str(titles.get(i, i)) for i in why.get("because", []))
+    if named:
+        return named
+    shares = ", ".join(f"{m} {w:.2f}" for m, w in why.get("modalities", {}).items())
+    return f"(content: {shares})" if shares else ""
 
 
 def export(args: argparse.Namespace) -> int:
@@ -929,6 +952,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("recommend", recommend)
     p.add_argument("--user", metavar="ID", required=True, help="user_id as in the interactions table")
     p.add_argument("-k", metavar="N", type=_positive_int, default=10, help="list length, at most the published K")
+    p.add_argument(
+        "--explain", action="store_true", help="add why: the user's items that raise each recommendation most"
+    )
     p.add_argument(
         "--date",
         metavar="YYYY-MM-DD",

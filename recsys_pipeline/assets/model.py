@@ -1,6 +1,7 @@
 """Model assets and their check: recommender_model (Lightning + MLflow), model_evaluation (+ the champion gate),
 recommendations; the blocking check ``model_beats_popularity``."""
 
+import json
 import time
 from dataclasses import fields
 from datetime import UTC, date, datetime, timedelta
@@ -414,11 +415,13 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
             table = table_metadata(con, RECOMMENDATIONS, partition_rows=written["rows"])
             days_held = len(warehouse.partition_days(con, RECOMMENDATIONS.name))
             preview = con.execute(
-                "SELECT r.user_id, r.rank, c.title, round(r.score, 3) AS score FROM recommendations r "
+                "SELECT r.user_id, r.rank, c.title, round(r.score, 3) AS score, r.explanation FROM recommendations r "
                 "JOIN item_catalog c USING (item_id) WHERE r.partition_date = ? AND r.user_id = "
                 "(SELECT min(user_id) FROM recommendations WHERE partition_date = ?) ORDER BY r.rank LIMIT 10",
                 [day, day],
             ).df()
+        by_id = dict(zip(titles["item_id"].astype(str), titles["title"]))
+        preview["because you liked"] = preview.pop("explanation").map(lambda text: _because_titles(text, by_id))
         published = publish_day(
             home.paths(), day, recs, items_snapshot(interactions, features, titles), keep, model=model
         )
@@ -450,6 +453,13 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
         )
 
     return [recommender_model, model_evaluation, recommendations]
+
+
+def _because_titles(stored, titles: dict[str, str]) -> str:
+    """``"Title A; Title B"``: the titles of a stored explanation's ``because`` (``""`` when not explained)."""
+    if not isinstance(stored, str):
+        return ""
+    return "; ".join(str(titles.get(i, i)) for i in json.loads(stored).get("because", []))
 
 
 def model_checks(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetChecksDefinition]:

@@ -193,6 +193,12 @@ RECOMMENDATIONS = Table(
         _col("model_version", "VARCHAR", False, "registry version of the champion"),
         _col("produced_on", "DATE", False, "UTC day the run made the lists (wall clock)"),
         _col("model_partition_date", "DATE", description="partition date of the champion version (NULL: older)"),
+        _col(
+            "explanation",
+            "VARCHAR",
+            description='JSON {"because": [the user\'s item ids raising it most], "contributions": [score drops], '
+            '"modalities": {name: share}} (NULL: not explained)',
+        ),
     ),
     "top-K per user by the champion of the day, seen items excluded; one set of lists per partition_date",
 )

@@ -1,8 +1,10 @@
 """MLflow pyfunc "model from code" for a trained recommender (loaded by ``mlflow.pyfunc.load_model``).
 
-Input: a DataFrame with a ``user_id`` column (str). Params: ``k`` (int, default 10).
+Input: a DataFrame with a ``user_id`` column (str). Params: ``k`` (int, default 10), ``explain`` (bool, default
+false).
 Output: DataFrame ``user_id, rank, item_id, score`` (``rank`` 1..k; seen items excluded; unknown users get the
-model's cold-user fallback).
+model's cold-user fallback); with ``explain``, also ``because`` (list of the user's item ids that raise the item's
+score most) and ``modality_weights`` (dict: the item's content shares), from ``TwoTowerRecommender.explain``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         n_items = len(self.model.item_ids)
         if not 1 <= k <= n_items:
             raise ValueError(f"param k must be in 1..{n_items} (the catalog size), got {k}")
-        return self.model.recommend(model_input["user_id"].astype(str).tolist(), k=k, exclude_seen=True)
+        ranked = self.model.recommend(model_input["user_id"].astype(str).tolist(), k=k, exclude_seen=True)
+        if not bool((params or {}).get("explain", False)):
+            return ranked
+        because, shares = [], []
+        for user, items in ranked.groupby("user_id", sort=False)["item_id"]:
+            explained = self.model.explain([user], items.tolist())
+            because += explained["because"].tolist()
+            shares += explained["modality_weights"].tolist()
+        return ranked.assign(because=because, modality_weights=shares)  # recommend() lists users contiguously
 
 
 mlflow.models.set_model(RecommenderPyfunc())

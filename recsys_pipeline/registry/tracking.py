@@ -181,12 +181,13 @@ def resolve_version(client: MlflowClient, model_uri: str):
 
 
 def _signature():
-    """Input ``user_id`` (str); output ``user_id, rank, item_id, score``; param ``k`` (int, default 10)."""
+    """Input ``user_id`` (str); output ``user_id, rank, item_id, score``; params ``k`` (int, default 10) and
+    ``explain`` (bool, default false: add ``because`` and ``modality_weights``)."""
     from mlflow.models import infer_signature
 
     example_in = pd.DataFrame({"user_id": ["1"]})
     example_out = pd.DataFrame({"user_id": ["1"], "rank": [1], "item_id": ["1"], "score": [0.5]})
-    return infer_signature(example_in, example_out, params={"k": 10})
+    return infer_signature(example_in, example_out, params={"k": 10, "explain": False})
 
 
 def _input_example(seen: pd.DataFrame) -> tuple[pd.DataFrame, dict]:

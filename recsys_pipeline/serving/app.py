@@ -11,9 +11,11 @@ Contract of ``GET /recommendations/{user_id}?k=10[&fallback=true][&date=YYYY-MM-
   with ``{"error": "unknown_date", ...}`` naming the published days; a malformed date is ``422``.
 
 - ``user_id`` in the published recommendations (the user has interactions): ``200``, the user's top-``k`` list
-  by the champion model, seen items excluded. ``strategy`` is ``"personalized"``, or ``"cold_user_prior"`` for a
-  user whose history arrived after the champion's training cutoff (no user embedding yet: ranked by the model's
-  content-aware item prior, seen items still excluded).
+  by the champion model, seen items excluded; each entry carries ``because`` (the user's items that raise its
+  score most, with titles and the score each adds: ``TwoTowerRecommender.explain``) and ``modality_weights``
+  (the shares of text / image / audio in the item's content vector). ``strategy`` is ``"personalized"``, or
+  ``"folded_in"`` for a user with interactions newer than the champion (folded in when the lists were made,
+  ``serving.publish``).
 - any other ``user_id`` has no history in the system: the server cannot tell a new user from a typo, so it answers
   ``404`` with ``{"error": "unknown_user", ...}``, unless the caller says it is a new (cold) user with
   ``fallback=true``: then ``200`` with the most popular items (distinct users, all time) and
@@ -36,6 +38,7 @@ CDN, so it is blank offline).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -47,7 +50,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from recsys_pipeline.serving.publish import FOLDED_IN, PERSONALIZED, POPULARITY_FALLBACK
+from recsys_pipeline.serving.publish import FOLDED_IN, PERSONALIZED, POPULARITY_FALLBACK, explanation_json
 from recsys_pipeline.serving.snapshot import (
     ITEMS,
     RECOMMENDATIONS,
@@ -90,6 +93,7 @@ class _Loaded:
     strategies: np.ndarray  # (n_rows,) object (str)
     run_ids: np.ndarray  # (n_rows,) object (str or None)
     popular_items: list[dict]  # {"rank", "item_id", "title", "score"} by rank
+    explanations: np.ndarray  # (n_rows,) object: the stored JSON (str) or None (parsed per request)
 
 
 class PublishedSnapshots:
@@ -194,6 +198,11 @@ class PublishedSnapshots:
                 {"rank": int(r.rank), "item_id": r.item_id, "title": r.title, "score": float(r.users)}
                 for r in popular.itertuples()
             ],
+            explanations=(
+                np.array([None if pd.isna(e) else str(e) for e in recs["explanation"]], dtype=object)
+                if "explanation" in recs.columns
+                else np.full(len(recs), None, dtype=object)
+            ),
         )
 
 
@@ -234,6 +243,21 @@ class VisitorRequest(BaseModel):
     items: list[str] = Field(min_length=1, max_length=MAX_VISITOR_ITEMS, description="item ids, oldest first")
     k: int = Field(10, ge=1, le=MAX_K, description="list length")
     date: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="UTC day (default: current)")
+
+
+def _explained(stored: str | None, titles: dict[str, str]) -> dict:
+    """A list entry's ``because`` (the user's items raising it most, with titles) and ``modality_weights`` (the
+    item's content shares), from the stored explanation JSON; ``{}`` when the entry has none."""
+    if stored is None:
+        return {}
+    why = json.loads(stored)
+    return {
+        "because": [
+            {"item_id": i, "title": titles.get(i), "contribution": c}
+            for i, c in zip(why.get("because", []), why.get("contributions", []))
+        ],
+        "modality_weights": why.get("modalities", {}),
+    }
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -368,12 +392,13 @@ def create_app(paths: HomePaths, api_key: str | None = None):
         if span is not None:
             start, stop = span[0], min(span[1], span[0] + k)
             items = [
-                {"rank": rank, "item_id": item, "title": title, "score": score}
-                for rank, item, title, score in zip(
+                {"rank": rank, "item_id": item, "title": title, "score": score, **_explained(why, loaded.titles)}
+                for rank, item, title, score, why in zip(
                     loaded.ranks[start:stop].tolist(),
                     loaded.item_ids[start:stop].tolist(),
                     loaded.item_titles[start:stop].tolist(),
                     loaded.scores[start:stop].tolist(),
+                    loaded.explanations[start:stop].tolist(),
                 )
             ]
             # "k": what is returned (the published list may be shorter than requested_k)
@@ -445,7 +470,9 @@ def create_app(paths: HomePaths, api_key: str | None = None):
                 },
             )
         events = pd.DataFrame({"user_id": VISITOR, "item_id": known, "timestamp": np.arange(len(known))})
-        ranked = model.with_history(events).recommend([VISITOR], k=body.k)
+        folded = model.with_history(events)
+        ranked = folded.recommend([VISITOR], k=body.k)
+        explained = folded.explain([VISITOR], ranked["item_id"].tolist())
         return {
             "strategy": FOLDED_IN,
             "k": len(ranked),
@@ -459,8 +486,9 @@ def create_app(paths: HomePaths, api_key: str | None = None):
                     "item_id": r.item_id,
                     "title": loaded.titles.get(r.item_id),
                     "score": float(r.score),
+                    **_explained(explanation_json(why), loaded.titles),
                 }
-                for r in ranked.itertuples()
+                for r, why in zip(ranked.itertuples(), explained.itertuples())
             ],
         }
 

@@ -15,6 +15,7 @@ Strategies (the ``strategy`` column and the HTTP answer):
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = [
     "FOLDED_IN",
     "POPULARITY_FALLBACK",
     "rank_all_users",
+    "explanation_json",
     "items_snapshot",
     "publish",
     "publish_day",
@@ -63,6 +65,7 @@ def rank_all_users(
     produced_on: date,
     partition_date: date | None = None,
     model_partition_date: date | None = None,
+    explain: bool = True,
 ) -> pd.DataFrame:
     """Top-``k`` for every user in ``interactions`` (``user_id, item_id[, timestamp]``), excluding each user's
     interacted items (those the model was fit on and any newer ones).
@@ -73,7 +76,9 @@ def rank_all_users(
 
     Returns the ``recommendations`` table (``data.schema.RECOMMENDATIONS``): ``partition_date`` (the UTC day of the
     lists; default ``produced_on``), ``user_id, rank, item_id, score, strategy, model_run_id, model_version,
-    produced_on`` and ``model_partition_date`` (the day the model was trained as of, ``None`` when unknown).
+    produced_on``, ``model_partition_date`` (the day the model was trained as of, ``None`` when unknown) and
+    ``explanation`` (with ``explain`` and a model that has ``explain``: JSON of :func:`explanation_json`, else
+    ``None``).
     """
     pairs = interactions[["user_id", "item_id"]].astype(str).drop_duplicates()
     users = sorted(pairs["user_id"].unique())
@@ -90,12 +95,32 @@ def rank_all_users(
     recs["strategy"] = np.where(
         recs["user_id"].isin(folded), FOLDED_IN, np.where(known, PERSONALIZED, COLD_USER_PRIOR)
     ).astype(str)
+    recs["explanation"] = None
+    if explain and hasattr(model, "explain") and len(recs):
+        texts = pd.Series(None, index=recs.index, dtype=object)
+        for user, items in recs.groupby("user_id", sort=False)["item_id"]:
+            explained = model.explain([user], items.tolist())
+            texts.loc[items.index] = [explanation_json(row) for row in explained.itertuples()]
+        recs["explanation"] = texts
     return recs.assign(
         partition_date=partition_date or produced_on,
         model_run_id=model_run_id,
         model_version=str(model_version),
         produced_on=produced_on,
         model_partition_date=model_partition_date,
+    )
+
+
+def explanation_json(row) -> str:
+    """One list entry's explanation as stored (``recommendations.explanation``): ``{"because": [item ids],
+    "contributions": [score drops], "modalities": {name: share}}`` (``TwoTowerRecommender.explain``)."""
+    return json.dumps(
+        {
+            "because": list(row.because),
+            "contributions": [round(c, 4) for c in row.contributions],
+            "modalities": dict(row.modality_weights),
+        },
+        separators=(",", ":"),
     )
 
 

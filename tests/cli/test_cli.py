@@ -102,6 +102,12 @@ def published_days(home, *days: str):
                 "model_version": str(n + 1),
                 "produced_on": day,
                 "model_partition_date": day,
+                "explanation": [
+                    '{"because":["c","b"],"contributions":[0.5,0.2],"modalities":{"text":1.0}}',
+                    '{"because":[],"contributions":[],"modalities":{"text":0.75,"image":0.25}}',
+                    None,
+                    None,
+                ],
             }
         )
         publish_day(paths, day, recs, items)
@@ -125,6 +131,12 @@ def test_recommend_answers_from_the_current_day_or_the_date_asked(tmp_path, caps
     )
     assert main(["--home", home, "recommend", "--user", "u1", "--date", "24/09/2018"]) == 2
     assert "--date '24/09/2018' is not a YYYY-MM-DD date" in capsys.readouterr().err
+    assert main(["--home", home, "recommend", "--user", "u1", "--explain"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "because you liked" in lines[1]
+    assert lines[3].rstrip(" |").endswith("Gamma; Beta") and "(content: text 0.75, image 0.25)" in lines[4]
+    assert main(["--home", home, "recommend", "--user", "u2", "--explain"]) == 0
+    assert "published without explanations" in capsys.readouterr().err
 
 
 def test_rollback_to_a_day_never_published_is_exit_code_1_and_changes_nothing(tmp_path, capsys):

@@ -184,6 +184,13 @@ def test_recommendations_and_pyfunc_use_the_champion(store):
     out = served.predict(pd.DataFrame({"user_id": users}), params={"k": 5})
     assert list(out.columns) == ["user_id", "rank", "item_id", "score"]
     assert out["item_id"].tolist() == recs[recs["user_id"].isin(users)]["item_id"].tolist()
+    explained = served.predict(pd.DataFrame({"user_id": users}), params={"k": 5, "explain": True})
+    assert list(explained.columns) == ["user_id", "rank", "item_id", "score", "because", "modality_weights"]
+    expected = model.explain(["u7"], out.loc[out["user_id"] == "u7", "item_id"].tolist())
+    assert (
+        explained.loc[explained["user_id"] == "u7", "modality_weights"].tolist()
+        == expected["modality_weights"].tolist()
+    )
     # the champion (v3) is not the worse challenger (v2): their lists differ
     loser = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger").predict(
         pd.DataFrame({"user_id": users}), params={"k": 5}

@@ -55,6 +55,11 @@ def test_a_visitor_is_served_from_their_items_by_the_published_model(home, train
     np.testing.assert_allclose([i["score"] for i in body["items"]], expected["score"], rtol=1e-5)
     # the fold-in moves the visitor's planted genre up against the item prior they had before (the toy prior is
     # strong: with the item-item weight 0.5 the genre need not lead); another visitor's items give another list
+    # each entry says why: the visitor's items that raise it most, with titles, and the item's content shares
+    named = {b["item_id"] for item in body["items"] for b in item["because"]}
+    assert named and named <= set(genre0)
+    assert body["items"][0]["because"][0]["title"] == f"Movie {body['items'][0]['because'][0]['item_id']}"
+    assert set(body["items"][0]["modality_weights"]) <= {"text", "image"}
     unseen = [i for i in content.item_ids if i not in genre0]
     moved = model.with_history(events).score([VISITOR], unseen)[0] - model.score([VISITOR], unseen)[0]
     in_genre = np.array([int(i[1:]) % toy.GENRES == 0 for i in unseen])
@@ -62,6 +67,18 @@ def test_a_visitor_is_served_from_their_items_by_the_published_model(home, train
     genre1 = [i for i in content.item_ids if int(i[1:]) % toy.GENRES == 1][:4]
     other = client.post("/recommendations", json={"items": genre1}).json()
     assert [i["item_id"] for i in other["items"]] != listed
+
+
+def test_a_known_users_published_list_says_why(home, trained):
+    _, data, model = trained
+    body = TestClient(create_app(home)).get("/recommendations/u3", params={"k": 5}).json()
+    mine = set(data.loc[data["user_id"] == "u3", "item_id"])
+    for item in body["items"]:
+        assert item["because"] and {b["item_id"] for b in item["because"]} <= mine
+        contributions = [b["contribution"] for b in item["because"]]
+        assert contributions == sorted(contributions, reverse=True) and contributions[-1] > 0
+    expected = model.explain(["u3"], [body["items"][0]["item_id"]]).iloc[0]
+    assert [b["item_id"] for b in body["items"][0]["because"]] == expected["because"]
 
 
 def test_a_visitor_without_known_items_or_with_a_bad_body_is_422(home):

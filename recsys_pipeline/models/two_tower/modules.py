@@ -197,6 +197,16 @@ class ModalityAttentionFusion(nn.Module):
         return out.index_copy(0, idx, self.proj[j](x.index_select(0, idx)))
 
     def forward(self, features, present: Tensor) -> tuple[Tensor, Tensor]:
+        tokens, w, has_content = self._pooled(features, present)
+        return (tokens * w[..., None]).sum(dim=1), has_content
+
+    def modality_weights(self, features, present: Tensor) -> Tensor:
+        """``(B, M)`` float32: each present modality's weight in the item's fused vector (sums to 1 over the
+        present ones; zeros for an item with none): the pooling weights (``pooling="mean"``: equal)."""
+        return self._pooled(features, present)[1]
+
+    def _pooled(self, features, present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(tokens (B, M, W), pooling weights (B, M), has_content (B,))``."""
         feats = self._features(features)
         present = present.bool()
         tokens = torch.stack([self._project(j, x, present[:, j]) for j, x in enumerate(feats)], dim=1)
@@ -212,7 +222,7 @@ class ModalityAttentionFusion(nn.Module):
             w = torch.softmax(logits.masked_fill(kpm, float("-inf")), dim=1) * present
         else:
             w = w / w.sum(dim=1, keepdim=True).clamp(min=1.0)
-        return (tokens * w[..., None]).sum(dim=1), has_content
+        return tokens, w, has_content
 
 
 class ConcatFusion(nn.Module):
@@ -237,6 +247,11 @@ class ConcatFusion(nn.Module):
         has_content = present.any(dim=1)
         out = self.dropout(self.linear(x)) * has_content[:, None].to(x.dtype)
         return out, has_content
+
+    def modality_weights(self, features, present: Tensor) -> Tensor:
+        """``(B, M)``: one linear layer reads every present modality, none is weighted apart: equal shares."""
+        w = present.float()
+        return w / w.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 
 class CrossNetworkV2(nn.Module):
