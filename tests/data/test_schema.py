@@ -45,6 +45,7 @@ def test_replace_table_enforces_the_declared_columns_and_keeps_the_old_rows_on_f
             "model_version": ["1"],
             "produced_on": [pd.Timestamp("2024-01-01")],
             "model_partition_date": [None],
+            "explanation": [None],
             "extra": ["ignored"],
         }
     )
