@@ -11,6 +11,8 @@
   ``raw_events``, ``interactions``) when its file appears or changes.
 - ``model_tuning_job`` / ``weekly_model_tuning`` (Sundays 03:00 UTC): the two-tower model's hyperparameter search
   (``model_tuning``), outside the nightly job; the next ``recommender_model`` trains with its chosen params.
+- ``text_encoder_adaptation_job``: fine-tunes the text encoder on the interactions (``text_encoder_adaptation``),
+  on demand; ``text_embeddings`` reads it when the ``text_encoder`` resource's mode is ``adapted``.
 - ``rollback_recommendations``: points the published lists (what ``recsys serve`` / ``recsys recommend`` answer
   from by default) at another published day (``recsys rollback --date D``), recorded as a run and as an
   observation of that day's ``recommendations`` partition.
@@ -49,6 +51,8 @@ INGEST_JOB = "ingest_events_job"
 ROLLBACK_JOB = "rollback_recommendations"
 TUNING_JOB = "model_tuning_job"
 TUNING_ASSETS = ("model_tuning",)  # not partitioned, not nightly: on demand or weekly
+ADAPTATION_JOB = "text_encoder_adaptation_job"
+ON_DEMAND_ASSETS = (*TUNING_ASSETS, "text_encoder_adaptation")  # never in the pipeline job
 INGESTION_ASSETS = ("item_catalog", "raw_events", "interactions")
 CONTENT_ASSETS = ("text_embeddings", "image_embeddings", "audio_embeddings", "item_features")
 # a range of days as one run (BackfillPolicy.single_run): the demo's and `recsys backfill`'s first run
@@ -79,12 +83,12 @@ __all__ = [
 
 def jobs() -> list:
     """``recsys_pipeline_job`` (every daily asset), ``ingest_events_job`` (one day of events), both partitioned
-    like their assets (Dagster infers it), ``model_tuning_job`` and ``rollback_recommendations`` (no partitions:
-    its config names the day)."""
+    like their assets (Dagster infers it), ``model_tuning_job``, ``text_encoder_adaptation_job`` and
+    ``rollback_recommendations`` (no partitions: its config names the day)."""
     return [
         dg.define_asset_job(
             PIPELINE_JOB,
-            selection=dg.AssetSelection.all() - dg.AssetSelection.assets(*TUNING_ASSETS),
+            selection=dg.AssetSelection.all() - dg.AssetSelection.assets(*ON_DEMAND_ASSETS),
             description="The whole graph for a day: ingest it, the catalog as of it (embeddings of new items), "
             "train the model of that day, evaluate, gate, publish that day's lists. A range of days as one run: "
             "ingestion and content only (the model group runs one day per run).",
@@ -100,6 +104,12 @@ def jobs() -> list:
             selection=dg.AssetSelection.assets(*TUNING_ASSETS),
             description="The two-tower model's hyperparameter search on every interaction (model_tuning): the "
             "next recommender_model trains with its chosen params.",
+        ),
+        dg.define_asset_job(
+            ADAPTATION_JOB,
+            selection=dg.AssetSelection.assets("text_encoder_adaptation"),
+            description="Fine-tune the text encoder on every interaction (text_encoder_adaptation); text_embeddings "
+            "reads it with the text_encoder resource's mode 'adapted'.",
         ),
         rollback_job(),
     ]

@@ -1,6 +1,9 @@
 """``model_tuning``: the two-tower model's hyperparameter search on the data at hand (Optuna; on demand or weekly,
 never nightly). ``recommender_model`` and ``model_evaluation`` train with its chosen trial's params (a field set in
-the ``training`` resource wins); without a search they use ``ModelConfig``'s defaults."""
+the ``training`` resource wins); without a search they use ``ModelConfig``'s defaults.
+
+``text_encoder_adaptation``: the text encoder fine-tuned on the interactions (on demand); ``text_embeddings`` reads
+it when the ``text_encoder`` resource's mode is ``adapted``."""
 
 import json
 import time
@@ -14,9 +17,21 @@ from recsys_pipeline.data import warehouse
 from recsys_pipeline.data.schema import MODEL_TUNING
 from recsys_pipeline.evaluation.protocols import PROTOCOLS, EvaluationSettings
 from recsys_pipeline.instance import DUCKDB_POOL
-from recsys_pipeline.resources import MLflowResource, TrainingResource, WarehouseResource
+from recsys_pipeline.resources import MLflowResource, TextEncoderResource, TrainingResource, WarehouseResource
 
 MODEL_TUNING_ASSET = "model_tuning"
+TEXT_ADAPTATION_ASSET = "text_encoder_adaptation"
+
+
+class TextAdaptationConfig(dg.Config):
+    """``content.text_adaptation.AdaptationConfig``: ``steps`` (batches of ``batch_size`` pairs; ~2.7 s a step of
+    32 pairs on one CPU thread), ``lr``, ``max_pairs`` (distinct consecutive pairs drawn), ``seed``."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 2e-5
+    max_pairs: int = 50_000
+    seed: int = 0
 
 
 class TuningConfig(dg.Config):
@@ -122,4 +137,63 @@ def tuning_assets() -> list[dg.AssetsDefinition]:
             }
         )
 
-    return [model_tuning]
+    @dg.asset(
+        name=TEXT_ADAPTATION_ASSET,
+        group_name="tuning",  # on demand: "Materialize all" of the content group must not start a fine-tuning
+        kinds={"pytorch", "mlflow"},
+        deps=["interactions", "item_catalog"],
+    )
+    def text_encoder_adaptation(
+        context: dg.AssetExecutionContext,
+        config: TextAdaptationConfig,
+        warehouse_db: WarehouseResource,
+        mlflow: MLflowResource,
+        text_encoder: TextEncoderResource,
+    ) -> dg.MaterializeResult:
+        """The text encoder fine-tuned on every interaction so far: contrastive, a user's consecutive items as
+        positive pairs, in-batch negatives (``content.text_adaptation``). One MLflow run (the adapted model as
+        its artifacts: a version per run); the new encoder becomes current (``<home>/models/text_adapted``), read by
+        ``text_embeddings`` when the ``text_encoder`` resource's ``mode`` is ``adapted`` (the default is frozen,
+        see the README's measurement). A failure keeps the previous encoder current."""
+        from recsys_pipeline.content.text_adaptation import AdaptationConfig
+        from recsys_pipeline.registry import tracking
+        from recsys_pipeline.registry.runs import adapt_and_log
+
+        started = time.perf_counter()
+        with warehouse_db.session(read_only=True) as con:  # released before the (long) fine-tuning
+            data = warehouse.read_interactions(con)
+            catalog = con.execute("SELECT item_id, text FROM item_catalog").df()
+        if data.empty:
+            raise dg.Failure("no interactions to adapt on: materialize the interactions partitions first")
+        texts = dict(zip(catalog["item_id"].astype(str), catalog["text"].fillna("").astype(str)))
+        adaptation = AdaptationConfig(
+            steps=config.steps, batch_size=config.batch_size, lr=config.lr, max_pairs=config.max_pairs, seed=config.seed
+        )
+        try:
+            folder, facts, run_id = adapt_and_log(
+                data,
+                texts,
+                text_encoder.adapted_folder(),
+                adaptation,
+                mlflow.resolved_tracking_uri(),
+                mlflow.experiment_id(),
+                tags=mlflow_tags(context),
+            )
+        except ValueError as exc:
+            raise dg.Failure(f"text_encoder_adaptation: {exc}") from exc
+        return dg.MaterializeResult(
+            metadata={
+                "seconds": round(time.perf_counter() - started, 2),
+                "pairs": int(facts["pairs"]),
+                "steps": int(facts["steps"]),
+                "first_loss": round(facts["first_loss"], 4),
+                "last_loss": round(facts["last_loss"], 4),
+                "path": str(folder),
+                "used by text_embeddings": "yes" if text_encoder.resolved_mode() == "adapted" else "no (mode frozen)",
+                "mlflow_run": dg.MetadataValue.url(
+                    tracking.run_url(mlflow.resolved_tracking_uri(), run_id, mlflow.experiment_id())
+                ),
+            }
+        )
+
+    return [model_tuning, text_encoder_adaptation]

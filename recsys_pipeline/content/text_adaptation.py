@@ -30,7 +30,16 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-__all__ = ["AdaptationConfig", "co_interaction_pairs", "adapt_text_encoder"]
+__all__ = [
+    "AdaptationConfig",
+    "co_interaction_pairs",
+    "adapt_text_encoder",
+    "ADAPTED_POINTER",
+    "adapted_text_model",
+    "set_adapted_text_model",
+]
+
+ADAPTED_POINTER = "current.json"  # <folder>/current.json names the adapted encoder text_embeddings uses
 
 
 @dataclass(frozen=True)
@@ -208,3 +217,43 @@ def adapt_text_encoder(
         "first_loss": float(np.mean(losses[:tail])) if losses else float("nan"),
         "last_loss": float(np.mean(losses[-tail:])) if losses else float("nan"),
     }
+
+
+def set_adapted_text_model(folder: str | os.PathLike[str], model_dir: str | os.PathLike[str], **info: str) -> Path:
+    """Make ``model_dir`` (inside ``folder``) the adapted text encoder: ``folder/current.json`` names it, replaced
+    atomically (with ``info``, e.g. the MLflow run). Returns the pointer's path."""
+    import json
+    import tempfile
+
+    folder = Path(folder)
+    pointer = folder / ADAPTED_POINTER
+    text = json.dumps({"path": str(Path(model_dir).resolve()), **info}, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(prefix=".current-", suffix=".json.tmp", dir=folder)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, pointer)
+    return pointer
+
+
+def adapted_text_model(folder: str | os.PathLike[str]) -> tuple[Path, dict]:
+    """``(model folder, info)`` of the current adapted text encoder under ``folder``.
+
+    Raises:
+        FileNotFoundError: none was made yet (materialize ``text_encoder_adaptation``), or its folder is gone.
+    """
+    import json
+
+    pointer = Path(folder) / ADAPTED_POINTER
+    try:
+        info = json.loads(pointer.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no adapted text encoder under {folder}: materialize `text_encoder_adaptation` first (or use the "
+            "frozen encoder)"
+        ) from None
+    path = Path(info["path"])
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"the adapted text encoder {path} named by {pointer} is missing")
+    return path, info

@@ -26,6 +26,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -481,3 +482,50 @@ def metrics_table(metrics: pd.DataFrame) -> str:
     """Markdown table: one row per (protocol, model), one column per metric (4 decimals)."""
     wide = metrics.pivot_table(index=["protocol", "model"], columns="metric", values="value", aggfunc="first")
     return wide.round(4).reset_index().to_markdown(index=False)
+
+
+def adapt_and_log(
+    interactions: pd.DataFrame,
+    texts: Mapping[str, str],
+    folder: Path,
+    config,
+    tracking_uri: str,
+    experiment_id: str,
+    tags: Mapping[str, str] | None = None,
+) -> tuple[Path, dict, str]:
+    """Adapt the text encoder (``content.text_adaptation``) on ``interactions`` in one MLflow run
+    ``text_encoder_adaptation`` (params: the :class:`AdaptationConfig`; metrics ``first_loss, last_loss, pairs,
+    seconds``; the adapted model as artifacts under ``text_encoder``), into ``folder/<run_id>``, which becomes the
+    current adapted encoder (``folder/current.json``). A failure leaves the previous one current.
+
+    Returns:
+        ``(model folder, facts, run_id)``.
+
+    Raises:
+        ValueError: no positive pair (fewer than two items per user everywhere).
+    """
+    from dataclasses import asdict
+
+    from recsys_pipeline.content.text_adaptation import (
+        adapt_text_encoder,
+        co_interaction_pairs,
+        set_adapted_text_model,
+    )
+
+    pairs = co_interaction_pairs(interactions, config.max_pairs, config.seed)
+    if pairs.empty:
+        raise ValueError("no user has two consecutive items: nothing to adapt the text encoder on")
+    mlflow.set_tracking_uri(tracking_uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name="text_encoder_adaptation", tags=dict(tags or {})
+    ) as run:
+        mlflow.log_params(asdict(config))
+        target = folder / run.info.run_id
+        facts = adapt_text_encoder(
+            texts, pairs, target, config=config, logger=_mlflow_logger(tracking_uri, run.info.run_id)
+        )
+        mlflow.log_metrics({k: float(v) for k, v in facts.items()})
+        mlflow.log_artifacts(str(target), artifact_path="text_encoder")
+    set_adapted_text_model(folder, target, mlflow_run_id=run.info.run_id)
+    return target, facts, run.info.run_id

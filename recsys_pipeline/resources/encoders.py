@@ -7,6 +7,9 @@ settings. Encoders are built inside the asset that uses them: importing this mod
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import dagster as dg
 
 from recsys_pipeline.settings import get_settings
@@ -25,19 +28,41 @@ def _roots(text: str | None, default: list) -> list:
 
 class TextEncoderResource(dg.ConfigurableResource):
     """The BERT-family text encoder: ``model`` is a hub name or a local directory (unset: the packaged
-    all-MiniLM-L6-v2). ``local_files_only=False`` (and ``HF_HUB_OFFLINE=0``) lets a hub name download."""
+    all-MiniLM-L6-v2). ``local_files_only=False`` (and ``HF_HUB_OFFLINE=0``) lets a hub name download.
+    ``mode``: ``"frozen"`` (that model as published) or ``"adapted"`` (the current output of the
+    ``text_encoder_adaptation`` asset under ``<home>/models/text_adapted``; unset: ``RECSYS_TEXT_ENCODER``, else
+    ``frozen``). Changing it re-encodes every text at the next ``text_embeddings`` run (vectors are keyed by
+    model id)."""
 
     model: str | None = None
+    mode: str | None = None
     batch_size: int | None = None
     max_length: int | None = None
     num_threads: int | None = None
     local_files_only: bool = True
 
+    def resolved_mode(self) -> str:
+        mode = self.mode or os.environ.get("RECSYS_TEXT_ENCODER") or "frozen"
+        if mode not in ("frozen", "adapted"):
+            raise ValueError(f"text encoder mode must be 'frozen' or 'adapted', got {mode!r}")
+        return mode
+
+    def adapted_folder(self) -> Path:
+        """Where ``text_encoder_adaptation`` writes its encoders and the ``current.json`` pointer."""
+        from recsys_pipeline.settings import get_settings
+
+        return get_settings().paths.model_cache / "text_adapted"
+
     def build(self):
         from recsys_pipeline.content.text import TextEncoder
 
+        model = self.model or None
+        if self.resolved_mode() == "adapted":
+            from recsys_pipeline.content.text_adaptation import adapted_text_model
+
+            model = str(adapted_text_model(self.adapted_folder())[0])
         return TextEncoder(
-            self.model or None,
+            model,
             local_files_only=self.local_files_only,
             **_given(batch_size=self.batch_size, max_length=self.max_length, num_threads=self.num_threads),
         )
