@@ -1072,12 +1072,23 @@ def main(argv=None) -> int:
     out = Path(args.out)
     extra = "\n" + args.note + "\n" if args.note else ""
     if args.merge:
-        by_name, meta = {}, None
-        for f in args.merge:
+        by_name, meta, runs, source = {}, None, [], {}
+        for n, f in enumerate(args.merge):  # a later file's row replaces an earlier one's
             saved = json.loads(Path(f).read_text())
             meta = meta or saved["meta"]
+            runs.append(saved["meta"])
             for r in saved["rows"]:
-                by_name[r["name"]] = r
+                by_name[r["name"]], source[r["name"]] = r, n
+        if len(runs) > 1:  # name each run's commit and the rows it gave, and its command
+            meta = {
+                **meta,
+                "commit": "; ".join(
+                    f"{m.get('commit')} ({', '.join(name for name, k in source.items() if k == n)})"
+                    for n, m in enumerate(runs)
+                ),
+                "wall_s": sum(float(m.get("wall_s", 0)) for m in runs),
+                "command": " ; ".join(f"`{m.get('command', '')}`" for m in runs).strip("`"),
+            }
         meta = {**meta, "command": f"{meta.get('command', '')}  (merged: {command})"}
         rows = order_rows(list(by_name.values()))
         print(write_table(rows, meta, out, extra))
