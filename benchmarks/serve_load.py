@@ -1,6 +1,10 @@
 """Bounded load test of ``recsys serve`` on 127.0.0.1: req/s, p50/p99 latency, errors and the server's memory.
 
-Run: ``.venv/bin/python benchmarks/serve_load.py [--requests 2000] [--concurrency 20] [--home H]``.
+Run: ``.venv/bin/python benchmarks/serve_load.py [--requests 2000] [--concurrency 20] [--home H]
+[--visitors N]``.
+
+``--visitors N`` (needs ``--home`` of a pipeline run: the day's published model) sends ``POST /recommendations``
+instead: a visitor's ``N`` random catalog items (seeded), ``k=10``, folded into the published model per request.
 
 It starts the real server (``recsys --home H serve``, uvicorn, one process) on a free port of 127.0.0.1 and sends
 ``--requests`` GETs from ``--concurrency`` concurrent connections (aiohttp, asyncio): 90 % ``/recommendations/<a
@@ -79,6 +83,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def visitor_requests(items: list[str], n: int, per_visitor: int, seed: int = 0) -> list[tuple[str, dict]]:
+    """``n`` POSTs of ``per_visitor`` random catalog items each (a visitor's first clicks), ``k=10``."""
+    rng = np.random.default_rng(seed)
+    return [
+        ("/recommendations", {"items": rng.choice(items, size=per_visitor, replace=False).tolist(), "k": 10})
+        for _ in range(n)
+    ]
+
+
 def request_paths(users: list[str], n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     kinds = rng.choice(3, size=n, p=[0.90, 0.05, 0.05])
@@ -93,10 +106,11 @@ def request_paths(users: list[str], n: int, seed: int = 0) -> list[str]:
     return out
 
 
-async def drive(base: str, paths: list[str], concurrency: int) -> tuple[list[float], dict[int, int], float]:
-    """Send every path with ``concurrency`` workers over keep-alive connections; returns latencies (ms), status
-    counts (``-1``: connection error or timeout) and wall seconds."""
-    queue: asyncio.Queue[str] = asyncio.Queue()
+async def drive(base: str, paths: list, concurrency: int) -> tuple[list[float], dict[int, int], float]:
+    """Send every request (a GET path, or ``(path, json body)`` for a POST) with ``concurrency`` workers over
+    keep-alive connections; returns latencies (ms), status counts (``-1``: connection error or timeout) and wall
+    seconds."""
+    queue: asyncio.Queue = asyncio.Queue()
     for path in paths:
         queue.put_nowait(path)
     latencies: list[float] = []
@@ -109,8 +123,9 @@ async def drive(base: str, paths: list[str], concurrency: int) -> tuple[list[flo
             while not queue.empty():
                 path = queue.get_nowait()
                 started = time.perf_counter()
+                request = session.post(path[0], json=path[1]) if isinstance(path, tuple) else session.get(path)
                 try:
-                    async with session.get(path) as response:
+                    async with request as response:
                         await response.read()
                         status = response.status
                 except (aiohttp.ClientError, TimeoutError):
@@ -143,10 +158,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--home", help="a home with published recommendations (default: a synthetic one)")
+    parser.add_argument("--visitors", type=int, default=0, help="POST visitors of N items each (needs --home)")
     args = parser.parse_args()
+    if args.visitors and not args.home:
+        parser.error("--visitors needs --home: a home whose recommendations published their model")
     with tempfile.TemporaryDirectory() as tmp:
         paths = HomePaths.at(args.home) if args.home else synthetic_home(Path(tmp) / "home")
         users = sorted(read_snapshot(paths)["user_id"].unique())
+        catalog = read_snapshot(paths, ITEMS)["item_id"].astype(str).tolist()
+
+        def requests(n: int, seed: int = 0) -> list:
+            if args.visitors:
+                return visitor_requests(catalog, n, args.visitors, seed)
+            return request_paths(users, n, seed)
+
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         recsys = str(Path(sys.executable).with_name("recsys"))
@@ -159,10 +184,10 @@ def main() -> None:
         )
         try:
             wait_healthy(base, server)
-            asyncio.run(drive(base, request_paths(users, 50, seed=1), args.concurrency))  # warm-up, not counted
+            asyncio.run(drive(base, requests(50, seed=1), args.concurrency))  # warm-up (and model load), not counted
             rss_before, _ = rss_mib(server.pid)
             cpu_before, client_before = cpu_seconds(server.pid), time.process_time()
-            latencies, statuses, wall = asyncio.run(drive(base, request_paths(users, args.requests), args.concurrency))
+            latencies, statuses, wall = asyncio.run(drive(base, requests(args.requests), args.concurrency))
             rss_after, peak = rss_mib(server.pid)
             server_cpu, client_cpu = cpu_seconds(server.pid) - cpu_before, time.process_time() - client_before
         finally:
@@ -171,7 +196,8 @@ def main() -> None:
     lat = np.asarray(latencies)
     errors = sum(n for status, n in statuses.items() if status < 0 or status >= 500)
     home = args.home or "synthetic"
-    print(f"home: {home} ({len(users)} users); {args.requests} requests, concurrency {args.concurrency}")
+    kind = f"POST visitors of {args.visitors} items" if args.visitors else "GET mix"
+    print(f"home: {home} ({len(users)} users); {args.requests} requests ({kind}), concurrency {args.concurrency}")
     print(f"throughput   {args.requests / wall:8.1f} req/s  ({wall:.2f} s)")
     p50, p99 = np.percentile(lat, [50, 99])
     print(f"latency      p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   max {lat.max():6.1f} ms")

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         description="last daily partition (YYYY-MM-DD) of a static source; default: the bundled data's last day "
         "(2018-09-24) for the bundled data, else yesterday (UTC): the partitions grow by a day each day",
     )
+    text_encoder: Literal["frozen", "adapted"] = Field(
+        "frozen",
+        description="text_embeddings' encoder: the published model (frozen) or text_encoder_adaptation's (adapted)",
+    )
     image_root: str = Field("", description="folders images may be read from, os.pathsep-separated")
     image_pattern: str | None = Field(
         None, description="image file name for items without image_uri, with {item_id} (unset: {item_id}.jpg)"

@@ -438,7 +438,7 @@ def model_assets(partitions: dg.DailyPartitionsDefinition, settings: Settings) -
                         "model day (champion of this day)": model_day or "(unknown: registered before days)",
                         "users": int(recs["user_id"].nunique()),
                         "distinct items": int(recs["item_id"].nunique()),
-                        "users ranked by the item prior (cold)": int(
+                        "users folded in (interactions newer than the champion)": int(
                             recs.loc[recs["strategy"] != "personalized", "user_id"].nunique()
                         ),
                         "days held (table)": days_held,

@@ -139,6 +139,7 @@ def tuning_assets() -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         name=TEXT_ADAPTATION_ASSET,
+        pool=DUCKDB_POOL,  # it opens the warehouse (and holds the slot while it fine-tunes, as model_tuning does)
         group_name="tuning",  # on demand: "Materialize all" of the content group must not start a fine-tuning
         kinds={"pytorch", "mlflow"},
         deps=["interactions", "item_catalog"],

@@ -7,7 +7,6 @@ settings. Encoders are built inside the asset that uses them: importing this mod
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -42,15 +41,13 @@ class TextEncoderResource(dg.ConfigurableResource):
     local_files_only: bool = True
 
     def resolved_mode(self) -> str:
-        mode = self.mode or os.environ.get("RECSYS_TEXT_ENCODER") or "frozen"
+        mode = self.mode or get_settings().text_encoder
         if mode not in ("frozen", "adapted"):
             raise ValueError(f"text encoder mode must be 'frozen' or 'adapted', got {mode!r}")
         return mode
 
     def adapted_folder(self) -> Path:
         """Where ``text_encoder_adaptation`` writes its encoders and the ``current.json`` pointer."""
-        from recsys_pipeline.settings import get_settings
-
         return get_settings().paths.model_cache / "text_adapted"
 
     def build(self):

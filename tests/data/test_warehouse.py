@@ -78,6 +78,7 @@ def daily_lists(day: str, users: int, version: str = "1") -> pd.DataFrame:
             "model_version": version,
             "produced_on": pd.Timestamp(day).date(),
             "model_partition_date": None,
+            "explanation": None,
         }
     )
 
@@ -131,7 +132,7 @@ def test_a_table_of_an_older_release_gets_its_partition_column(con):
 
     from recsys_pipeline.data.schema import RECOMMENDATIONS
 
-    old = daily_lists("2019-12-31", 2).drop(columns=["partition_date", "model_partition_date"])
+    old = daily_lists("2019-12-31", 2).drop(columns=["partition_date", "model_partition_date", "explanation"])
     con.execute(  # what the release before daily partitions wrote: one whole set of lists, no partition_date
         "CREATE TABLE recommendations (user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, "
         "score FLOAT NOT NULL, strategy VARCHAR NOT NULL, model_run_id VARCHAR NOT NULL, "

@@ -40,7 +40,7 @@ def test_import_creates_nothing_and_reads_no_data_file(tmp_path):
     assert seen["after_import"] == []  # importing opens no file at all
     ours = [f for f in seen["after_load"] if "site-packages" not in f and not f.startswith("/usr/share/zoneinfo")]
     assert ours == []  # loading reads settings only: no data file, no warehouse, no dagster.yaml
-    assert seen["assets"] == 11 and not seen["torch"]  # and it is cheap: no torch
+    assert seen["assets"] == 12 and not seen["torch"]  # and it is cheap: no torch
     assert not home.exists() and not (tmp_path / "does").exists()  # nothing created
 
 

@@ -222,7 +222,7 @@ def test_every_asset_opening_the_warehouse_is_in_the_pool_of_one_slot(definition
     pools = {
         key.to_user_string(): definitions.get_assets_def(key).op.pool for key in definitions.resolve_all_asset_keys()
     }
-    assert len(pools) == 11 and pools == dict.fromkeys(pools, DUCKDB_POOL)
+    assert len(pools) == 12 and pools == dict.fromkeys(pools, DUCKDB_POOL)
 
 
 DAY = date(2026, 11, 29)
@@ -250,6 +250,7 @@ def publish_small(paths, model_run_id: str = "run-1", k: int = 3) -> pd.DataFram
             "produced_on": pd.Timestamp("2026-11-29").date(),
             "partition_date": DAY,
             "model_partition_date": DAY,
+            "explanation": None,
         }
     )
     with warehouse.session(paths.warehouse) as con:

@@ -131,6 +131,7 @@ def version(n_users: int, k: int, v: int) -> pd.DataFrame:
             "produced_on": pd.Timestamp("2024-01-01").date(),
             "partition_date": pd.Timestamp("2024-01-01").date(),
             "model_partition_date": None,
+            "explanation": None,
         }
     )
 
