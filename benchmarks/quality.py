@@ -921,6 +921,13 @@ def fmt(vals: list[float]) -> str:
     return f"{a.mean():.4f} ± {a.std(ddof=1):.4f}"
 
 
+def write_result(text: str, out: str | Path) -> None:
+    """Print a benchmark's Markdown result and write it to ``out`` (folders created)."""
+    print(text)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+
+
 def _short(params: dict) -> str:
     """``{"lr": 0.0044248}`` -> ``lr=0.00442`` (4 significant digits), comma-separated."""
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "-"

@@ -35,7 +35,15 @@ from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import build_content, git_commit, load_catalog, load_interactions, text_vectors  # noqa: E402
+from quality import (  # noqa: E402
+    build_content,
+    fmt,
+    git_commit,
+    load_catalog,
+    load_interactions,
+    text_vectors,
+    write_result,
+)
 
 from recsys_pipeline.content.text import TextEncoder  # noqa: E402
 from recsys_pipeline.content.text_adaptation import (  # noqa: E402
@@ -112,12 +120,6 @@ def run(seeds, config: AdaptationConfig, log=print) -> tuple[dict, list[dict]]:
     return results, costs
 
 
-def fmt(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -141,9 +143,7 @@ def main(argv=None) -> int:
         f"- commit {git_commit()}, wall time {time.perf_counter() - started:.0f} s, {os.cpu_count()} cores\n"
         f"- command: `{command}`\n\n" + "\n".join(lines) + "\n"
     )
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_result(text, args.out)
     return 0
 
 

@@ -35,7 +35,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import shlex  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -49,10 +48,12 @@ from quality import (  # noqa: E402
     Data,
     FittedScorer,
     build_content,
+    fmt,
     git_commit,
     load_catalog,
     load_interactions,
     text_vectors,  # noqa: E402
+    write_result,
 )
 
 from recsys_pipeline.evaluation.evaluate import evaluate  # noqa: E402
@@ -119,12 +120,6 @@ def run(seeds, reveal, log=print) -> dict[tuple[str, int], list[tuple[float, flo
     return results
 
 
-def fmt(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def table(results, reveal) -> str:
     head = "| model | " + " | ".join(f"n={n} Recall@20 | n={n} NDCG@10" for n in reveal) + " |"
     lines = [head, "|---|" + "---|" * (2 * len(reveal))]
@@ -152,9 +147,7 @@ def main(argv=None) -> int:
         f"- commit {git_commit()}, wall time {time.perf_counter() - started:.0f} s, {os.cpu_count()} cores\n"
         f"- command: `{command}`\n\n" + table(results, args.reveal) + "\n"
     )
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_result(text, args.out)
     return 0
 
 

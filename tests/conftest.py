@@ -187,3 +187,15 @@ def seeded_random_state():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def item_item_model(toy):
+    """``(features, interactions, model)``: a two-tower model with the item-item head (weight 0.5) fitted on all the
+    toy interactions (what the fold-in, explanation and serving tests read; never modified by them)."""
+    from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
+    from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
+
+    content, data = toy.features(), toy.interactions()
+    config = ModelConfig(**dict(toy.FAST, val_fraction=0.0, item_item_weight=0.5, item_item_l2=5.0, seed=2))
+    return content, data, TwoTowerRecommender(config, TrainerConfig(accelerator="cpu", devices=1)).fit(data, content)

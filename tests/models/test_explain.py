@@ -8,16 +8,12 @@ import pandas as pd
 import pytest
 
 from recsys_pipeline.models.base import SeenItems
-from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
 from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
 
 
 @pytest.fixture(scope="module")
-def trained(toy):
-    content = toy.features()
-    data = toy.interactions()
-    config = ModelConfig(**dict(toy.FAST, val_fraction=0.0, item_item_weight=0.5, item_item_l2=5.0, seed=3))
-    return content, data, TwoTowerRecommender(config, TrainerConfig(accelerator="cpu", devices=1)).fit(data, content)
+def trained(item_item_model):
+    return item_item_model
 
 
 def _without(model: TwoTowerRecommender, user: str, item: str) -> TwoTowerRecommender:

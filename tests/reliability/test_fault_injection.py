@@ -143,7 +143,11 @@ def test_publishing_killed_before_commit_or_before_the_move_leaves_the_published
     run_ok(children, "recommendations", **publish)
     assert read_snapshot(paths).groupby("user_id").size().unique().tolist() == [3]
     names = sorted(p.name for p in folder.iterdir())  # the lists, and the model that made them (one folder)
-    assert [n for n in names if not n.startswith("model-")] == ["items.parquet", "model.json", "recommendations.parquet"]
+    assert [n for n in names if not n.startswith("model-")] == [
+        "items.parquet",
+        "model.json",
+        "recommendations.parquet",
+    ]
     assert len([n for n in names if n.startswith("model-")]) == 1
     assert snapshot_path(paths).stat().st_mode & 0o777 == 0o644
 

@@ -8,8 +8,6 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
-from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender
 from recsys_pipeline.serving.app import VISITOR, create_app
 from recsys_pipeline.serving.publish import items_snapshot, publish_day, rank_all_users
 from recsys_pipeline.serving.snapshot import day_folder, publish_model, published_model
@@ -19,11 +17,8 @@ DAY = date(2020, 1, 2)
 
 
 @pytest.fixture(scope="module")
-def trained(toy):
-    content = toy.features()
-    data = toy.interactions()
-    config = ModelConfig(**dict(toy.FAST, val_fraction=0.0, item_item_weight=0.5, item_item_l2=5.0, seed=2))
-    return content, data, TwoTowerRecommender(config, TrainerConfig(accelerator="cpu", devices=1)).fit(data, content)
+def trained(item_item_model):
+    return item_item_model
 
 
 @pytest.fixture
