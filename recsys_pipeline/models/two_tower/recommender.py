@@ -193,6 +193,10 @@ class TwoTowerRecommender(Recommender):
         if missing:
             raise ValueError(f"with_history: interactions lack {sorted(missing)}")
         events = interactions[["user_id", "item_id", "timestamp"]].astype({"user_id": str, "item_id": str})
+        self.item_vectors()  # fill the item-side caches here, once, so that every fold-in shares them
+        self._trained_rows()
+        if self.item_item is not None and self.config.item_item_weight > 0:
+            self._item_item_map()
         other = copy.copy(self)  # same catalog: shares the weights and the item-side caches
         other.seen = self.seen.with_pairs(events[["user_id", "item_id"]])
         users = sorted(events["user_id"].unique())
