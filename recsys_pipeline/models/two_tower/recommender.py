@@ -280,6 +280,8 @@ class TwoTowerRecommender(Recommender):
         return vectors
 
     def _item_rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        if len(item_ids) == len(self.item_ids) and list(item_ids) == self.item_ids:  # the whole catalog, in order
+            return np.arange(len(self.item_ids))
         rows = self.features.rows([str(i) for i in item_ids])
         if (rows < 0).any():
             missing = [str(i) for i, r in zip(item_ids, rows) if r < 0]
