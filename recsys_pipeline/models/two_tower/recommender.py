@@ -323,11 +323,12 @@ class TwoTowerRecommender(Recommender):
         """Why each user's score of each item is what it is: the user's items that raise it most, and for the item
         its content modalities' shares.
 
-        ``because`` is exact: a user's items enter :meth:`score` only through the item-item head (the user vector,
-        id embedding and folded history, does not change when one of them is removed), and that head is linear in
-        them (EASE, Steck 2019), so the drop of the final score when item ``i`` is removed from the user's items is
-        computed in closed form, the per-user standardisation included: ``w * (z_j - z_j^{-i})`` with
-        ``z^{-i}`` the standardised item-item term of the user's items without ``i``.
+        ``because`` is exact for the served model: :meth:`score` reads a user's items through the item-item head
+        (the user vector, id embedding and history as folded, is stored, not recomputed from them), and that head
+        is linear in them (EASE, Steck 2019), so the drop of the final score when item ``i`` is removed from the
+        user's items is computed in closed form, the per-user standardisation included: ``w * (z_j - z_j^{-i})``
+        with ``z^{-i}`` the standardised item-item term of the user's items without ``i``. (Retraining without the
+        item, or re-pooling a folded history, could move the user vector too; that is not measured here.)
 
         Args:
             user_ids: users (known, folded in, or unknown: an unknown user has no items, ``because`` is empty).
