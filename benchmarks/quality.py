@@ -104,6 +104,7 @@ from recsys_pipeline.evaluation.protocols import (  # noqa: E402
     make_split,
     split_family,
     validation_split,
+    view_catalog,
 )
 from recsys_pipeline.evaluation.tuning import TUNED_FIELDS, Trial, tune, two_tower_space  # noqa: E402
 from recsys_pipeline.models.base import Recommender  # noqa: E402
@@ -873,6 +874,7 @@ def run(
     Row: ``name, note, results {protocol: {key: [value per seed]}}, params {split family: params}, na {protocol:
     reason}, fit_s [seconds per fit]``.
     """
+    content = view_catalog(content, interactions, k_core)  # a k-core view ranks its own items
     groups: dict[str, list[str]] = {}
     for p in protocols:
         groups.setdefault(split_family(p), []).append(p)

@@ -135,7 +135,9 @@ def masked_ablation(
                 split = evaluation.splits[protocol]
                 key = (id(model), id(split))
                 if key not in ranked:
-                    ranked[key] = evaluate(model.with_features(visible), split, k, groups).metrics
+                    # the model's own catalog (a k-core view's items: evaluate_protocols ranks those)
+                    own = visible if model.item_ids == visible.item_ids else visible.subset(list(model.item_ids))
+                    ranked[key] = evaluate(model.with_features(own), split, k, groups).metrics
                 figures = ranked[key]
                 rows += [
                     {**base, "status": "masked at inference", "protocol": protocol, "metric": m, "value": float(v)}

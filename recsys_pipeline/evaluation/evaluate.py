@@ -33,6 +33,7 @@ from recsys_pipeline.evaluation.protocols import (
     make_split,
     split_family,
     validation_split,
+    view_catalog,
 )
 from recsys_pipeline.models.base import Recommender
 from recsys_pipeline.models.popularity import PopularityRecommender
@@ -206,7 +207,8 @@ def evaluate_protocols(
             that carves its early-stopping validation that way, e.g.
             ``partial(two_tower_for_split, config, trainer)``. Picklable when ``processes > 1``.
         interactions: every interaction (``user_id, item_id, timestamp[, value]``).
-        features: the catalog's item features (fit input and ranked catalog of both models).
+        features: the catalog's item features (fit input and ranked catalog of both models; with
+            ``settings.k_core``, only the view's items: :func:`~recsys_pipeline.evaluation.protocols.view_catalog`).
         settings: protocols, fractions, ``k``, seed.
         item_groups: extra per-group figures (e.g. :func:`modality_groups`).
         processes: fit the protocols' models in up to this many spawned processes at once (``1``: here, one after
@@ -217,6 +219,7 @@ def evaluate_protocols(
         ValueError: a protocol's train or test part is empty (e.g. a ``k_core`` that keeps nothing, a
             ``temporal_cutoff`` after the last interaction).
     """
+    features = view_catalog(features, interactions, settings.k_core)  # a k-core view ranks its own items
     rows, ranked_all, truth_all, details, models = [], [], [], {}, {}
     evaluated: dict[tuple[str, str], SplitEvaluation] = {}
     popular: dict[str, PopularityRecommender] = {}

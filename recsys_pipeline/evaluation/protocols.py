@@ -43,6 +43,7 @@ __all__ = [
     "USER_COLD_START_REVEALED",
     "split_family",
     "k_core",
+    "view_catalog",
     "evaluation_fingerprint",
 ]
 
@@ -235,6 +236,20 @@ def k_core(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
             break
         kept = kept[ok]
     return kept.reset_index(drop=True)
+
+
+def view_catalog(features, interactions: pd.DataFrame, k: int):
+    """The catalog of the data view ``k``: ``features`` (``ItemFeatures``) restricted to the items of the ``k``-core
+    of ``interactions`` (catalog order kept); every item when ``k <= 1``.
+
+    A view's item set is its core's, as dense-data benchmarks define it: an item the view dropped is not a
+    candidate, and a model that ranks items without interactions from their content (as new items) would otherwise
+    fill lists with items the view's test part never holds.
+    """
+    if k <= 1:
+        return features
+    kept = set(k_core(interactions, k)["item_id"].astype(str))
+    return features.subset([i for i in features.item_ids if i in kept])
 
 
 def split_family(protocol: str) -> str:

@@ -326,11 +326,12 @@ def tune_and_log(
     Raises:
         ValueError: an unknown protocol, too little data for the split, or ``n_trials < 1``.
     """
-    from recsys_pipeline.evaluation.protocols import validation_split
+    from recsys_pipeline.evaluation.protocols import validation_split, view_catalog
     from recsys_pipeline.evaluation.tuning import TUNED_FIELDS, tune, tuning_split, two_tower_space, validation_metric
     from recsys_pipeline.models.two_tower.recommender import two_tower_for_split
 
     split = tuning_split(interactions, protocol, settings)
+    features = view_catalog(features, interactions, settings.k_core)
 
     def fit(params: dict, train: pd.DataFrame):
         model = two_tower_for_split(replace(base_config, **params), trainer_config, validation_split(protocol))

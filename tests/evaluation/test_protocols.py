@@ -100,6 +100,9 @@ class Catalog:
     def __init__(self, interactions):
         self.item_ids = sorted(interactions["item_id"].unique())
 
+    def subset(self, item_ids):
+        return Catalog(pd.DataFrame({"item_id": list(item_ids)}))
+
 
 def test_evaluation_ranks_with_recommend_masking_train_items_and_respecting_candidates(interactions):
     sp = split_user_last_fraction(interactions, 0.2, 5)
@@ -295,3 +298,17 @@ def test_user_cold_start_holds_out_whole_users_and_reveals_their_first_interacti
         split.reveal(0)
     with pytest.raises(ValueError, match="fraction"):
         split_user_cold_start(inter, 1.0)
+
+
+def test_a_k_core_view_ranks_only_its_own_items(toy):
+    from recsys_pipeline.evaluation.protocols import k_core, view_catalog
+
+    content = toy.features()
+    inter = toy.interactions()
+    counts = inter.groupby("item_id")["user_id"].nunique()
+    core = set(k_core(inter, 3)["item_id"])
+    viewed = view_catalog(content, inter, 3)
+    assert set(viewed.item_ids) == core and len(core) < len(content.item_ids)
+    assert viewed.item_ids == [i for i in content.item_ids if i in core]  # catalog order kept
+    assert counts.reindex(viewed.item_ids).min() >= 3
+    assert view_catalog(content, inter, 0) is content
