@@ -153,6 +153,7 @@ def test_definitions_list_every_asset_and_the_schedule(definitions, asset):
         "model_evaluation",
         "recommendations",
         "model_tuning",
+        "text_encoder_adaptation",
     }
     schedule = definitions.resolve_schedule_def("nightly_retrain")
     assert schedule.cron_schedule == "0 2 * * *"

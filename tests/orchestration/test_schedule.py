@@ -59,8 +59,8 @@ def test_nightly_schedule_runs_the_whole_graph_at_two_utc(definitions):
     schedule = definitions.resolve_schedule_def("nightly_retrain")
     assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone in (None, "UTC")
     job = definitions.resolve_job_def(schedule.job_name)
-    # every asset but the on-demand / weekly hyperparameter search
-    every_asset = set(definitions.resolve_all_asset_keys()) - {dg.AssetKey(a) for a in automation.TUNING_ASSETS}
+    # every asset but the on-demand ones: the hyperparameter search, the text encoder's fine-tuning
+    every_asset = set(definitions.resolve_all_asset_keys()) - {dg.AssetKey(a) for a in automation.ON_DEMAND_ASSETS}
     assert set(job.asset_layer.executable_asset_keys) == every_asset
     # every stage is on the job's daily partitions: yesterday's run materializes yesterday's partition of each
     for key in every_asset:
@@ -131,4 +131,7 @@ def test_model_tuning_is_outside_the_daily_model_group(definitions):
         for k in definitions.resolve_all_asset_keys()
     }
     assert {name for name, group in groups.items() if group == "model"} == set(automation.MODEL_ASSETS)
-    assert groups["model_tuning"] == "tuning"
+    assert groups["model_tuning"] == "tuning" and groups["text_encoder_adaptation"] == "tuning"
+    adaptation = definitions.resolve_job_def(automation.ADAPTATION_JOB)
+    assert {k.to_user_string() for k in adaptation.asset_layer.executable_asset_keys} == {"text_encoder_adaptation"}
+    assert definitions.get_assets_def("text_encoder_adaptation").partitions_def is None
