@@ -94,6 +94,7 @@ class SeenItems:
         self.users = pd.Index(self.users, dtype=object)
         self.items = pd.Index(self.items, dtype=object)
         self._extra: SeenItems | None = None  # with_pairs: a small overlay on these arrays
+        self._columns_cache: dict = {}  # shared with the overlays (copy.copy): see _columns
 
     def with_pairs(self, pairs: pd.DataFrame) -> SeenItems:
         """These pairs and ``pairs`` (``user_id, item_id``), without rebuilding the arrays: a request-time overlay
@@ -127,7 +128,7 @@ class SeenItems:
 
     def _own_positions(self, user_ids: Sequence[str], candidates: pd.Index) -> tuple[np.ndarray, np.ndarray]:
         user_rows = self.users.get_indexer(pd.Index(user_ids, dtype=object))
-        item_to_col = candidates.get_indexer(self.items)  # once per vocabulary, not per pair
+        item_to_col = self._columns(candidates)
         ok = user_rows >= 0
         starts, ends = self.indptr[user_rows[ok]], self.indptr[user_rows[ok] + 1]
         counts = ends - starts
@@ -136,6 +137,17 @@ class SeenItems:
         cols = item_to_col[self.indices[flat]]
         hit = cols >= 0
         return rows[hit], cols[hit]
+
+    def _columns(self, candidates: pd.Index) -> np.ndarray:
+        """``candidates.get_indexer(self.items)``: once per vocabulary, not per pair, and once per candidates
+        object (a model's fixed catalog or head index is asked at every request)."""
+        cache = self._columns_cache
+        hit = cache.get(id(candidates))
+        if hit is None or hit[0] is not candidates:
+            if len(cache) >= 4:
+                cache.clear()
+            hit = cache[id(candidates)] = (candidates, candidates.get_indexer(self.items))
+        return hit[1]
 
     def save(self, path: Path) -> None:
         """Write the pairs as Parquet."""
@@ -183,6 +195,13 @@ class Recommender(abc.ABC):
         self.item_ids = [str(i) for i in catalog]
         self.seen = SeenItems(interactions[["user_id", "item_id"]])
 
+    def _catalog_index(self) -> pd.Index:
+        """``pd.Index(self.item_ids)``, built once per catalog list (recommend ranks it at every call)."""
+        cached = self.__dict__.get("_catalog_index_cache")
+        if cached is None or cached[0] is not self.item_ids:
+            cached = self.__dict__["_catalog_index_cache"] = (self.item_ids, pd.Index(self.item_ids, dtype=object))
+        return cached[1]
+
     def recommend(
         self,
         user_ids: Sequence[str],
@@ -207,7 +226,7 @@ class Recommender(abc.ABC):
             order.
         """
         users = list(dict.fromkeys(str(u) for u in user_ids))
-        cand = pd.Index(self.item_ids if candidates is None else [str(i) for i in candidates], dtype=object)
+        cand = self._catalog_index() if candidates is None else pd.Index([str(i) for i in candidates], dtype=object)
         if not cand.is_unique:
             raise ValueError("candidates must be unique item ids")
         masks = []

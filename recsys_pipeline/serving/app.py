@@ -231,7 +231,7 @@ class PublishedModels:
                 # one request is a few small products: intra-op threads cost more than they give (p50 20 ms
                 # instead of 24 ms in process on 2 busy cores), and uvicorn's thread pool serves requests at once
                 torch.set_num_threads(1)
-                model = TwoTowerRecommender.load(folder)
+                model = TwoTowerRecommender.load(folder).warm()  # under the lock: requests share its caches
                 self._loaded[folder] = model
                 for stale in list(self._loaded)[:-2]:
                     del self._loaded[stale]

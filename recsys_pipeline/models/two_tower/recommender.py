@@ -193,10 +193,7 @@ class TwoTowerRecommender(Recommender):
         if missing:
             raise ValueError(f"with_history: interactions lack {sorted(missing)}")
         events = interactions[["user_id", "item_id", "timestamp"]].astype({"user_id": str, "item_id": str})
-        self.item_vectors()  # fill the item-side caches here, once, so that every fold-in shares them
-        self._trained_rows()
-        if self.item_item is not None and self.config.item_item_weight > 0:
-            self._item_item_map()
+        self.warm()  # every fold-in shares the item-side caches
         other = copy.copy(self)  # same catalog: shares the weights and the item-side caches
         other.seen = self.seen.with_pairs(events[["user_id", "item_id"]])
         users = sorted(events["user_id"].unique())
@@ -225,6 +222,17 @@ class TwoTowerRecommender(Recommender):
         table[torch.tensor(rows, dtype=torch.long)] = vectors
         other._folded_index, other._folded_vectors = folded, table
         return other
+
+    def warm(self) -> TwoTowerRecommender:
+        """Fill the item-side caches (item vectors, the trained rows, the catalog index, the item-item map) now;
+        returns self. A model shared by threads (a server) calls it once before serving: otherwise concurrent first
+        requests would each compute them (seconds and gigabytes on a large catalog)."""
+        self.item_vectors()
+        self._trained_rows()
+        self._catalog_index()
+        if self.item_item is not None and self.config.item_item_weight > 0:
+            self._item_item_map()
+        return self
 
     @property
     def folded_users(self) -> Collection[str]:
