@@ -364,14 +364,15 @@ class TwoTowerRecommender(Recommender):
         if self.item_item is not None and self.config.item_item_weight > 0 and items:
             head = self.item_item.weights  # (H, H) csr
             n_head = head.shape[0]
-            mapped = (head @ self._item_item_map()[:, rows]).toarray()  # (H, n_items): B_i . M_j per head item i
+            columns = self._item_item_map()[:, rows]  # (H, n_items): how each asked item reads the head
+            mapped = (head @ columns).toarray()  # (H, n_items): B_i . M_j per head item i
             for u, user in enumerate(users):
                 _, cols = self.seen.mask_positions([user], self.item_item.item_ids)
                 if not len(cols):
                     continue
                 mine = head[cols]  # (S, H): the rows of the user's head items
                 scores = np.asarray(mine.sum(axis=0)).ravel()  # (H,) the item-item term over the head
-                asked = scores @ self._item_item_map()[:, rows]  # (n_items,)
+                asked = scores @ columns  # (n_items,)
                 mean, var = scores.mean(), scores.var()
                 mean_without = mean - np.asarray(mine.mean(axis=1)).ravel()  # (S,)
                 square_without = (
