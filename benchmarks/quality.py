@@ -37,12 +37,13 @@ run one thread per fit.
 Budgets: every family with hyperparameters gets the same number of Optuna trials (``--trials``, default 10;
 ``TPESampler(seed=0)``; the first trial is the family's documented default via ``study.enqueue_trial``); a family
 without hyperparameters (popularity, random, content k-NN) takes 1. Each trial is fitted on an inner train part and
-scored by validation NDCG@10 (of the protocol's own ranking); the validation split is carved from the first seed's
-train part exactly as the protocol carves its test part (``make_split(train, protocol, EvaluationSettings(seed=
-1000 + seed))``), never from test; our model also gets ``val_split=validation_split(protocol)``. Tuning is done once
-per split (``item_cold_mixed`` shares ``item_cold_start``'s); the chosen setting is then fitted on each seed's train
-part. With MLflow on, every trial is a child run of the benchmark run (experiment ``quality_benchmark``; tracking
-URI from ``$MLFLOW_TRACKING_URI``, else the SQLite store under ``$RECSYS_HOME``).
+scored by validation NDCG@10 (of the protocol's own ranking; the two item-cold protocols share a split and a model and
+are tuned on the mean of their two NDCG@10, ``evaluation.tuning.validation_value``); the validation split is carved from
+the first seed's train part exactly as the protocol carves its test part (``make_split(train, protocol,
+EvaluationSettings(seed=1000 + seed))``), never from test; our model also gets ``val_split=validation_split(protocol)``.
+Tuning is done once per split (``item_cold_mixed`` shares ``item_cold_start``'s); the chosen setting is then fitted on
+each seed's train part. With MLflow on, every trial is a child run of the benchmark run (experiment
+``quality_benchmark``; tracking URI from ``$MLFLOW_TRACKING_URI``, else the SQLite store under ``$RECSYS_HOME``).
 
 Table (``benchmarks/results/quality.md``): rows = models, columns = protocol x {Recall@20, NDCG@10} (+ cold
 share@20 for ``item_cold_mixed``), mean ± sample std over seeds, the chosen parameters, mean fit seconds and notes;
@@ -106,7 +107,7 @@ from recsys_pipeline.evaluation.protocols import (  # noqa: E402
     validation_split,
     view_catalog,
 )
-from recsys_pipeline.evaluation.tuning import TUNED_FIELDS, Trial, tune, two_tower_space  # noqa: E402
+from recsys_pipeline.evaluation.tuning import TUNED_FIELDS, Trial, tune, two_tower_space, validation_metric  # noqa: E402
 from recsys_pipeline.models.base import Recommender  # noqa: E402
 from recsys_pipeline.models.popularity import PopularityRecommender  # noqa: E402
 from recsys_pipeline.models.random import RandomRecommender  # noqa: E402
@@ -830,9 +831,9 @@ class Tuner:
     overrides: dict = field(default_factory=dict)  # family name -> fixed params (``--ours``)
 
     def tune(self, fam: Family, protocols: Sequence[str], train: pd.DataFrame, content, seed: int) -> dict:
-        """The params of ``fam`` with the best validation NDCG@10 of ``protocols[0]`` on a split carved from
-        ``train`` as that protocol carves its test part (split seed ``1000 + seed``; ``evaluation.tuning.tune``,
-        the loop ``model_tuning`` uses); ``{}`` without a space."""
+        """The params of ``fam`` with the best validation figure of ``protocols[0]`` (``validation_value``) on a split
+        carved from ``train`` as that protocol carves its test part (split seed ``1000 + seed``;
+        ``evaluation.tuning.tune``, the loop ``model_tuning`` uses); ``{}`` without a space."""
         fixed = self.overrides.get(fam.name, {})
         if fam.space is None:
             return dict(fixed)
@@ -845,8 +846,8 @@ class Tuner:
         def report(trial: Trial) -> None:
             shown = effective_params(fam, {**trial.params, **fixed}, self.quick)
             self.log(
-                f"  trial {trial.number} {fam.name}/{protocol} {shown}: val NDCG@10 {trial.value:.4f} "
-                f"({trial.seconds:.1f}s)"
+                f"  trial {trial.number} {fam.name}/{protocol} {shown}: val {validation_metric(protocol)} "
+                f"{trial.value:.4f} ({trial.seconds:.1f}s)"
             )
             if self.mlflow_on:
                 import mlflow
@@ -949,7 +950,8 @@ def header_lines(meta: dict) -> list[str]:
         f"only): {', '.join(fixed) or 'none'}",
         f"- tuning: Optuna TPESampler(seed=0), {meta['trials']} trials per family with hyperparameters (1 without), "
         "trial 0 = the documented default, objective = validation NDCG@10 on a split carved from the first seed's "
-        "train part as the protocol carves test (item_cold_mixed shares item_cold_start's split, model and tuning)",
+        "train part as the protocol carves test (item_cold_mixed shares item_cold_start's split, model and tuning; "
+        "their objective is the mean of both protocols' NDCG@10)",
         "- metrics: user_*: whole-catalogue ranking; item_cold_start: the held-out items ranked among themselves "
         "(cold_candidates_*); item_cold_mixed: the held-out items in the whole-catalogue ranking (cold_*) and "
         "their share of the top-20 slots (cold_share_at_20)",

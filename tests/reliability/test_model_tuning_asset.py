@@ -110,8 +110,8 @@ def test_recsys_tune_is_a_dagster_run_and_prints_the_chosen_params(tmp_path, toy
     assert out.returncode == 0, out.stderr[-3000:]
     with warehouse.session(paths.warehouse, read_only=True) as con:
         params, about = warehouse.read_tuned_params(con)
-    assert about["protocol"] == "item_cold_start" and about["metric"] == "cold_candidates_ndcg_at_10"
-    assert f"validation cold_candidates_ndcg_at_10 {about['value']:.4f}" in out.stdout
+    assert about["protocol"] == "item_cold_start" and about["metric"] == "item_cold_ndcg_at_10"
+    assert f"validation item_cold_ndcg_at_10 {about['value']:.4f}" in out.stdout
     assert "max_epochs" not in params  # RECSYS_MAX_EPOCHS fixes it: not searched
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         (run,) = instance.get_runs()
