@@ -995,6 +995,49 @@ def write_table(rows: list[dict], meta: dict, path: Path | None = None, extra: s
     return text
 
 
+def merge_runs(runs: Sequence[dict]) -> tuple[list[dict], dict]:
+    """One table's rows and header facts from ``--rows-out`` files (``{"meta", "rows"}``) of runs on the same splits.
+
+    A family's results are merged per protocol: a later run's figures (and its params for that split) replace an
+    earlier run's for the protocols it ran, and keep the others' (e.g. ``ours`` re-run on the item-cold protocols
+    only). A protocol a family has neither figures for nor an N/A reason for is N/A "not run". The header names
+    each run's commit and the families and protocols it gave, and sums the wall times.
+    """
+    by_name: dict[str, dict] = {}
+    gave: list[list[str]] = [[] for _ in runs]
+    for n, saved in enumerate(runs):
+        for r in saved["rows"]:
+            old = by_name.get(r["name"])
+            if old is None:
+                by_name[r["name"]] = {
+                    **r,
+                    "results": dict(r["results"]),
+                    "params": dict(r["params"]),
+                    "na": dict(r["na"]),
+                }
+            else:
+                old["results"].update(r["results"])
+                old["params"].update(r["params"])
+                old["na"] = {p: why for p, why in {**old["na"], **r["na"]}.items() if p not in old["results"]}
+                old["fit_s"] = list(old.get("fit_s", [])) + list(r.get("fit_s", []))
+            ran = [p for p in saved["meta"]["protocols"] if p in r["results"] or p in r["na"]]
+            every = len(ran) == len(BENCH_PROTOCOLS)
+            gave[n].append(r["name"] if every else f"{r['name']} on {', '.join(ran)}")
+    protocols = [p for p in BENCH_PROTOCOLS if any(p in saved["meta"]["protocols"] for saved in runs)]
+    for r in by_name.values():
+        for p in protocols:
+            if p not in r["results"] and p not in r["na"]:
+                r["na"][p] = "not run"
+    meta = {**runs[0]["meta"], "protocols": protocols}
+    if len(runs) > 1:
+        meta.update(
+            commit="; ".join(f"{m['meta'].get('commit')} ({', '.join(g)})" for m, g in zip(runs, gave)),
+            wall_s=sum(float(m["meta"].get("wall_s", 0)) for m in runs),
+            command=" ; ".join(f"`{m['meta'].get('command', '')}`" for m in runs).strip("`"),
+        )
+    return order_rows(list(by_name.values())), meta
+
+
 def order_rows(rows: list[dict]) -> list[dict]:
     """Our rows (``ours*``) first, then the peers in family order."""
     order = [f.name for f in families()]
@@ -1083,25 +1126,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     extra = "\n" + args.note + "\n" if args.note else ""
     if args.merge:
-        by_name, meta, runs, source = {}, None, [], {}
-        for n, f in enumerate(args.merge):  # a later file's row replaces an earlier one's
-            saved = json.loads(Path(f).read_text())
-            meta = meta or saved["meta"]
-            runs.append(saved["meta"])
-            for r in saved["rows"]:
-                by_name[r["name"]], source[r["name"]] = r, n
-        if len(runs) > 1:  # name each run's commit and the rows it gave, and its command
-            meta = {
-                **meta,
-                "commit": "; ".join(
-                    f"{m.get('commit')} ({', '.join(name for name, k in source.items() if k == n)})"
-                    for n, m in enumerate(runs)
-                ),
-                "wall_s": sum(float(m.get("wall_s", 0)) for m in runs),
-                "command": " ; ".join(f"`{m.get('command', '')}`" for m in runs).strip("`"),
-            }
+        rows, meta = merge_runs([json.loads(Path(f).read_text()) for f in args.merge])
         meta = {**meta, "command": f"{meta.get('command', '')}  (merged: {command})"}
-        rows = order_rows(list(by_name.values()))
         print(write_table(rows, meta, out, extra))
         if not args.no_mlflow:
             with mlflow_parent(f"quality_merge_{time.strftime('%Y%m%d_%H%M%S')}"):

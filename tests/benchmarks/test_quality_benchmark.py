@@ -191,3 +191,54 @@ def test_trials_are_mlflow_child_runs_of_the_benchmark_run(setup, tmp_path, monk
     assert sorted(kids["tags.mlflow.runName"]) == ["ease/user_last_fraction/trial0", "ease/user_last_fraction/trial1"]
     assert (kids["metrics.val_ndcg_at_10"] > 0.3).all()
     assert "500.0" in kids["params.lamb"].tolist()  # trial 0: the documented default
+
+
+def test_merge_replaces_a_family_per_protocol_and_names_what_each_run_gave():
+    def row(name, results, params):
+        return {"name": name, "note": "", "results": results, "params": params, "na": {}, "fit_s": [1.0]}
+
+    first = {
+        "meta": {
+            "protocols": ["user_last_fraction", "item_cold_start"],
+            "seeds": [0],
+            "trials": 2,
+            "commit": "aaa",
+            "wall_s": 10,
+        },
+        "rows": [
+            row(
+                "ours",
+                {
+                    "user_last_fraction": {"recall_at_20": [0.2], "ndcg_at_10": [0.1]},
+                    "item_cold_start": {"cold_candidates_recall_at_20": [0.3], "cold_candidates_ndcg_at_10": [0.3]},
+                },
+                {"user_last_fraction": {"lr": 0.003}, "item_cold_start": {"lr": 0.003}},
+            )
+        ],
+    }
+    second = {
+        "meta": {"protocols": ["item_cold_start"], "seeds": [0], "trials": 2, "commit": "bbb", "wall_s": 5},
+        "rows": [
+            row(
+                "ours",
+                {"item_cold_start": {"cold_candidates_recall_at_20": [0.4], "cold_candidates_ndcg_at_10": [0.5]}},
+                {"item_cold_start": {"lr": 0.001}},
+            ),
+            row(
+                "lightfm_content",
+                {"item_cold_start": {"cold_candidates_recall_at_20": [0.2], "cold_candidates_ndcg_at_10": [0.2]}},
+                {"item_cold_start": {"epochs": 30}},
+            ),
+        ],
+    }
+    rows, meta = quality.merge_runs([first, second])
+    ours, lightfm = rows
+    assert ours["results"]["user_last_fraction"]["ndcg_at_10"] == [0.1]  # kept from the first run
+    assert ours["results"]["item_cold_start"]["cold_candidates_ndcg_at_10"] == [0.5]  # replaced by the second
+    assert ours["params"] == {"user_last_fraction": {"lr": 0.003}, "item_cold_start": {"lr": 0.001}}
+    assert lightfm["na"] == {"user_last_fraction": "not run"} and meta["wall_s"] == 15
+    assert meta["commit"] == "aaa (ours on user_last_fraction, item_cold_start); bbb (ours on item_cold_start, " + (
+        "lightfm_content on item_cold_start)"
+    )
+    text = quality.write_table(rows, meta)
+    assert "| lightfm_content | N/A | N/A | 0.2000 | 0.2000 |" in text and "N/A on user_last_fraction: not run" in text
