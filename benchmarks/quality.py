@@ -1001,41 +1001,41 @@ def merge_runs(runs: Sequence[dict]) -> tuple[list[dict], dict]:
     A family's results are merged per protocol: a later run's figures (and its params for that split) replace an
     earlier run's for the protocols it ran, and keep the others' (e.g. ``ours`` re-run on the item-cold protocols
     only). A protocol a family has neither figures for nor an N/A reason for is N/A "not run". The header names
-    each run's commit and the families and protocols it gave, and sums the wall times.
+    each run's commit and the families (and protocols, where not all) whose figures in the table it gave, and sums
+    the wall times.
     """
     by_name: dict[str, dict] = {}
-    gave: list[list[str]] = [[] for _ in runs]
+    origin: dict[tuple[str, str], int] = {}  # (family, protocol) -> the run whose figures or N/A the table shows
     for n, saved in enumerate(runs):
         for r in saved["rows"]:
-            old = by_name.get(r["name"])
-            if old is None:
-                by_name[r["name"]] = {
-                    **r,
-                    "results": dict(r["results"]),
-                    "params": dict(r["params"]),
-                    "na": dict(r["na"]),
-                }
-            else:
-                old["results"].update(r["results"])
-                old["params"].update(r["params"])
-                old["na"] = {p: why for p, why in {**old["na"], **r["na"]}.items() if p not in old["results"]}
-                old["fit_s"] = list(old.get("fit_s", [])) + list(r.get("fit_s", []))
-            ran = [p for p in saved["meta"]["protocols"] if p in r["results"] or p in r["na"]]
-            every = len(ran) == len(BENCH_PROTOCOLS)
-            gave[n].append(r["name"] if every else f"{r['name']} on {', '.join(ran)}")
+            old = by_name.setdefault(r["name"], {**r, "results": {}, "params": {}, "na": {}, "fit_s": []})
+            old["results"].update(r["results"])
+            old["params"].update(r["params"])
+            old["na"] = {p: why for p, why in {**old["na"], **r["na"]}.items() if p not in old["results"]}
+            old["fit_s"] = list(old["fit_s"]) + list(r.get("fit_s", []))
+            origin.update({(r["name"], p): n for p in [*r["results"], *r["na"]]})
     protocols = [p for p in BENCH_PROTOCOLS if any(p in saved["meta"]["protocols"] for saved in runs)]
     for r in by_name.values():
         for p in protocols:
             if p not in r["results"] and p not in r["na"]:
                 r["na"][p] = "not run"
+    rows = order_rows(list(by_name.values()))
     meta = {**runs[0]["meta"], "protocols": protocols}
     if len(runs) > 1:
+        gave = []
+        for n, saved in enumerate(runs):
+            names = []
+            for r in rows:
+                mine = [p for p in protocols if origin.get((r["name"], p)) == n]
+                if mine:
+                    names.append(r["name"] if len(mine) == len(protocols) else f"{r['name']} on {', '.join(mine)}")
+            gave.append(f"{saved['meta'].get('commit')} ({', '.join(names) or 'nothing kept'})")
         meta.update(
-            commit="; ".join(f"{m['meta'].get('commit')} ({', '.join(g)})" for m, g in zip(runs, gave)),
+            commit="; ".join(gave),
             wall_s=sum(float(m["meta"].get("wall_s", 0)) for m in runs),
             command=" ; ".join(f"`{m['meta'].get('command', '')}`" for m in runs).strip("`"),
         )
-    return order_rows(list(by_name.values())), meta
+    return rows, meta
 
 
 def order_rows(rows: list[dict]) -> list[dict]:

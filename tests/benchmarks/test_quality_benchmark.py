@@ -237,7 +237,8 @@ def test_merge_replaces_a_family_per_protocol_and_names_what_each_run_gave():
     assert ours["results"]["item_cold_start"]["cold_candidates_ndcg_at_10"] == [0.5]  # replaced by the second
     assert ours["params"] == {"user_last_fraction": {"lr": 0.003}, "item_cold_start": {"lr": 0.001}}
     assert lightfm["na"] == {"user_last_fraction": "not run"} and meta["wall_s"] == 15
-    assert meta["commit"] == "aaa (ours on user_last_fraction, item_cold_start); bbb (ours on item_cold_start, " + (
+    # each run is named for the figures of it the table keeps: the first run's item_cold_start was replaced
+    assert meta["commit"] == "aaa (ours on user_last_fraction); bbb (ours on item_cold_start, " + (
         "lightfm_content on item_cold_start)"
     )
     text = quality.write_table(rows, meta)
