@@ -86,6 +86,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -107,7 +108,14 @@ from recsys_pipeline.evaluation.protocols import (  # noqa: E402
     validation_split,
     view_catalog,
 )
-from recsys_pipeline.evaluation.tuning import TUNED_FIELDS, Trial, tune, two_tower_space, validation_metric  # noqa: E402
+from recsys_pipeline.evaluation.tuning import (  # noqa: E402
+    TUNED_FIELDS,
+    Trial,
+    tune,
+    two_tower_space,
+    two_tower_variants,
+    validation_metric,
+)
 from recsys_pipeline.models.base import Recommender  # noqa: E402
 from recsys_pipeline.models.popularity import PopularityRecommender  # noqa: E402
 from recsys_pipeline.models.random import RandomRecommender  # noqa: E402
@@ -600,6 +608,8 @@ class Family:
     cold_na: str = ""  # non-empty: N/A on item_cold_start / item_cold_mixed, with this reason
     note: str = ""
     needs: Callable[[ItemFeatures], str] | None = None  # content -> reason it cannot run ("" = it can)
+    # (params, fitted, fixed=...) -> [(params, model)]: settings scored on one fit (tuning.tune's ``variants``)
+    variants: Callable | None = None
 
 
 def _space_als(t):
@@ -680,6 +690,7 @@ def families() -> list[Family]:
             two_tower_space,
             default={f: getattr(ModelConfig(), f) for f in TUNED_FIELDS},
             quick=dict(max_epochs=2),
+            variants=two_tower_variants,
             note="two-tower + text (+ history head, + EASE item-item head where tuned); trial 0 = ModelConfig defaults",
         ),
         Family(
@@ -856,7 +867,10 @@ class Tuner:
                     mlflow.log_params({"family": fam.name, "protocol": protocol, **shown})
                     mlflow.log_metrics({"val_ndcg_at_10": trial.value, "fit_seconds": trial.seconds})
 
-        result = tune(fit, fam.space, inner, protocol, self.trials, fam.default, seed=0, on_trial=report)
+        variants = partial(fam.variants, fixed=fixed) if fam.variants is not None else None
+        result = tune(
+            fit, fam.space, inner, protocol, self.trials, fam.default, seed=0, on_trial=report, variants=variants
+        )
         return {**result.best_params, **fixed}
 
 
@@ -951,7 +965,9 @@ def header_lines(meta: dict) -> list[str]:
         f"- tuning: Optuna TPESampler(seed=0), {meta['trials']} trials per family with hyperparameters (1 without), "
         "trial 0 = the documented default, objective = validation NDCG@10 on a split carved from the first seed's "
         "train part as the protocol carves test (item_cold_mixed shares item_cold_start's split, model and tuning; "
-        "their objective is the mean of both protocols' NDCG@10)",
+        "their objective is the mean of both protocols' NDCG@10); ours' item-item blend weight does not change "
+        "training, so each trial's one fit is scored at every weight of `evaluation.tuning.ITEM_ITEM_WEIGHTS` "
+        "(one fit per trial, as for every family)",
         "- metrics: user_*: whole-catalogue ranking; item_cold_start: the held-out items ranked among themselves "
         "(cold_candidates_*); item_cold_mixed: the held-out items in the whole-catalogue ranking (cold_*) and "
         "their share of the top-20 slots (cold_share_at_20)",

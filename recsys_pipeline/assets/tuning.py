@@ -66,8 +66,9 @@ def tuning_assets() -> list[dg.AssetsDefinition]:
         mlflow: MLflowResource,
         training: TrainingResource,
     ) -> dg.MaterializeResult:
-        """An Optuna search (TPE) of the two-tower model's history head, item-item head weight, id dropout,
-        epochs and learning rate on ``protocol``'s validation split, every trial an MLflow child run of the
+        """An Optuna search (TPE) of the two-tower model's history head, id dropout, epochs and learning rate on
+        ``protocol``'s validation split, each trial's fit scored at every item-item head weight (it does not change
+        training; the trial keeps its best), every trial an MLflow child run of the
         ``model_tuning`` run; the trials replace the ``model_tuning`` table, its chosen trial is what
         ``recommender_model`` trains from then on (a field set in the ``training`` resource wins). On demand, or
         weekly (``weekly_model_tuning`` schedule, stopped by default): each trial is a full training, so ten

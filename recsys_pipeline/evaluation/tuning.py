@@ -26,12 +26,14 @@ from recsys_pipeline.evaluation.protocols import EvaluationSettings, Split, make
 from recsys_pipeline.models.base import Recommender
 
 __all__ = [
+    "ITEM_ITEM_WEIGHTS",
     "TUNED_FIELDS",
     "Trial",
     "TuningResult",
     "tune",
     "tuning_split",
     "two_tower_space",
+    "two_tower_variants",
     "validation_metric",
     "validation_value",
 ]
@@ -40,18 +42,36 @@ __all__ = [
 TUNED_FIELDS = ("history_length", "item_item_weight", "id_dropout", "max_epochs", "lr")
 
 
+# The item-item head's blend weights a trial is evaluated at. The weight does not change training, so every trial's
+# fitted model is scored at each of them (:func:`two_tower_variants`; no extra fit) rather than drawn once per trial:
+# drawn, the validation noise between trials' other settings (about 0.01 NDCG@10) chose it. On the 10-core view's
+# per-user random holdout that kept 0.25 where 1.0 is better by 0.018 NDCG@10 (model_changes.md, third session of
+# 2026-12-07).
+ITEM_ITEM_WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
 def two_tower_space(trial, fixed: Collection[str] = ()) -> dict:
-    """The two-tower model's search space (``ModelConfig`` overrides): the history head's length (0 = off), the
-    item-item head's weight (0 = off), id dropout, epochs and learning rate; fields in ``fixed`` (set by the user)
-    are not searched."""
+    """The two-tower model's search space (``ModelConfig`` overrides): the history head's length (0 = off), id
+    dropout, epochs and learning rate; fields in ``fixed`` (set by the user) are not searched. The item-item head's
+    weight is not drawn: unless fixed, the fit gets the largest of :data:`ITEM_ITEM_WEIGHTS` (so it has a head) and
+    :func:`two_tower_variants` scores the fitted model at each of them."""
     suggest = {
         "history_length": lambda: trial.suggest_categorical("history_length", [0, 20, 50]),
-        "item_item_weight": lambda: trial.suggest_categorical("item_item_weight", [0.0, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        "item_item_weight": lambda: max(ITEM_ITEM_WEIGHTS),
         "id_dropout": lambda: trial.suggest_float("id_dropout", 0.0, 0.6),
         "max_epochs": lambda: trial.suggest_int("max_epochs", 6, 20),
         "lr": lambda: trial.suggest_float("lr", 1e-3, 1e-2, log=True),
     }
     return {name: draw() for name, draw in suggest.items() if name not in fixed}
+
+
+def two_tower_variants(params: dict, model, fixed: Collection[str] = ()) -> list[tuple[dict, Recommender]]:
+    """The fitted two-tower ``model`` (fit with ``params``) at each blend weight of :data:`ITEM_ITEM_WEIGHTS`, as
+    ``(params with that item_item_weight, model)`` pairs; just ``[(params, model)]`` when the weight is ``fixed``
+    or the model has no item-item head."""
+    if "item_item_weight" in fixed or getattr(model, "item_item", None) is None:
+        return [(params, model)]
+    return [({**params, "item_item_weight": w}, model.with_item_item_weight(w)) for w in ITEM_ITEM_WEIGHTS]
 
 
 # The two item-cold protocols share one split and one model (``item_cold_mixed`` ranks ``item_cold_start``'s new
@@ -96,12 +116,15 @@ def tuning_split(interactions: pd.DataFrame, protocol: str, settings: Evaluation
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial: its ``params``, validation ``value`` and fit + evaluation ``seconds``."""
+    """One trial: its ``params``, validation ``value`` and fit + evaluation ``seconds``; with variants (see
+    :func:`tune`), ``params`` and ``value`` are the best variant's and ``variant_values`` every variant's
+    ``(params, value)``."""
 
     number: int
     params: dict
     value: float
     seconds: float
+    variant_values: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +150,7 @@ def tune(
     default: dict | None = None,
     seed: int = 0,
     on_trial: Callable[[Trial], None] | None = None,
+    variants: Callable[[dict, Recommender], list[tuple[dict, Recommender]]] | None = None,
 ) -> TuningResult:
     """Search ``space`` for the params whose model, ``fit(params, split.train)``, has the best validation
     :func:`validation_metric` on ``split`` (ranked through ``Recommender.recommend``).
@@ -136,6 +160,10 @@ def tune(
         n_trials: trials in all, the ``default`` one included (trial 0; ``{}`` = the model's own defaults).
         seed: the TPE sampler's seed (the first trials are its random start-up draws).
         on_trial: called after each trial (e.g. to log it as an MLflow child run).
+        variants: ``variants(params, fitted) -> [(params', model'), ...]``: versions of a trial's fitted model that
+            differ only in settings that do not change training (:func:`two_tower_variants`); each is evaluated
+            and the trial is its best variant. A trial is still one fit. ``default_value`` is trial 0's variant
+            with ``default``'s values, if there is one.
 
     Raises:
         ValueError: ``n_trials < 1``.
@@ -155,8 +183,11 @@ def tune(
     def objective(trial) -> float:
         params = space(trial)
         started = time.perf_counter()
-        value = validation_value(evaluate(fit(params, split.train), split).metrics, protocol)
-        done = Trial(trial.number, params, value, time.perf_counter() - started)
+        fitted = fit(params, split.train)
+        candidates = variants(params, fitted) if variants is not None else [(params, fitted)]
+        scored = tuple((p, validation_value(evaluate(m, split).metrics, protocol)) for p, m in candidates)
+        best_params, value = max(scored, key=lambda pv: pv[1])  # the first of equal values
+        done = Trial(trial.number, best_params, value, time.perf_counter() - started, scored if variants else ())
         trials.append(done)
         if on_trial is not None:
             on_trial(done)
@@ -164,4 +195,8 @@ def tune(
 
     study.optimize(objective, n_trials=n_trials)
     best = trials[study.best_trial.number]
-    return TuningResult(protocol, metric, best.params, best.value, trials[0].value, trials, best.number)
+    default_value = trials[0].value
+    if default is not None and trials[0].variant_values:
+        matching = [v for p, v in trials[0].variant_values if all(p.get(k) == x for k, x in default.items())]
+        default_value = matching[0] if matching else default_value
+    return TuningResult(protocol, metric, best.params, best.value, default_value, trials, best.number)

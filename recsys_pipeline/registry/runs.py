@@ -317,8 +317,9 @@ def tune_and_log(
     config has one, carved the same way), trial 0 being ``base_config``. Every other field, and the ``fixed`` ones
     (what the user set: training uses them whatever the search says), stays ``base_config``'s. One MLflow run
     ``model_tuning`` (params ``protocol, n_trials, metric, k_core, seed``; metrics ``best_value, default_value``;
-    tag ``best_params`` as JSON) with a child run per trial (params: the trial's; metrics ``val_{metric}``,
-    ``seconds``).
+    tag ``best_params`` as JSON) with a child run per trial (params: the trial's, with its best item-item weight;
+    metrics ``val_{metric}``, ``seconds`` and ``val_{metric}/item_item_weight_{w}``, the same fit scored at each
+    weight of :data:`~recsys_pipeline.evaluation.tuning.ITEM_ITEM_WEIGHTS`).
 
     Returns:
         ``(TuningResult, run_id)``.
@@ -327,7 +328,14 @@ def tune_and_log(
         ValueError: an unknown protocol, too little data for the split, or ``n_trials < 1``.
     """
     from recsys_pipeline.evaluation.protocols import validation_split, view_catalog
-    from recsys_pipeline.evaluation.tuning import TUNED_FIELDS, tune, tuning_split, two_tower_space, validation_metric
+    from recsys_pipeline.evaluation.tuning import (
+        TUNED_FIELDS,
+        tune,
+        tuning_split,
+        two_tower_space,
+        two_tower_variants,
+        validation_metric,
+    )
     from recsys_pipeline.models.two_tower.recommender import two_tower_for_split
 
     split = tuning_split(interactions, protocol, settings)
@@ -351,6 +359,10 @@ def tune_and_log(
             ):
                 mlflow.log_params(trial.params)
                 mlflow.log_metrics({f"val_{metric}": trial.value, "seconds": trial.seconds})
+                # the same fit scored at each item-item weight (it does not change training)
+                mlflow.log_metrics(
+                    {f"val_{metric}/item_item_weight_{p['item_item_weight']}": v for p, v in trial.variant_values}
+                )
 
         metric = validation_metric(protocol)
         default = {f: getattr(base_config, f) for f in TUNED_FIELDS if f not in fixed}
@@ -363,6 +375,7 @@ def tune_and_log(
             default,
             seed=seed,
             on_trial=log_trial,
+            variants=partial(two_tower_variants, fixed=fixed),
         )
         mlflow.log_param("metric", metric)
         mlflow.log_metrics({"best_value": result.best_value, "default_value": result.default_value})

@@ -120,6 +120,32 @@ def test_blend_is_standardised_two_tower_plus_weighted_standardised_item_item(bl
     assert ours["ndcg_at_10"] > pop["ndcg_at_10"] + 0.1, (ours["ndcg_at_10"], pop["ndcg_at_10"])
 
 
+def test_another_blend_weight_rescores_the_same_fit(blended):
+    content, _, model = blended
+    users, items = ["u0", "u7"], content.item_ids
+    plain = TwoTowerRecommender.with_features(model, content)
+    plain.item_item = None
+    alone = model.with_item_item_weight(0.0)
+    np.testing.assert_allclose(alone.score(users, items), plain.score(users, items), rtol=1e-5, atol=1e-6)
+    # the blend is linear in the weight: score(w) = z(two-tower) + w * z(item-item)
+    half, double = model.score(users, items), model.with_item_item_weight(1.0).score(users, items)
+    z_two_tower = _standardised_two_tower(model, users, items)
+    np.testing.assert_allclose(double - z_two_tower, 2 * (half - z_two_tower), rtol=1e-4, atol=1e-4)
+    assert model.config.item_item_weight == 0.5  # the original is unchanged
+    with pytest.raises(ValueError, match=">= 0"):
+        model.with_item_item_weight(-0.1)
+    with pytest.raises(ValueError, match="no item-item head"):
+        plain.with_item_item_weight(0.25)
+
+
+def _standardised_two_tower(model, users, items):
+    plain = TwoTowerRecommender.with_features(model, model.features)
+    plain.item_item = None
+    scores = plain.score(users, items)
+    reference = scores[:, [list(items).index(i) for i in model.trained_item_ids]]
+    return (scores - reference.mean(1, keepdims=True)) / reference.std(1, keepdims=True)
+
+
 def test_new_items_rank_among_themselves_by_the_content_path_alone(blended, toy):
     content, _, model = blended
     new = toy.features(6, seed=9, prefix="new")

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from recsys_pipeline.data import warehouse
-from recsys_pipeline.evaluation.tuning import TUNED_FIELDS
+from recsys_pipeline.evaluation.tuning import ITEM_ITEM_WEIGHTS, TUNED_FIELDS
 from recsys_pipeline.models.two_tower.config import ModelConfig
 from recsys_pipeline.settings import HomePaths, ensure_home
 from tests.reliability.support import definitions_training, materialize, toy_warehouse
@@ -48,8 +48,13 @@ def test_model_tuning_chooses_the_params_recommender_model_trains_with(tmp_path,
     base = ModelConfig(**fixed)
     searched = [f for f in TUNED_FIELDS if f not in fixed]  # what the user set is not searched
     assert searched == ["history_length", "item_item_weight", "id_dropout"]
-    assert json.loads(rows["params"][0]) == {f: getattr(base, f) for f in searched}  # trial 0: as configured
+    first = json.loads(rows["params"][0])
+    # trial 0: as configured, but for the item-item weight: every trial's fit is scored at each, the best is kept
+    assert {f: v for f, v in first.items() if f != "item_item_weight"} == {
+        f: getattr(base, f) for f in searched if f != "item_item_weight"
+    }
     assert all(set(json.loads(p)) == set(searched) for p in rows["params"])
+    assert all(json.loads(p)["item_item_weight"] in ITEM_ITEM_WEIGHTS for p in rows["params"])
     assert params == json.loads(rows.loc[rows["chosen"], "params"].item())
     assert about["trials"] == 3 and about["metric"] == "ndcg_at_10" and 0 < about["value"] <= 1
 
@@ -61,6 +66,11 @@ def test_model_tuning_chooses_the_params_recommender_model_trains_with(tmp_path,
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10
     )
     assert sorted(float(r.data.metrics["val_ndcg_at_10"]) for r in children) == sorted(rows["value"])
+    for child in children:  # the trial's value is the best of its fit scored at each item-item weight
+        by_weight = [child.data.metrics[f"val_ndcg_at_10/item_item_weight_{w}"] for w in ITEM_ITEM_WEIGHTS]
+        assert child.data.metrics["val_ndcg_at_10"] == pytest.approx(max(by_weight))
+        chosen = float(child.data.params["item_item_weight"])
+        assert by_weight[ITEM_ITEM_WEIGHTS.index(chosen)] == pytest.approx(max(by_weight))
 
     trained = materialize(defs, ["recommender_model"], with_check=False)
     assert trained.success

@@ -152,6 +152,22 @@ class TwoTowerRecommender(Recommender):
     def known_users(self) -> Collection[str]:
         return self.user_index.keys()
 
+    def with_item_item_weight(self, weight: float) -> TwoTowerRecommender:
+        """The same fitted model scoring with the item-item head at blend weight ``weight`` (``0`` = the two-tower
+        alone). The weight does not change training, so tuning evaluates one fit at several weights
+        (``evaluation.tuning.two_tower_variants``); the copy shares the weights and caches.
+
+        Raises:
+            ValueError: ``weight < 0``, or ``weight > 0`` for a model fitted without a head (``item_item_weight=0``).
+        """
+        if weight < 0:
+            raise ValueError(f"item_item_weight must be >= 0, got {weight}")
+        if weight > 0 and self.item_item is None:
+            raise ValueError("this model has no item-item head (fitted with item_item_weight=0): refit with a weight")
+        other = copy.copy(self)
+        other.config = replace(self.config, item_item_weight=float(weight))
+        return other
+
     def with_features(self, features: ItemFeatures) -> TwoTowerRecommender:
         """The same weights, seen items and folded-in users over another catalog (e.g. one with new, cold items)."""
         other = TwoTowerRecommender(self.config, self.trainer_config)
