@@ -44,9 +44,7 @@ TUNED_FIELDS = ("history_length", "item_item_weight", "id_dropout", "max_epochs"
 
 # The item-item head's blend weights a trial is evaluated at. The weight does not change training, so every trial's
 # fitted model is scored at each of them (:func:`two_tower_variants`; no extra fit) rather than drawn once per trial:
-# drawn, the validation noise between trials' other settings (about 0.01 NDCG@10) chose it. On the 10-core view's
-# per-user random holdout that kept 0.25 where 1.0 is better by 0.018 NDCG@10 (model_changes.md, third session of
-# 2026-12-07).
+# drawn, each value was tried with one random draw of the other fields only, and a trial's figure mixed both.
 ITEM_ITEM_WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
