@@ -980,8 +980,94 @@ def header_lines(meta: dict) -> list[str]:
     return lines
 
 
+def against_best_peer(rows: list[dict], protocols: Sequence[str]) -> list[dict]:
+    """Ours (the row named ``ours``) against the best peer per protocol x metric (Recall@20, NDCG@10), the
+    criterion the benchmark is read by: ours is **first** when its mean exceeds the best peer's by more than the
+    larger of the two seed spreads (sample std), **level** when the gap is within it, **behind** otherwise.
+
+    The best peer is the peer row (not ``ours*``, not ``random``) with the highest mean. Every family runs the same
+    split and seed for seed ``i`` (``run``), so the per-seed difference ``ours[i] - peer[i]`` is paired: its mean ±
+    sample std and the number of seeds ours leads on are given too (``None`` when the two have different seed
+    counts, e.g. merged runs of different seeds).
+
+    Returns:
+        one dict per (protocol, metric) where ours and a peer both have figures: ``protocol, metric, ours (mean,
+        std), peer name, peer (mean, std), margin, spread, verdict, paired (mean, std) or None, ahead "k/n" or
+        None``.
+    """
+    ours = next((r for r in rows if r["name"] == "ours"), None)
+    if ours is None:
+        return []
+    out = []
+    for p in protocols:
+        for label, key in METRICS[p][:2]:
+            mine = ours.get("results", {}).get(p, {}).get(key)
+            peers = [
+                (r["name"], r["results"][p][key])
+                for r in rows
+                if not r["name"].startswith("ours")
+                and r["name"] != "random"
+                and r.get("results", {}).get(p, {}).get(key)
+            ]
+            if not mine or not peers:
+                continue
+            name, theirs = max(peers, key=lambda nv: float(np.mean(nv[1])))
+            a, b = np.asarray(mine, dtype=float), np.asarray(theirs, dtype=float)
+            sd_a = float(a.std(ddof=1)) if len(a) > 1 else 0.0
+            sd_b = float(b.std(ddof=1)) if len(b) > 1 else 0.0
+            margin, spread = float(a.mean() - b.mean()), max(sd_a, sd_b)
+            verdict = "first" if margin > spread else ("level" if abs(margin) <= spread else "behind")
+            paired = ahead = None
+            if len(a) == len(b) and len(a) > 1:
+                d = a - b
+                paired, ahead = (float(d.mean()), float(d.std(ddof=1))), f"{int((d > 0).sum())}/{len(d)}"
+            out.append(
+                dict(
+                    protocol=p,
+                    metric=label,
+                    ours=(float(a.mean()), sd_a),
+                    peer_name=name,
+                    peer=(float(b.mean()), sd_b),
+                    margin=margin,
+                    spread=spread,
+                    verdict=verdict,
+                    paired=paired,
+                    ahead=ahead,
+                )
+            )
+    return out
+
+
+def against_best_peer_lines(rows: list[dict], protocols: Sequence[str]) -> list[str]:
+    """The Markdown section of :func:`against_best_peer` (empty without an ``ours`` row)."""
+    found = against_best_peer(rows, protocols)
+    if not found:
+        return []
+    lines = [
+        "",
+        "## Ours against the best peer",
+        "",
+        "Margin = ours' mean minus the best peer's (random excluded); verdict against the larger of the two seed "
+        "spreads (first: margin > spread; level: |margin| <= spread; behind). Paired: the per-seed difference (the "
+        "same split and seed for both), mean ± sample std, and on how many seeds ours is ahead.",
+        "",
+        "| protocol | metric | ours | best peer | margin | larger spread | verdict | paired difference "
+        "| ours ahead on |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in found:
+        paired = f"{v['paired'][0]:+.4f} ± {v['paired'][1]:.4f}" if v["paired"] else "-"
+        lines.append(
+            f"| {v['protocol']} | {v['metric']} | {v['ours'][0]:.4f} ± {v['ours'][1]:.4f} | {v['peer_name']} "
+            f"{v['peer'][0]:.4f} ± {v['peer'][1]:.4f} | {v['margin']:+.4f} | {v['spread']:.4f} | {v['verdict']} | "
+            f"{paired} | {v['ahead'] or '-'} |"
+        )
+    return lines
+
+
 def write_table(rows: list[dict], meta: dict, path: Path | None = None, extra: str = "") -> str:
-    """The Markdown table (see the module docstring); written to ``path`` when given."""
+    """The Markdown table (see the module docstring), then ours against the best peer
+    (:func:`against_best_peer_lines`); written to ``path`` when given."""
     protocols = meta["protocols"]
     cols = [(p, label, key) for p in protocols for label, key in METRICS[p]]
     head = [f"{p} {label}" for p, label, _ in cols]
@@ -1004,6 +1090,7 @@ def write_table(rows: list[dict], meta: dict, path: Path | None = None, extra: s
         fit_s = f"{np.mean(r['fit_s']):.1f}" if r.get("fit_s") else "-"
         note = "; ".join(n for n in notes if n) or "-"
         lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {params} | {fit_s} | {note} |")
+    lines += against_best_peer_lines(rows, protocols)
     text = "\n".join(lines) + "\n" + extra
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1118,6 +1205,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(RESULTS_DIR / "quality.md"))
     p.add_argument("--no-mlflow", action="store_true")
     p.add_argument("--note", default="", help="Markdown appended under the table (e.g. what did not finish)")
+    p.add_argument(
+        "--note-file", default=None, help="a Markdown file appended under the table (after --note); the header names it"
+    )
     p.add_argument("--rows-out", default=None, help="also write the rows and the header's facts as JSON here")
     p.add_argument(
         "--merge",
@@ -1140,7 +1230,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["quality.py", *argv])
     out = Path(args.out)
-    extra = "\n" + args.note + "\n" if args.note else ""
+    note = "\n\n".join(t for t in [args.note, Path(args.note_file).read_text().strip() if args.note_file else ""] if t)
+    extra = "\n" + note + "\n" if note else ""
     if args.merge:
         rows, meta = merge_runs([json.loads(Path(f).read_text()) for f in args.merge])
         meta = {**meta, "command": f"{meta.get('command', '')}  (merged: {command})"}

@@ -175,6 +175,42 @@ def test_table_format_mean_std_and_merge(tmp_path):
     als_params = "user_last_fraction: factors=64, regularization=0.04312 | 2.0 | "
     assert lines[1] == als_cells + als_params + "N/A on item_cold_start: no interactions = no trained factor |"
     assert "data view: 10-core" in text and "wall time 42 s" in text and "seeds: [0, 1]" in text
+    # ours against the best peer: item_cold_start has no peer, so two lines
+    verdicts = [ln for ln in text.split("## Ours against the best peer")[1].splitlines() if ln.startswith("| user")]
+    assert verdicts == [
+        "| user_last_fraction | Recall@20 | 0.2500 ± 0.0707 | als 0.1000 ± 0.0000 | +0.1500 | 0.0707 | first "
+        "| +0.1500 ± 0.0707 | 2/2 |",
+        "| user_last_fraction | NDCG@10 | 0.1000 ± 0.0000 | als 0.1000 ± 0.0000 | +0.0000 | 0.0000 | level "
+        "| +0.0000 ± 0.0000 | 0/2 |",
+    ]
+
+
+def test_best_peer_excludes_random_and_our_variants_and_pairs_seeds():
+    def row(name, values):
+        return {"name": name, "results": {"item_cold_start": {"cold_candidates_recall_at_20": values}}}
+
+    rows = [
+        row("ours", [0.30, 0.20, 0.25]),
+        row("ours_pooled", [0.90, 0.90, 0.90]),  # our own variant: not a peer
+        row("random", [0.80, 0.80, 0.80]),  # the floor: not a peer
+        row("ease", [0.20, 0.22, 0.24]),  # mean 0.22
+        row("lightfm_content", [0.26, 0.18, 0.25]),  # mean 0.23: the best peer
+    ]
+    (found,) = quality.against_best_peer(rows, ["item_cold_start"])
+    assert found["peer_name"] == "lightfm_content" and found["metric"] == "Recall@20"
+    assert found["margin"] == pytest.approx(0.25 - 0.23)
+    # the larger of ours' spread (0.05) and the peer's (0.0436)
+    assert found["spread"] == pytest.approx(max(np.std([0.30, 0.20, 0.25], ddof=1), np.std([0.26, 0.18, 0.25], ddof=1)))
+    assert found["spread"] == pytest.approx(0.05)
+    assert found["verdict"] == "level"  # +0.02 is within it
+    diffs = np.array([0.04, 0.02, 0.0])
+    assert found["paired"] == pytest.approx((diffs.mean(), diffs.std(ddof=1)))
+    assert found["ahead"] == "2/3"  # a tie is not ahead
+    rows[0] = row("ours", [0.10, 0.10, 0.10])
+    assert quality.against_best_peer(rows, ["item_cold_start"])[0]["verdict"] == "behind"
+    rows[0] = row("ours", [0.40])  # one seed against three: no pairing
+    (found,) = quality.against_best_peer(rows, ["item_cold_start"])
+    assert found["verdict"] == "first" and found["paired"] is None and found["ahead"] is None
 
 
 def test_trials_are_mlflow_child_runs_of_the_benchmark_run(setup, tmp_path, monkeypatch):
