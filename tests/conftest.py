@@ -1,6 +1,8 @@
 """Shared fixtures. Every test gets its own home; nothing touches the network; random state is seeded per test."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -8,6 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # A test that forgets its own home must never write the developer's ./.recsys.
 os.environ["RECSYS_HOME"] = tempfile.mkdtemp(prefix="recsys-test-home-")
+atexit.register(shutil.rmtree, os.environ["RECSYS_HOME"], ignore_errors=True)
 for _name in [n for n in os.environ if n.startswith("RECSYS_") and n != "RECSYS_HOME"]:
     del os.environ[_name]  # the developer's own settings must not change what the tests see
 
@@ -199,3 +202,11 @@ def item_item_model(toy):
     content, data = toy.features(), toy.interactions()
     config = ModelConfig(**dict(toy.FAST, val_fraction=0.0, item_item_weight=0.5, item_item_l2=5.0, seed=2))
     return content, data, TwoTowerRecommender(config, TrainerConfig(accelerator="cpu", devices=1)).fit(data, content)
+
+
+def pytest_report_header(config):
+    """Free space where the suite writes (its temp folders: DuckDB files, MLflow stores, models; about 1 GB a run):
+    a full disk shows up as errors of SQLite and DuckDB, far from the cause."""
+    free_gib = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    low = "  LOW: tests that write a home will fail with storage errors" if free_gib < 3 else ""
+    return f"free disk under {tempfile.gettempdir()}: {free_gib:.1f} GiB{low}"

@@ -1,6 +1,8 @@
 """The HTTP API fuzzed from its own OpenAPI schema (schemathesis, a bounded number of examples per operation): no
 request makes it answer 5xx, and every answer matches the schema it publishes."""
 
+import atexit
+import shutil
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -21,7 +23,9 @@ from recsys_pipeline.settings import HomePaths
 def published_app():
     """The app over a tiny published day in a temporary home (three users, four items) with the model that made
     its lists (so ``POST /recommendations`` is fuzzed too)."""
-    paths = HomePaths.at(Path(tempfile.mkdtemp(prefix="recsys-fuzz-")) / "home")
+    root = tempfile.mkdtemp(prefix="recsys-fuzz-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    paths = HomePaths.at(Path(root) / "home")
     items = ["a", "b", "c", "d"]
     features = ItemFeatures(
         item_ids=items,
