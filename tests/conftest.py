@@ -23,6 +23,8 @@ import pytest  # noqa: E402
 
 from recsys_pipeline.settings import BUNDLED_MOVIELENS_DIR  # noqa: E402
 
+_FREE_AT_START = pytest.StashKey[float]()
+
 FSDD_DIR = Path(__file__).parent / "fixtures" / "fsdd"
 POSTERS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-posters"
 
@@ -204,9 +206,19 @@ def item_item_model(toy):
     return content, data, TwoTowerRecommender(config, TrainerConfig(accelerator="cpu", devices=1)).fit(data, content)
 
 
-def pytest_report_header(config):
-    """Free space where the suite writes (its temp folders: DuckDB files, MLflow stores, models; about 1 GB a run):
-    a full disk shows up as errors of SQLite and DuckDB, far from the cause."""
-    free_gib = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
-    low = "  LOW: tests that write a home will fail with storage errors" if free_gib < 3 else ""
-    return f"free disk under {tempfile.gettempdir()}: {free_gib:.1f} GiB{low}"
+def _free_gib() -> float:
+    return shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_FREE_AT_START] = _free_gib()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Free space where the suite writes (its temp folders: DuckDB files, MLflow stores, models; about 1 GB a run),
+    at start and end: a full disk shows up as SQLite and DuckDB errors, far from the cause."""
+    start, end = config.stash.get(_FREE_AT_START, float("nan")), _free_gib()
+    low = " (LOW: tests that write a home fail with storage errors under about 3 GiB)" if min(start, end) < 3 else ""
+    terminalreporter.write_line(
+        f"free disk under {tempfile.gettempdir()}: {start:.1f} GiB at start, {end:.1f} at end{low}"
+    )
