@@ -66,7 +66,7 @@ Usage::
         [--protocols user_last_fraction ...] [--models ours ease ...] [--posters DIR] [--max-users N]
         [--rows-out rows.json] [--no-mlflow]
     .venv/bin/python benchmarks/quality.py --merge a.json b.json   # one table from runs on the same splits
-    .venv/bin/python benchmarks/quality.py --quick --no-mlflow      # smoke: 1 seed, 2 trials, tiny epochs
+    .venv/bin/python benchmarks/quality.py --quick --no-mlflow      # smoke: 1 seed, 2 trials, tiny epochs (to /tmp)
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ import json  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -1202,7 +1203,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--posters", default=None, help=f"poster folder ({{item_id}}.jpg) for VBPR, e.g. {DEFAULT_POSTERS}")
     p.add_argument("--quick", action="store_true", help="tiny budgets: 2 trials, 1 seed, few epochs, 100 users")
     p.add_argument("--ours", default="{}", help="JSON ModelConfig overrides for our model (fixed in every trial)")
-    p.add_argument("--out", default=str(RESULTS_DIR / "quality.md"))
+    p.add_argument(
+        "--out",
+        default=None,
+        help="the table's file (default: the committed result of the data view, benchmarks/results/quality.md or "
+        "quality_<K>core.md; --quick: quality_quick.md in the temp folder, never over a committed result)",
+    )
     p.add_argument("--no-mlflow", action="store_true")
     p.add_argument("--note", default="", help="Markdown appended under the table (e.g. what did not finish)")
     p.add_argument(
@@ -1225,21 +1231,60 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def default_out(quick: bool, k_core: int) -> Path:
+    """Where a run's table goes without ``--out``: the committed result of its data view (``quality.md``, or
+    ``quality_<k_core>core.md``); a ``--quick`` smoke run goes to the temp folder, never over a committed result."""
+    if quick:
+        return Path(tempfile.gettempdir()) / "quality_quick.md"
+    return RESULTS_DIR / (f"quality_{k_core}core.md" if k_core else "quality.md")
+
+
+def read_rows_file(path: str | Path) -> dict:
+    """One ``--rows-out`` file for ``--merge``: ``{"meta": {"protocols": [...], ...}, "rows": [{"name", "results",
+    ...}, ...]}``.
+
+    Raises:
+        ValueError: the file is missing, unreadable, not JSON, or not of that shape (the message names the file).
+    """
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable --rows-out JSON file ({exc})") from exc
+    meta = saved.get("meta") if isinstance(saved, dict) else None
+    rows = saved.get("rows") if isinstance(saved, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("protocols"), list) or not isinstance(rows, list):
+        raise ValueError(
+            f'{path}: not a --rows-out file (expected {{"meta": {{"protocols": [...], ...}}, "rows": [...]}})'
+        )
+    bad = [i for i, r in enumerate(rows) if not isinstance(r, dict) or "name" not in r or "results" not in r]
+    if bad:
+        raise ValueError(f"{path}: rows {bad[:5]} lack a name or results")
+    return saved
+
+
 def main(argv=None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["quality.py", *argv])
-    out = Path(args.out)
-    note = "\n\n".join(t for t in [args.note, Path(args.note_file).read_text().strip() if args.note_file else ""] if t)
+    try:
+        note_text = Path(args.note_file).read_text().strip() if args.note_file else ""
+        runs = [read_rows_file(f) for f in args.merge or []]
+    except (OSError, ValueError) as exc:
+        print(f"quality.py: error: {exc}", file=sys.stderr)
+        return 2
+    note = "\n\n".join(t for t in [args.note, note_text] if t)
     extra = "\n" + note + "\n" if note else ""
     if args.merge:
-        rows, meta = merge_runs([json.loads(Path(f).read_text()) for f in args.merge])
+        rows, meta = merge_runs(runs)
+        out = Path(args.out) if args.out else default_out(bool(meta.get("quick")), int(meta.get("k_core") or 0))
         meta = {**meta, "command": f"{meta.get('command', '')}  (merged: {command})"}
         print(write_table(rows, meta, out, extra))
         if not args.no_mlflow:
             with mlflow_parent(f"quality_merge_{time.strftime('%Y%m%d_%H%M%S')}"):
                 log_results(rows, meta, out)
         return 0
+
+    out = Path(args.out) if args.out else default_out(args.quick, args.k_core)
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)

@@ -279,3 +279,21 @@ def test_merge_replaces_a_family_per_protocol_and_names_what_each_run_gave():
     )
     text = quality.write_table(rows, meta)
     assert "| lightfm_content | N/A | N/A | 0.2000 | 0.2000 |" in text and "N/A on user_last_fraction: not run" in text
+
+
+def test_merge_rejects_a_bad_rows_file_with_its_name(tmp_path, capsys):
+    out = tmp_path / "q.md"
+    cases = {"missing.json": None, "empty.json": "", "list.json": "[]", "no_rows.json": '{"meta": {"protocols": []}}'}
+    for name, text in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        assert quality.main(["--merge", str(tmp_path / name), "--out", str(out), "--no-mlflow"]) == 2
+        assert f"quality.py: error: {tmp_path / name}" in capsys.readouterr().err
+    assert not out.exists()  # nothing written
+
+
+def test_a_run_without_out_never_overwrites_another_views_or_a_quick_result():
+    assert quality.default_out(False, 0) == quality.RESULTS_DIR / "quality.md"
+    assert quality.default_out(False, 10) == quality.RESULTS_DIR / "quality_10core.md"
+    quick = quality.default_out(True, 0)
+    assert quick.name == "quality_quick.md" and quality.RESULTS_DIR not in quick.parents
