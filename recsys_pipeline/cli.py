@@ -681,6 +681,7 @@ def recommend(args: argparse.Namespace) -> int:
         ITEMS,
         RECOMMENDATIONS,
         describe_days,
+        echoed_id,
         published_days,
         read_snapshot,
         snapshot_path,
@@ -702,7 +703,7 @@ def recommend(args: argparse.Namespace) -> int:
         return 2
     recs = recs[recs["user_id"].astype(str) == args.user].sort_values("rank").head(args.k)
     if recs.empty:
-        print(f"unknown user {args.user!r}: no recommendations for this user_id", file=sys.stderr)
+        print(f"unknown user {echoed_id(args.user)!r}: no recommendations for this user_id", file=sys.stderr)
         return 1
     try:  # published before the list, so it names every listed item
         titles = read_snapshot(paths, ITEMS, day)[["item_id", "title"]]
@@ -724,6 +725,12 @@ def recommend(args: argparse.Namespace) -> int:
         f"produced {recs['produced_on'].iloc[0]}):"
     )
     print(recs[columns].to_markdown(index=False))
+    if len(recs) < args.k:  # the lists were published shorter: say so rather than print fewer rows silently
+        print(
+            f"-k {args.k}: {len(recs)} published for this user (`recommendations` publishes the top "
+            "`k` of its config, 20 by default)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -56,6 +56,7 @@ from recsys_pipeline.serving.snapshot import (
     RECOMMENDATIONS,
     current_day,
     describe_days,
+    echoed_id,
     published_days,
     published_model,
     snapshot_path,
@@ -278,14 +279,6 @@ def _first(frame: pd.DataFrame, column: str):
     return None if pd.isna(value) else str(value)
 
 
-MAX_ECHO_CHARS = 200  # at most this much of a caller's id is echoed in an error body
-
-
-def _echo(text: str) -> str:
-    """``text`` cut to ``MAX_ECHO_CHARS`` characters (marked with ``…``) for an error body."""
-    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"
-
-
 def create_app(paths: HomePaths, api_key: str | None = None):
     """The FastAPI app serving ``paths``' published snapshots (see the module docstring for the contract).
 
@@ -426,7 +419,7 @@ def create_app(paths: HomePaths, api_key: str | None = None):
                 status_code=404,
                 content={
                     "error": "unknown_user",
-                    "user_id": _echo(user_id),
+                    "user_id": echoed_id(user_id),
                     "detail": "no interactions for this user_id in the published recommendations; for a new user "
                     "without history, ask again with ?fallback=true for the popularity list",
                 },
@@ -467,7 +460,7 @@ def create_app(paths: HomePaths, api_key: str | None = None):
         catalog = model.features.index
         items = list(dict.fromkeys(body.items))
         known = [i for i in items if i in catalog]
-        ignored = [_echo(i) for i in items if i not in catalog]
+        ignored = [echoed_id(i) for i in items if i not in catalog]
         if not known:
             return JSONResponse(
                 status_code=422,

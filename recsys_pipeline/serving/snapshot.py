@@ -249,3 +249,11 @@ def read_snapshot(paths: HomePaths, name: str = RECOMMENDATIONS, day: date | Non
     # publish in between paired the old footer with the new file ("Couldn't deserialize thrift").
     with handle:
         return pd.read_parquet(handle)
+
+
+MAX_ECHO_CHARS = 200  # at most this much of a caller's id is echoed back (HTTP error bodies, the CLI's errors)
+
+
+def echoed_id(text: str) -> str:
+    """``text`` cut to :data:`MAX_ECHO_CHARS` characters (marked with ``…``), for echoing a caller's id back."""
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"

@@ -118,8 +118,14 @@ def test_recommend_answers_from_the_current_day_or_the_date_asked(tmp_path, caps
     home = str(tmp_path / "home")
     published_days(home, "2018-09-22", "2018-09-23", "2018-09-24")
     assert main(["--home", home, "recommend", "--user", "u1"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert out.splitlines()[0].startswith("Top 2 of 2018-09-24 for user u1 (champion v3, model run run-3")
+    assert "-k 10: 2 published for this user" in err  # asked for more than the day's list holds
+    assert main(["--home", home, "recommend", "--user", "u1", "-k", "2"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["--home", home, "recommend", "--user", "x" * 5000]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("unknown user 'xxx") and "…" in err and len(err) < 300  # a long id is not echoed whole
     assert main(["--home", home, "recommend", "--user", "u1", "--date", "2018-09-23"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("Top 2 of 2018-09-23 for user u1 (champion v2")
