@@ -478,9 +478,8 @@ SUMMARY_TABLES = (
     "evaluation_ranked_lists",
 )
 # metric -> column label of the summary's tables, in this order
-WARM_FIGURES = {
+WARM_FIGURES = {  # the summary's 100 columns hold five figures (Recall@10 is in evaluation_metrics and MLflow)
     "ndcg_at_10": "NDCG@10",
-    "recall_at_10": "Recall@10",
     "recall_at_20": "Recall@20",
     "coverage": "coverage",
     "cold_share_at_20": "new share",  # item_cold_mixed: new items' share of the top-20 slots

@@ -425,13 +425,14 @@ def realistic_summary_inputs(mlflow_uri: str) -> dict:
     from recsys_pipeline.evaluation.ablation import ABLATION_COLUMNS
 
     rng = np.random.default_rng(0)
-    protocols = {"user_last_fraction": False, "item_cold_start": True, "temporal": False}
+    # the demo's protocols (item_cold_mixed adds the "new share" column) and a longer name
+    protocols = {"user_last_fraction": False, "item_cold_start": True, "item_cold_mixed": False, "temporal": False}
     metrics = pd.DataFrame(
         [
             (protocol, model, name, float("nan") if name.startswith("cold_") and not cold else rng.random())
             for protocol, cold in protocols.items()
             for model in ("ours", "popularity")
-            for name in metric_names(cold)
+            for name in [*metric_names(cold), *(["cold_share_at_20"] if protocol == "item_cold_mixed" else [])]
         ],
         columns=["protocol", "model", "metric", "value"],
     )
@@ -507,7 +508,7 @@ def test_the_demo_summary_fits_100_columns():
     header, _, *body = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
     assert header[:2] == ["protocol", "variant"] and {"NDCG@10", "Recall@20"} <= set(header)
     keys = [tuple(row[:2]) for row in body]
-    assert len(keys) == len(set(keys)) == 3 * 3  # protocols x variants with figures of their own: no repeated row
+    assert len(keys) == len(set(keys)) == 4 * 3  # protocols x variants with figures of their own: no repeated row
     assert "all_concat: same as all" in text and "audio: skipped: no audio vectors" in text
     # a home deep enough that the MLflow command cannot fit: the URI alone on the line after it
     deep = "sqlite:///" + "/very-long-folder-name" * 5 + "/.recsys/mlflow.db"
