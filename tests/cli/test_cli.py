@@ -430,6 +430,8 @@ def realistic_summary_inputs(mlflow_uri: str) -> dict:
     metrics = pd.DataFrame(
         [
             (protocol, model, name, float("nan") if name.startswith("cold_") and not cold else rng.random())
+            if name != "cold_share_at_20"
+            else (protocol, model, name, rng.random())
             for protocol, cold in protocols.items()
             for model in ("ours", "popularity")
             for name in [*metric_names(cold), *(["cold_share_at_20"] if protocol == "item_cold_mixed" else [])]
