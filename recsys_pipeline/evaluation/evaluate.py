@@ -13,10 +13,12 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -156,6 +158,22 @@ def _fit_and_save(make_model, val_split, train, features, threads: int, director
     return getattr(model, "train_stats", {}), seconds
 
 
+_TRAINING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+def _log_as_parent(levels: dict[str, int], filters: list) -> None:
+    """In a spawned process: the parent's levels of the training loggers and its warning filters. A spawned child
+    starts from the defaults, so under a quiet parent (e.g. ``recsys demo``) it would print Lightning's banners."""
+    import logging
+    import warnings
+
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import: import first, then override)
+
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    warnings.filters[:] = filters
+
+
 def _fit_protocols(
     make_model: Callable[[str], Recommender],
     splits: Mapping[str, Split],
@@ -172,7 +190,13 @@ def _fit_protocols(
     with tempfile.TemporaryDirectory(prefix="recsys-eval-") as tmp:
         # spawn, not fork: the parent may hold torch / OpenMP threads, which a forked child would inherit broken
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(processes, len(splits)), mp_context=context) as pool:
+        levels = {name: logging.getLogger(name).level for name in _TRAINING_LOGGERS}
+        with ProcessPoolExecutor(
+            min(processes, len(splits)),
+            mp_context=context,
+            initializer=_log_as_parent,
+            initargs=(levels, list(warnings.filters)),
+        ) as pool:
             futures = {
                 p: pool.submit(
                     _fit_and_save, make_model, validation_split(p), s.train, features, threads, str(Path(tmp) / p)

@@ -425,7 +425,7 @@ def realistic_summary_inputs(mlflow_uri: str) -> dict:
     from recsys_pipeline.evaluation.ablation import ABLATION_COLUMNS
 
     rng = np.random.default_rng(0)
-    # the demo's protocols (item_cold_mixed adds the "new share" column) and a longer name
+    # the demo's protocols: item_cold_mixed adds the "new share" column
     protocols = {"user_last_fraction": False, "item_cold_start": True, "item_cold_mixed": False, "temporal": False}
     metrics = pd.DataFrame(
         [

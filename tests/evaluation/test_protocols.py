@@ -184,9 +184,11 @@ def test_split_dataclass_describe(interactions):
     assert sp.describe()["n_train"] == 10
 
 
-def test_protocol_models_fitted_in_processes_equal_the_ones_fitted_here(toy):
+def test_protocol_models_fitted_in_processes_equal_the_ones_fitted_here(toy, capfd):
     """``processes=2`` fits each protocol's model in its own spawned process and brings it back through save / load:
-    at the same thread count the figures, lists and training stats are those of the fits in this process."""
+    at the same thread count the figures, lists and training stats are those of the fits in this process. The
+    children log as the parent does: under a quiet parent (the CLI's) no Lightning banner."""
+    import logging
     from functools import partial
 
     import torch
@@ -200,11 +202,18 @@ def test_protocol_models_fitted_in_processes_equal_the_ones_fitted_here(toy):
     make_model = partial(two_tower_for_split, config, TrainerConfig(accelerator="cpu", devices=1, num_threads=1))
     settings = EvaluationSettings(protocols=["user_last_fraction", "item_cold_start"], k=10)
     threads = torch.get_num_threads()
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
     try:
+        lightning_log.setLevel(logging.INFO)
         here = evaluate_protocols(make_model, data, features, settings, processes=1)
+        assert "GPU available" in "".join(capfd.readouterr())  # Lightning's banner, at INFO
+        lightning_log.setLevel(logging.ERROR)
         spawned = evaluate_protocols(make_model, data, features, settings, processes=2)
+        assert "GPU available" not in "".join(capfd.readouterr())  # the children are as quiet as this process
     finally:
         torch.set_num_threads(threads)
+        lightning_log.setLevel(level)
     assert all(isinstance(m, TwoTowerRecommender) for m in spawned.models.values())
     pd.testing.assert_frame_equal(spawned.metrics, here.metrics)
     pd.testing.assert_frame_equal(spawned.ranked, here.ranked)
