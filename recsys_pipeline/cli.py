@@ -599,7 +599,7 @@ def format_summary(
     mlflow = f"    .venv/bin/mlflow ui --backend-store-uri {mlflow_uri}   # MLflow"
     if len(mlflow) > SUMMARY_WIDTH:  # a long home: the URI on a line of its own, still one shell command
         mlflow = f"    .venv/bin/mlflow ui --backend-store-uri \\\n        {mlflow_uri}"
-    out += ["", "Next:", f"    recsys recommend --user {user}", "    recsys ui   # Dagster", mlflow]
+    out += ["", "Next:", f"    .venv/bin/recsys recommend --user {user}", "    .venv/bin/recsys ui   # Dagster", mlflow]
     return "\n".join(out)
 
 
