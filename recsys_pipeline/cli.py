@@ -464,6 +464,7 @@ def demo(args: argparse.Namespace) -> int:
 
 SUMMARY_WIDTH = 100  # columns: every line of the demo's summary fits (but a path longer than that)
 TITLE_CHARS = 60  # a longer title is cut, with "…"
+BECAUSE_TITLE_CHARS = 32  # each of the (up to 3) titles of an explanation, so a line stays readable
 SUMMARY_TABLES = (
     "raw_events",
     "interactions",
@@ -708,7 +709,9 @@ def recommend(args: argparse.Namespace) -> int:
         titles = read_snapshot(paths, ITEMS, day)[["item_id", "title"]]
     except FileNotFoundError:
         titles = recs[["item_id"]].assign(title=None)
-    recs = recs.merge(titles, on="item_id", how="left").assign(score=lambda f: f["score"].round(4))
+    recs = recs.merge(titles, on="item_id", how="left").assign(
+        score=lambda f: f["score"].round(4), title=lambda f: f["title"].map(lambda t: _clip(t, TITLE_CHARS))
+    )
     columns = ["rank", "item_id", "title", "score"]
     if args.explain:
         if "explanation" not in recs.columns or recs["explanation"].isna().all():
@@ -741,7 +744,7 @@ def _because(stored, titles: dict[str, str]) -> str:
     if not isinstance(stored, str):  # None / NaN: not explained
         return ""
     why = json.loads(stored)
-    named = "; ".join(str(titles.get(i, i)) for i in why.get("because", []))
+    named = "; ".join(_clip(str(titles.get(i, i)), BECAUSE_TITLE_CHARS) for i in why.get("because", []))
     if named:
         return named
     shares = ", ".join(f"{m} {w:.2f}" for m, w in why.get("modalities", {}).items())

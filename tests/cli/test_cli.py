@@ -516,3 +516,16 @@ def test_the_demo_summary_fits_100_columns():
     deep = "sqlite:///" + "/very-long-folder-name" * 5 + "/.recsys/mlflow.db"
     lines = format_summary(**realistic_summary_inputs(deep)).splitlines()
     assert [line for line in lines if len(line) > 100] == [f"        {deep}"]
+
+
+def test_an_explanation_names_titles_cut_to_a_readable_width():
+    from recsys_pipeline.cli import BECAUSE_TITLE_CHARS, _because
+
+    long = "Dragon Ball Z the Movie: The World's Strongest (a.k.a. Dragon Ball Z) (1990)"
+    stored = '{"because":["a","b"],"contributions":[0.5,0.2],"modalities":{"text":1.0}}'
+    named = _because(stored, {"a": long, "b": "Beta"})
+    first, second = named.split("; ")
+    assert len(first) == BECAUSE_TITLE_CHARS and first.endswith("…") and long.startswith(first[:-1])
+    assert second == "Beta"
+    new_item = '{"because":[],"contributions":[],"modalities":{"text":0.75,"image":0.25}}'
+    assert _because(new_item, {}) == "(content: text 0.75, image 0.25)"
