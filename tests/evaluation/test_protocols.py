@@ -205,12 +205,16 @@ def test_protocol_models_fitted_in_processes_equal_the_ones_fitted_here(toy, cap
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     try:
-        lightning_log.setLevel(logging.INFO)
         here = evaluate_protocols(make_model, data, features, settings, processes=1)
-        assert "GPU available" in "".join(capfd.readouterr())  # Lightning's banner, at INFO
+        # the children write to this process's stderr file descriptor (capfd): Lightning's banner at INFO ...
+        lightning_log.setLevel(logging.INFO)
+        capfd.readouterr()
+        evaluate_protocols(make_model, data, features, settings, processes=2)
+        assert "GPU available" in "".join(capfd.readouterr())
+        # ... and none when this process is quiet
         lightning_log.setLevel(logging.ERROR)
         spawned = evaluate_protocols(make_model, data, features, settings, processes=2)
-        assert "GPU available" not in "".join(capfd.readouterr())  # the children are as quiet as this process
+        assert "GPU available" not in "".join(capfd.readouterr())
     finally:
         torch.set_num_threads(threads)
         lightning_log.setLevel(level)
