@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (Python 3.11+) and install the project with its test extras. Idempotent; offline-safe afterwards.
 # The install is skipped when .venv was set up from the same pyproject.toml and this script (a stamp in .venv);
-# RECSYS_REINSTALL=1 forces it.
+# `bash scripts/setup.sh --reinstall` forces it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.recsys-setup-stamp
 wanted=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ "${RECSYS_REINSTALL:-0}" != "1" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] \
+if [ "${1:-}" != "--reinstall" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] \
   && .venv/bin/python -c "import recsys_pipeline" 2>/dev/null; then
   exit 0
 fi
