@@ -10,12 +10,16 @@ Models, each given the same revealed interactions and the same train part:
 
 * ``ours``: the two-tower model with today's default ``ModelConfig`` (no tuning), fitted on the train users, then
   ``TwoTowerRecommender.with_history(revealed)``: the item-item head reads the revealed items, the content-aware
-  item prior does the rest (the new user's id embedding and history part are zero). ``ours_pooled``: the same,
+  item prior and the popularity of the days before the user's latest revealed interaction do the rest (the new
+  user's id embedding and history part are zero). ``ours_pooled``: the same,
   with the history head pooled from the revealed items too (``pool_new_users=True``).
 * ``ease``: EASE (Steck 2019, λ = 500, no pruning, every item) fitted on the train users; a new user's scores are
   ``x_revealed @ B`` (EASE scores a new user's items directly).
 * ``content_knn``: the mean text vector of the revealed items, cosine to every item's text vector.
 * ``popularity``: distinct train users per item.
+* ``recent_popularity``: distinct train users per item in the 365 UTC days before the day of the user's latest
+  revealed interaction (``models.popularity.recent.RecentPopularity``; ties by global popularity): the time signal
+  that ours' default fold-in also reads (``ModelConfig.new_user_recency_weight``), alone.
 
 No model is tuned here (each runs its documented default): the budgets are equal.
 
@@ -60,12 +64,13 @@ from recsys_pipeline.evaluation.evaluate import evaluate  # noqa: E402
 from recsys_pipeline.evaluation.protocols import USER_COLD_START_REVEALED, split_user_cold_start  # noqa: E402
 from recsys_pipeline.models.base import SeenItems  # noqa: E402
 from recsys_pipeline.models.popularity import PopularityRecommender  # noqa: E402
+from recsys_pipeline.models.popularity.recent import RecentPopularity, utc_seconds  # noqa: E402
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig  # noqa: E402
 from recsys_pipeline.models.two_tower.item_item import ItemItemHead  # noqa: E402
 from recsys_pipeline.models.two_tower.recommender import TwoTowerRecommender  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "user_cold_start.md"
-MODELS = ("ours", "ours_pooled", "ease", "content_knn", "popularity")
+MODELS = ("ours", "ours_pooled", "ease", "content_knn", "popularity", "recent_popularity")
 
 
 class EaseFoldIn(FittedScorer):
@@ -84,6 +89,24 @@ class EaseFoldIn(FittedScorer):
         return np.where(cols >= 0, scores[:, np.maximum(cols, 0)], 0.0).astype(np.float32)
 
 
+class RecentPopularityFoldIn(FittedScorer):
+    """A user's scores: distinct train users per item in the ``days`` before the day of the user's latest
+    interaction in ``data.train`` (their revealed ones for a held-out user), ties by global popularity."""
+
+    def __init__(self, data: Data, counts: RecentPopularity, days: int):
+        super().__init__(data)
+        self.counts, self.days = counts, days
+        latest = data.train.assign(_t=utc_seconds(data.train["timestamp"])).groupby("user_id")["_t"].max()
+        self.latest = {str(u): int(t) for u, t in latest.items()}
+        self.overall = np.asarray(data.user_items.sum(axis=0)).ravel()  # (n_catalog,) distinct users
+
+    def score(self, user_ids, item_ids) -> np.ndarray:
+        times = np.array([self.latest[str(u)] for u in user_ids], dtype=np.int64)
+        cols = self.data.content.rows([str(i) for i in item_ids])
+        window = self.counts.window_counts(times, self.days, [str(i) for i in item_ids])
+        return (window + self.overall[cols] / (self.overall.max() + 1.0)).astype(np.float32)
+
+
 def run(seeds, reveal, log=print) -> dict[tuple[str, int], list[tuple[float, float]]]:
     """``(model, n) -> [(Recall@20, NDCG@10) per seed]``."""
     interactions = load_interactions()
@@ -100,6 +123,7 @@ def run(seeds, reveal, log=print) -> dict[tuple[str, int], list[tuple[float, flo
         ease = ItemItemHead.fit(split.train, l2=500.0, neighbours=n_items, max_items=n_items)
         log(f"seed {seed}: EASE fitted in {time.perf_counter() - started:.1f}s over {n_items:,} items")
         popularity = PopularityRecommender().fit(split.train, content)
+        recent = RecentPopularity.fit(split.train)
         for n in reveal:
             revealed, test_split = split.reveal(n)
             folded = Data(test_split.train, content, seed)
@@ -109,6 +133,7 @@ def run(seeds, reveal, log=print) -> dict[tuple[str, int], list[tuple[float, flo
                 "ease": EaseFoldIn(folded, ease),
                 "content_knn": ContentKNN(folded),
                 "popularity": popularity,
+                "recent_popularity": RecentPopularityFoldIn(folded, recent, ours.config.new_user_recency_days),
             }
             for name, model in models.items():
                 m = evaluate(model, test_split, 20).metrics

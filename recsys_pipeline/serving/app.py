@@ -470,7 +470,10 @@ def create_app(paths: HomePaths, api_key: str | None = None):
                     "ignored_items": ignored[:20],
                 },
             )
-        events = pd.DataFrame({"user_id": VISITOR, "item_id": known, "timestamp": np.arange(len(known))})
+        # in the order given, the last one now (UTC): "now" sets the window of the new-user recency term
+        now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+        order = pd.to_timedelta(np.arange(len(known)) - (len(known) - 1), unit="us")
+        events = pd.DataFrame({"user_id": VISITOR, "item_id": known, "timestamp": now + order})
         with fold_in_slots:
             folded = model.with_history(events)
             ranked = folded.recommend([VISITOR], k=body.k)

@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import Logger
 
 from recsys_pipeline.content.features import ItemFeatures
 from recsys_pipeline.models.base import Recommender, SeenItems
+from recsys_pipeline.models.popularity.recent import RecentPopularity, utc_seconds
 from recsys_pipeline.models.two_tower.config import ModelConfig, TrainerConfig
 from recsys_pipeline.models.two_tower.item_item import ItemItemHead
 from recsys_pipeline.models.two_tower.item_tensors import item_table
@@ -116,6 +117,7 @@ class TwoTowerRecommender(Recommender):
         self.train_stats: dict = {}
         self._history_state: dict[str, torch.Tensor] = {}  # pooling weights of a loaded model (warm starts)
         self.item_item: ItemItemHead | None = None
+        self.recent_popularity: RecentPopularity | None = None  # for new users (config.new_user_recency_weight)
 
     # ------------------------------------------------------------------ fitted state
     def _set_state(
@@ -145,6 +147,7 @@ class TwoTowerRecommender(Recommender):
         self._item_item_map_cache: sp.csc_matrix | None = None
         self._folded_index: dict[str, int] = {}  # with_history: user -> row of _folded_vectors
         self._folded_vectors: torch.Tensor | None = None
+        self._folded_times: dict[str, int] = {}  # with_history: new user -> latest interaction (UTC seconds)
         self._pooling_cache = None
         return self
 
@@ -174,10 +177,12 @@ class TwoTowerRecommender(Recommender):
         other.train_stats = dict(self.train_stats)
         other._history_state = self._history_state
         other.item_item = self.item_item
+        other.recent_popularity = self.recent_popularity
         other._set_state(
             self.model, self.user_ids, self.trained_item_ids, features, self.modality_dims, self.genre_names, self.seen
         )
         other._folded_index, other._folded_vectors = self._folded_index, self._folded_vectors
+        other._folded_times = self._folded_times
         return other
 
     @torch.no_grad()
@@ -192,18 +197,20 @@ class TwoTowerRecommender(Recommender):
         item-item head over their items; ``pool_new_users=True`` also pools their history: on
         ``benchmarks/user_cold_start.py`` (seed 0, 61 held-out users) that lowered NDCG@10 for every number of
         revealed items (n = 3: 0.445 vs 0.493; n = 10: 0.378 vs 0.466): the head was trained beside an id
-        embedding, and alone it leans on the few first items. Items the model has no history embedding for (new
-        items, items never in a training history) pool as padding, as in training.
+        embedding, and alone it leans on the few first items. A new user's latest timestamp also sets the window
+        of the recent-popularity term (``config.new_user_recency_weight``; see :meth:`score`). Items the model has
+        no history embedding for (new items, items never in a training history) pool as padding, as in training.
 
         Args:
-            interactions: ``user_id, item_id, timestamp`` (str, str, datetime64 or numbers; UTC).
+            interactions: ``user_id, item_id, timestamp`` (str, str, datetime64 or numbers = seconds since the
+                epoch; UTC).
             pool_new_users: pool a new user's history too (see above).
 
         Returns:
             a new recommender sharing the weights; the other users score as before.
 
         Raises:
-            ValueError: a column is missing.
+            ValueError: a column is missing, or a timestamp is missing or unreadable.
         """
         missing = {"user_id", "item_id", "timestamp"} - set(interactions.columns)
         if missing:
@@ -237,6 +244,10 @@ class TwoTowerRecommender(Recommender):
             table[: len(self._folded_vectors)] = self._folded_vectors
         table[torch.tensor(rows, dtype=torch.long)] = vectors
         other._folded_index, other._folded_vectors = folded, table
+        latest = pd.Series(utc_seconds(events["timestamp"]), index=events.index).groupby(events["user_id"]).max()
+        other._folded_times = {**self._folded_times, **{u: int(t) for u, t in latest.items()}}
+        for user in self.user_index.keys() & set(users):  # a known user (folded again) gets no recency term
+            other._folded_times.pop(user, None)
         return other
 
     def warm(self) -> TwoTowerRecommender:
@@ -327,20 +338,45 @@ class TwoTowerRecommender(Recommender):
         the item-item scores of its ``config.item_item_content_neighbours`` nearest head items by the item tower's
         content vector (the tower with the id hidden; :meth:`ItemItemHead.catalog_map`); with ``0`` its raw value
         is 0, the same per-user constant after standardisation for every such item.
+
+        A new user folded in by :meth:`with_history` (no id embedding) gets ``+ r * z(log(1 + c))`` with ``r =
+        config.new_user_recency_weight`` and ``c`` the item's distinct users in the ``config.new_user_recency_days``
+        UTC days before the day of the user's latest interaction (:class:`RecentPopularity`), standardised over the
+        trained items like the other terms; their two-tower term is then standardised even without an item-item
+        head. Other users' scores do not depend on it.
         """
         if self.model is None:
             raise RuntimeError("TwoTowerRecommender.score called before fit or load")
         rows = torch.from_numpy(self._item_rows(item_ids)).to(self.device)
         users = self.user_vectors(user_ids)
         scores = (users @ self.item_vectors()[rows].T).float().cpu().numpy()
-        if self.item_item is None or self.config.item_item_weight == 0:
+        recent = self._recency_rows(user_ids)
+        has_head = self.item_item is not None and self.config.item_item_weight > 0
+        if not has_head and not len(recent):
             return scores
         trained = self._trained_rows()
-        reference = (users @ self.item_vectors()[trained].T).float().cpu().numpy()
-        scores = _standardise(scores, reference)
-        item_item = self.item_item.scores(self.seen, user_ids)
-        asked = item_item @ self._item_item_map()[:, rows.cpu().numpy()]  # dense @ sparse: (n_users, n_asked)
-        return (scores + self.config.item_item_weight * _standardise(np.asarray(asked), item_item)).astype(np.float32)
+        standardised = np.arange(len(user_ids)) if has_head else recent
+        picked = torch.from_numpy(standardised).to(self.device)
+        reference = (users[picked] @ self.item_vectors()[trained].T).float().cpu().numpy()
+        scores[standardised] = _standardise(scores[standardised], reference)
+        if has_head:
+            item_item = self.item_item.scores(self.seen, user_ids)
+            asked = item_item @ self._item_item_map()[:, rows.cpu().numpy()]  # dense @ sparse: (n_users, n_asked)
+            scores += self.config.item_item_weight * _standardise(np.asarray(asked), item_item)
+        if len(recent):
+            times = np.array([self._folded_times[str(user_ids[r])] for r in recent], dtype=np.int64)
+            days = self.config.new_user_recency_days
+            wanted = np.log1p(self.recent_popularity.window_counts(times, days, [self.item_ids[r] for r in rows]))
+            over = np.log1p(self.recent_popularity.window_counts(times, days, self.trained_item_ids))
+            scores[recent] += self.config.new_user_recency_weight * _standardise(wanted, over)
+        return scores.astype(np.float32)
+
+    def _recency_rows(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Rows of ``user_ids`` that get the recent-popularity term: new users folded in with a timestamp, when
+        the model has counts and a weight > 0."""
+        if self.recent_popularity is None or self.config.new_user_recency_weight == 0 or not self._folded_times:
+            return np.zeros(0, dtype=np.int64)
+        return np.array([r for r, u in enumerate(user_ids) if str(u) in self._folded_times], dtype=np.int64)
 
     @torch.no_grad()
     def explain(self, user_ids: Sequence[str], item_ids: Sequence[str], top: int = 3) -> pd.DataFrame:
@@ -600,6 +636,7 @@ class TwoTowerRecommender(Recommender):
                 interactions, config.item_item_l2, config.item_item_neighbours, config.item_item_max_items
             )
             item_item_seconds = time.perf_counter() - started
+        self.recent_popularity = RecentPopularity.fit(interactions)  # seconds; new users' fold-in reads it
         seconds = time.perf_counter() - t0
         self.train_stats = {
             "best_val_ndcg_at_10": float(best.best_score) if best.best_state is not None else float("nan"),
@@ -632,7 +669,8 @@ class TwoTowerRecommender(Recommender):
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` (weights), ``config.json`` (config, widths, genres), ``id_maps.json``,
         ``item_features.npz``, ``seen.parquet``, ``recommender.json`` and, with an item-item head,
-        ``item_item.npz`` + ``item_item_ids.json``; no pickle anywhere."""
+        ``item_item.npz`` + ``item_item_ids.json``, and ``recent_popularity.npz`` (new users' recency term); no
+        pickle anywhere."""
         from safetensors.torch import save_file
 
         d = Path(directory)
@@ -656,6 +694,8 @@ class TwoTowerRecommender(Recommender):
         self.features.to_npz(d / "item_features.npz")
         if self.item_item is not None:
             self.item_item.save(d)
+        if self.recent_popularity is not None:
+            self.recent_popularity.save(d)
 
     @classmethod
     def load(
@@ -708,6 +748,7 @@ class TwoTowerRecommender(Recommender):
         loaded = cls(config)
         loaded._history_state = {k: v for k, v in state.items() if k.startswith(_HISTORY_PREFIX)}
         loaded.item_item = ItemItemHead.load(d)
+        loaded.recent_popularity = RecentPopularity.load(d)  # None for a model saved before it existed: no term
         if loaded.item_item is None and config.item_item_weight > 0:
             raise ValueError(
                 f"{d} was trained with an item-item head (weight {config.item_item_weight}) but holds no "
