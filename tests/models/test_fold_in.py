@@ -79,3 +79,57 @@ def test_fold_in_needs_timestamps(cold_users):
     _, split, model = cold_users
     with pytest.raises(ValueError, match="lack \\['timestamp'\\]"):
         model.with_history(pd.DataFrame({"user_id": ["x"], "item_id": ["i1"]}))
+
+
+def test_a_new_users_recency_term_is_the_popularity_of_their_days(cold_users):
+    """The new-user recency term is exactly ``w * z(log1p(counts))`` over the trained items; known users and a
+    zero weight see none of it."""
+    from dataclasses import replace
+
+    from recsys_pipeline.models.popularity.recent import utc_seconds
+    from recsys_pipeline.models.two_tower.recommender import _standardise
+
+    content, split, model = cold_users
+    assert model.config.new_user_recency_weight > 0 and model.recent_popularity is not None
+    revealed, _ = split.reveal(3)
+    # every toy interaction is on 2020-01-01: new users who arrive two days later see that day in their window
+    revealed = revealed.assign(timestamp=revealed["timestamp"] + pd.Timedelta(days=2))
+    users = sorted(revealed["user_id"].unique())
+    folded = model.with_history(revealed)
+    off = model.with_history(revealed)
+    off.config = replace(model.config, new_user_recency_weight=0.0)
+    gap = folded.score(users, content.item_ids) - off.score(users, content.item_ids)
+    days = model.config.new_user_recency_days
+    latest = revealed.assign(t=utc_seconds(revealed["timestamp"])).groupby("user_id")["t"].max()
+    times = latest.loc[users].to_numpy()
+    counts = model.recent_popularity.window_counts(times, days, content.item_ids)
+    assert counts.sum() > 0, "the toy data must have interactions in the window for this test to mean anything"
+    over = model.recent_popularity.window_counts(times, days, model.trained_item_ids)
+    expected = model.config.new_user_recency_weight * _standardise(np.log1p(counts), np.log1p(over))
+    np.testing.assert_allclose(gap, expected, atol=1e-4)
+    # a known user folded in again gets no recency term
+    known = ["u2"]
+    own = split.train[split.train["user_id"].isin(known)]
+    np.testing.assert_allclose(
+        model.with_history(own).score(known, content.item_ids), model.score(known, content.item_ids), atol=1e-5
+    )
+
+
+def test_a_model_saved_without_recent_popularity_scores_new_users_without_it(cold_users, tmp_path):
+    from dataclasses import replace
+
+    from recsys_pipeline.models.popularity.recent import RecentPopularity
+
+    content, split, model = cold_users
+    revealed, _ = split.reveal(3)
+    revealed = revealed.assign(timestamp=revealed["timestamp"] + pd.Timedelta(days=2))
+    users = sorted(revealed["user_id"].unique())
+    model.save(tmp_path / "m")
+    (tmp_path / "m" / RecentPopularity.FILE).unlink()  # as written before the term existed
+    old = TwoTowerRecommender.load(tmp_path / "m")
+    assert old.recent_popularity is None
+    off = model.with_history(revealed)
+    off.config = replace(model.config, new_user_recency_weight=0.0)
+    np.testing.assert_allclose(
+        old.with_history(revealed).score(users, content.item_ids), off.score(users, content.item_ids), atol=1e-5
+    )
