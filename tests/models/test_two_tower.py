@@ -138,6 +138,7 @@ def test_save_load_roundtrip_identical_scores(trained, content, tmp_path):
         "id_maps.json",
         "item_features.npz",
         "model.safetensors",
+        "recent_popularity.npz",
         "recommender.json",
         "seen.parquet",
     ]
