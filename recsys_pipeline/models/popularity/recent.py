@@ -109,14 +109,16 @@ class RecentPopularity:
         """The last UTC day number with an interaction."""
         return int(self.days[-1])
 
-    def window_counts(self, at_seconds: np.ndarray, window_days: int, item_ids: Sequence[str]) -> np.ndarray:
+    def window_counts(
+        self, at_seconds: np.ndarray, window_days: int, item_ids: Sequence[str] | None = None
+    ) -> np.ndarray:
         """Distinct users per item in the ``window_days`` whole UTC days before each time's day.
 
         Args:
             at_seconds: ``(n,)`` int64 seconds since the epoch (UTC), one time per row; a time after the newest
                 day is clamped to the day after it.
             window_days: the window's length in days (>= 1).
-            item_ids: the ``m`` items to count (an item never interacted with counts 0).
+            item_ids: the ``m`` items to count (an item never interacted with counts 0); default :attr:`item_ids`.
 
         Returns:
             ``(n, m)`` float32 counts.
@@ -134,10 +136,20 @@ class RecentPopularity:
         col = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if lengths.sum() else np.zeros(0, np.int64)
         window = sp.csr_matrix((np.ones(len(row), np.float32), (row, col)), shape=(len(day), len(self.days)))
         per_item = (window @ self.counts).toarray()  # (n, n_items)
-        cols = self.item_ids.get_indexer(pd.Index([str(i) for i in item_ids], dtype=object))
-        out = np.zeros((len(day), len(cols)), np.float32)
-        known = cols >= 0
-        out[:, known] = per_item[:, cols[known]]
+        if item_ids is None:
+            return per_item
+        return self.take(per_item, self.columns(item_ids))
+
+    def columns(self, item_ids: Sequence[str]) -> np.ndarray:
+        """``(m,)`` int64: each item's column in :attr:`item_ids`, ``-1`` for an item never interacted with."""
+        return self.item_ids.get_indexer(pd.Index([str(i) for i in item_ids], dtype=object))
+
+    @staticmethod
+    def take(per_item: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """``per_item[:, columns]`` with ``0`` where a column is ``-1`` (see :meth:`columns`)."""
+        out = np.zeros((per_item.shape[0], len(columns)), np.float32)
+        known = columns >= 0
+        out[:, known] = per_item[:, columns[known]]
         return out
 
     def save(self, directory: Path) -> None:

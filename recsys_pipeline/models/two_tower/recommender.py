@@ -148,6 +148,7 @@ class TwoTowerRecommender(Recommender):
         self._folded_index: dict[str, int] = {}  # with_history: user -> row of _folded_vectors
         self._folded_vectors: torch.Tensor | None = None
         self._folded_times: dict[str, int] = {}  # with_history: new user -> latest interaction (UTC seconds)
+        self._recency_columns_cache = None
         self._pooling_cache = None
         return self
 
@@ -251,14 +252,16 @@ class TwoTowerRecommender(Recommender):
         return other
 
     def warm(self) -> TwoTowerRecommender:
-        """Fill the item-side caches (item vectors, the trained rows, the catalog index, the item-item map) now;
-        returns self. A model shared by threads (a server) calls it once before serving: otherwise concurrent first
-        requests would each compute them (seconds and gigabytes on a large catalog)."""
+        """Fill the item-side caches (item vectors, the trained rows, the catalog index, the item-item map, the
+        recency columns) now; returns self. A model shared by threads (a server) calls it once before serving:
+        otherwise concurrent first requests would each compute them (seconds and gigabytes on a large catalog)."""
         self.item_vectors()
         self._trained_rows()
         self._catalog_index()
         if self.item_item is not None and self.config.item_item_weight > 0:
             self._item_item_map()
+        if self.recent_popularity is not None:
+            self._recency_columns()
         return self
 
     @property
@@ -365,11 +368,21 @@ class TwoTowerRecommender(Recommender):
             scores += self.config.item_item_weight * _standardise(np.asarray(asked), item_item)
         if len(recent):
             times = np.array([self._folded_times[str(user_ids[r])] for r in recent], dtype=np.int64)
-            days = self.config.new_user_recency_days
-            wanted = np.log1p(self.recent_popularity.window_counts(times, days, [self.item_ids[r] for r in rows]))
-            over = np.log1p(self.recent_popularity.window_counts(times, days, self.trained_item_ids))
+            counts = self.recent_popularity
+            per_item = np.log1p(counts.window_counts(times, self.config.new_user_recency_days))
+            catalog = self._recency_columns()  # (n_catalog,) columns of counts
+            wanted = counts.take(per_item, catalog[rows.cpu().numpy()])
+            over = counts.take(per_item, catalog[trained.cpu().numpy()])
             scores[recent] += self.config.new_user_recency_weight * _standardise(wanted, over)
         return scores.astype(np.float32)
+
+    def _recency_columns(self) -> np.ndarray:
+        """``(n_catalog,)`` int64: each catalog item's column in :attr:`recent_popularity` (``-1``: none), cached."""
+        cached = getattr(self, "_recency_columns_cache", None)
+        if cached is None or cached[0] is not self.recent_popularity:
+            cached = (self.recent_popularity, self.recent_popularity.columns(self.item_ids))
+            self._recency_columns_cache = cached
+        return cached[1]
 
     def _recency_rows(self, user_ids: Sequence[str]) -> np.ndarray:
         """Rows of ``user_ids`` that get the recent-popularity term: new users folded in with a timestamp, when
