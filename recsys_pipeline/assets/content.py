@@ -91,6 +91,28 @@ def _media_embeddings(context, modality: str, resource, warehouse_db: WarehouseR
 
     _, end = window(context)
     with warehouse_db.session() as con:
+        stored = warehouse.row_count(con, name) if warehouse.table_exists(con, name) else 0
+        if not locator.roots and stored:
+            # an unset setting is not a deleted file: a command run without the demo's RECSYS_IMAGE_ROOT would
+            # otherwise empty the table (and every day's item features) without a word
+            setting = f"RECSYS_{modality.upper()}_ROOT"
+            context.log.warning(
+                f"{name}: no {modality} folder is configured in this run ({setting} unset, no roots in the resource): "
+                f"the {stored:,} stored vectors are kept as they are, not synced. Set {setting} to the folder(s) "
+                "they came from to sync them again."
+            )
+            table = table_metadata(con, embedding_table(name, declared_width(con, name)))
+            _per_day_with_vectors(context, con, name)
+            return dg.MaterializeResult(
+                metadata={
+                    **table,
+                    "seconds": round(time.perf_counter() - started, 2),
+                    "kept without a source": stored,
+                    "details": key_value_table(
+                        {"as of (UTC, exclusive)": end.isoformat(), "roots": f"(none: {setting} unset)"}
+                    ),
+                }
+            )
         catalog, every = _catalog_as_of(con, end, f"item_id, {modality}_uri AS uri")
         report = sync_media_embeddings(
             con,
@@ -199,7 +221,8 @@ def content_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetsDe
     ):
         """Pooled, L2-normalised ImageNet-CNN features (timm) of each item's image (catalog ``image_uri`` or the
         configured pattern under the configured roots), keyed by model id and the SHA-256 of the image bytes: only
-        new or changed images are encoded. Items without a usable image are listed in ``media_failures``."""
+        new or changed images are encoded. Items without a usable image are listed in ``media_failures``. A run with
+        no image folder configured (``RECSYS_IMAGE_ROOT`` unset) keeps the stored vectors as they are and warns."""
         return _media_embeddings(context, "image", image_encoder, warehouse_db)
 
     @dg.asset(**daily, kinds={"duckdb"}, deps=["item_catalog"])

@@ -166,7 +166,7 @@ def test_unavailable_models_fail_clearly(tmp_path, cache):
         ImageEncoder("resnet50.a1_in1k", cache_dir=cache)
 
 
-def test_image_embeddings_asset_second_run_encodes_nothing(tmp_path, cache):
+def test_image_embeddings_asset_second_run_encodes_nothing(tmp_path, cache, monkeypatch):
     import dagster as dg
 
     from recsys_pipeline.assets import content_assets
@@ -208,3 +208,12 @@ def test_image_embeddings_asset_second_run_encodes_nothing(tmp_path, cache):
     with warehouse.session(db, read_only=True) as con:  # the catalog as of 2020-01-02: one more item, no file
         assert con.execute("SELECT reason FROM media_failures WHERE item_id = 'tomorrow'").fetchall() == [("missing",)]
         assert warehouse.row_count(con, "image_embeddings") == 3
+    # a run without the folder setting (a command run without the demo's RECSYS_IMAGE_ROOT) keeps the vectors
+    monkeypatch.delenv("RECSYS_IMAGE_ROOT", raising=False)
+    unset = {**resources, "image_encoder": ImageEncoderResource(cache_dir=str(cache), batch_size=4)}
+    kept = dg.materialize([image_embeddings], resources=unset, partition_key="2020-01-02")
+    entries = kept.asset_materializations_for_node("image_embeddings")[0].metadata
+    assert entries["kept without a source"].value == 3 and entries["dagster/row_count"].value == 3
+    with warehouse.session(db, read_only=True) as con:
+        assert warehouse.row_count(con, "image_embeddings") == 3
+        assert con.execute("SELECT count(*) FROM media_failures WHERE reason = 'no_source'").fetchone() == (0,)
