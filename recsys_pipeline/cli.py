@@ -843,9 +843,10 @@ def ui_environment(environ: dict[str, str]) -> dict[str, str]:
 def ui(args: argparse.Namespace) -> int:
     """``dagster dev`` (webserver and daemon) on 127.0.0.1 over the home's instance; runs until interrupted.
 
-    ``dagster dev`` runs in a process group of its own, so a Ctrl-C reaches it once, forwarded by this process, the
-    same way as a SIGTERM sent to ``recsys`` alone; it then stops its webserver and daemon. A second interrupt
-    while it does so kills it.
+    ``dagster dev`` runs in a process group of its own, so a Ctrl-C reaches it once, forwarded by this process to
+    the group, the same way as a SIGTERM sent to ``recsys`` alone; it then stops its webserver and daemon. A second
+    interrupt while it does so, or a shutdown longer than 60 s, kills the whole group. Started as a background job
+    of a script, a process inherits SIGINT ignored (POSIX): ``dagster dev`` gets it back, or it would never stop.
     """
     paths = _prepare_home(args.home, in_process=False)
     cmd = [
@@ -861,17 +862,27 @@ def ui(args: argparse.Namespace) -> int:
         "recsys_pipeline.definitions",
     ]
     print(f"Dagster UI on http://127.0.0.1:{args.port} (instance {paths.dagster_home})", flush=True)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # exec keeps an ignored signal ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     child = subprocess.Popen(cmd, cwd=Path.cwd(), env=ui_environment(os.environ), process_group=0)
     try:
         return child.wait()
     except KeyboardInterrupt:
-        child.send_signal(signal.SIGINT)
+        _signal_group(child, signal.SIGINT)
         try:
             child.wait(timeout=60)
         except BaseException:  # a second interrupt, or a hung shutdown
-            child.kill()
+            _signal_group(child, signal.SIGKILL)
             child.wait()
         raise
+
+
+def _signal_group(child: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` to ``child``'s process group (``dagster dev`` and the servers it started)."""
+    try:
+        os.killpg(child.pid, signum)
+    except ProcessLookupError:  # the group is gone already
+        pass
 
 
 def _positive_int(text: str) -> int:

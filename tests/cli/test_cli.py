@@ -529,3 +529,57 @@ def test_an_explanation_names_titles_cut_to_a_readable_width():
     assert second == "Beta"
     new_item = '{"because":[],"contributions":[],"modalities":{"text":0.75,"image":0.25}}'
     assert _because(new_item, {}) == "(content: text 0.75, image 0.25)"
+
+
+@pytest.mark.slow
+def test_ui_started_as_a_script_s_background_job_stops_everything_on_sigterm(tmp_path):
+    """A background job of a non-interactive shell starts with SIGINT ignored; ``recsys ui`` must still stop
+    ``dagster dev`` and the servers it started when it gets SIGTERM (it forwards SIGINT to their group)."""
+    import contextlib
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RECSYS_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    env.pop("DAGSTER_HOME", None)
+    log = open(tmp_path / "ui.log", "w")  # noqa: SIM115  (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys_pipeline.cli", "ui", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # so that a failing test can still clean the group up
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as `recsys ui &` in a script
+    )
+    url = f"http://127.0.0.1:{port}/server_info"
+
+    def answers() -> bool:
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+            return True
+        except OSError:
+            return False
+
+    try:
+        deadline = time.monotonic() + 240
+        while not answers():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
+            time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 130
+        deadline = time.monotonic() + 30
+        while answers():  # the webserver (a grandchild) must be gone too, not orphaned
+            assert time.monotonic() < deadline, "the Dagster webserver still answers after recsys ui exited"
+            time.sleep(1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        # whatever a failure left behind: dagster dev and its servers name the port on their command lines
+        subprocess.run(["pkill", "-KILL", "-f", f"(-p|--port) {port}( |$)"], check=False)
+        log.close()
