@@ -879,20 +879,26 @@ def ui(args: argparse.Namespace) -> int:
 
 def _signal_group(child: subprocess.Popen, signum: int) -> None:
     """Send ``signum`` to ``child``'s process group (``dagster dev`` and the servers it started)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
         os.killpg(child.pid, signum)
-    except ProcessLookupError:  # the group is gone already
-        pass
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def _port(text: str) -> int:
@@ -992,7 +998,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["user_last_fraction", "user_random_fraction", "item_cold_start", "item_cold_mixed"],
         help="whose validation split judges the trials",
     )
-    p.add_argument("--k-core", type=int, default=0, help="data view: 0 = every interaction, N = the N-core")
+    p.add_argument(
+        "--k-core", type=_non_negative_int, default=0, help="data view: 0 = every interaction, N = the N-core"
+    )
     p = command("export", export)
     p.add_argument(
         "--out", metavar="DIR", required=True, help="folder for interactions.parquet and item_features.npz (created)"
@@ -1023,9 +1031,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: whatever was running has cleaned up on the way out
         print("recsys: interrupted", file=sys.stderr, flush=True)
         return INTERRUPTED
+    except BrokenPipeError:  # `recsys recommend ... | head`: the reader has what it wanted
+        _quiet_closed_stdout()
+        return 0
     finally:
         if sys.stdout is not stdout:
-            sys.stdout.flush()
+            with contextlib.suppress(BrokenPipeError):
+                sys.stdout.flush()
             sys.stdout = stdout
         if handles_signals:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
@@ -1041,6 +1053,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     except (SourceError, ValueError, LookupError, WarehouseLockedError) as exc:  # a message, not a traceback
         print(f"recsys {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _quiet_closed_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush at exit does not fail again on the closed
+    pipe (the recipe of Python's ``signal`` documentation, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _raise_interrupt(signum: int, frame) -> None:

@@ -197,6 +197,16 @@ def test_rollback_is_a_dagster_run_and_serving_answers_from_that_day(tmp_path):
         text=True,
     )
     assert shown.stdout.startswith("Top 2 of 2018-09-23 for user u1 (champion v1")
+    # a reader that stops early (`recsys recommend ... | head -1`, here one that reads nothing): no traceback
+    piped = subprocess.Popen(
+        [sys.executable, "-m", "recsys_pipeline.cli", "recommend", "--user", "u1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    piped.stdout.close()
+    assert piped.wait(timeout=120) == 0
+    assert piped.stderr.read() == b""
 
 
 @pytest.mark.slow
@@ -320,6 +330,14 @@ def test_an_interrupt_ends_with_one_line_and_exit_code_130(tmp_path, signum):
     lines = err.strip().splitlines()
     assert lines[-1] == "recsys: interrupted"
     assert [line for line in lines if line.startswith("recsys")] == ["recsys: interrupted"]
+
+
+def test_tune_refuses_a_negative_k_core_before_starting_a_run(capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["tune", "--k-core", "-1"])
+    assert exited.value.code == 2
+    assert "--k-core: must be at least 0, got -1" in capsys.readouterr().err
+    assert build_parser().parse_args(["tune", "--k-core", "10"]).k_core == 10
 
 
 def test_ui_silences_exactly_the_known_dagster_warnings():
