@@ -53,6 +53,7 @@ from pydantic import BaseModel, Field
 from recsys_pipeline.serving.publish import FOLDED_IN, PERSONALIZED, POPULARITY_FALLBACK, explanation_json
 from recsys_pipeline.serving.snapshot import (
     ITEMS,
+    MAX_ECHO_CHARS,
     RECOMMENDATIONS,
     current_day,
     describe_days,
@@ -251,6 +252,25 @@ class VisitorRequest(BaseModel):
     date: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="UTC day (default: current)")
 
 
+MAX_REPORTED_ERRORS = 20  # entries of a 422 body's detail
+
+
+def _cut_validation_error(error: dict) -> dict:
+    """One pydantic error as JSON: ``type``, ``loc``, ``msg`` and ``input`` (its JSON text cut with
+    :func:`echoed_id` when longer than 200 characters); ``ctx`` as text, ``url`` dropped."""
+    from fastapi.encoders import jsonable_encoder
+
+    cut = {k: error[k] for k in ("type", "loc", "msg") if k in error}
+    cut["loc"] = [echoed_id(str(part)) if isinstance(part, str) else part for part in cut.get("loc", [])]
+    if "input" in error:
+        value = jsonable_encoder(error["input"])
+        text = json.dumps(value)
+        cut["input"] = value if len(text) <= MAX_ECHO_CHARS else echoed_id(text)
+    if "ctx" in error:
+        cut["ctx"] = {k: echoed_id(str(v)) for k, v in error["ctx"].items()}
+    return cut
+
+
 def _explained(stored: str | None, titles: dict[str, str]) -> dict:
     """A list entry's ``because`` (the user's items raising it most, with titles) and ``modality_weights`` (the
     item's content shares), from the stored explanation JSON; ``{}`` when the entry has none."""
@@ -288,6 +308,7 @@ def create_app(paths: HomePaths, api_key: str | None = None):
     import hmac
 
     from fastapi import FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     state = PublishedSnapshots(paths)
@@ -298,6 +319,21 @@ def create_app(paths: HomePaths, api_key: str | None = None):
     # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, blank offline. The schema they would
     # render is /openapi.json (served as usual).
     app = FastAPI(title="recsys_pipeline recommendations", description=__doc__, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 body (``detail``: one entry per error), with ``error: invalid_request`` as the app's other
+        errors have, each entry's ``input`` cut to its first 200 characters of JSON and at most 20 entries: the
+        default echoes the whole input, megabytes for a hostile request."""
+        errors = exc.errors()
+        return JSONResponse(
+            status_code=422,
+            content={
+                "error": "invalid_request",
+                "n_errors": len(errors),
+                "detail": [_cut_validation_error(e) for e in errors[:MAX_REPORTED_ERRORS]],
+            },
+        )
 
     if api_key:
         expected = api_key.encode()

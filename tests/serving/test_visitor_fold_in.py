@@ -89,6 +89,26 @@ def test_a_visitor_without_known_items_or_with_a_bad_body_is_422(home):
     assert wrong_day.status_code == 404 and wrong_day.json()["error"] == "unknown_date"
 
 
+def test_a_hostile_body_gets_a_short_422_not_its_input_back(home):
+    client = TestClient(create_app(home))
+    huge_date = client.post("/recommendations", json={"items": ["i1"], "date": "2" * 1_000_000})
+    assert huge_date.status_code == 422 and len(huge_date.content) < 2_000
+    body = huge_date.json()
+    assert body["error"] == "invalid_request" and body["n_errors"] == 1
+    (entry,) = body["detail"]
+    assert entry["loc"] == ["body", "date"] and entry["type"] == "string_pattern_mismatch"
+    assert entry["input"] == '"' + "2" * 199 + "…"  # its JSON text, cut to 200 characters
+    too_many = client.post("/recommendations", json={"items": ["i1"] * 200_000})
+    assert too_many.status_code == 422 and len(too_many.content) < 2_000
+    assert too_many.json()["detail"][0]["type"] == "too_long"
+    # one error per bad entry: at most 20 are listed, the count says how many there were
+    numbers = client.post("/recommendations", json={"items": [[i] for i in range(500)]})
+    assert numbers.status_code == 422 and numbers.json()["n_errors"] == 500
+    assert len(numbers.json()["detail"]) == 20 and numbers.json()["detail"][0]["input"] == [0]
+    small = client.post("/recommendations", json={"items": ["i1"], "k": "many"}).json()
+    assert small["detail"][0]["input"] == "many" and small["detail"][0]["loc"] == ["body", "k"]
+
+
 def test_a_day_published_without_its_model_is_503_for_visitors(home):
     (day_folder(home, DAY) / "model.json").unlink()
     client = TestClient(create_app(home))
