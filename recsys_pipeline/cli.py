@@ -33,7 +33,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recsys_pipeline.settings import HomePaths, get_settings
+from recsys_pipeline.settings import HomePaths, get_settings, library_environment
 
 if TYPE_CHECKING:  # pandas is imported where a command needs it: `recsys --help` stays fast
     import pandas as pd
@@ -1021,6 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``recsys`` with ``argv`` (default: the process's arguments); returns the exit code (argparse exits 2 on
     bad arguments)."""
     args = build_parser().parse_args(argv)
+    with contextlib.suppress(Exception):  # an invalid setting: the command itself reports it
+        library_environment(_paths(getattr(args, "home", None)))
     handles_signals = threading.current_thread() is threading.main_thread()  # signal.signal works only there
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if handles_signals else None
     stdout = sys.stdout

@@ -56,7 +56,7 @@ from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from recsys_pipeline.settings import HomePaths, ensure_home, get_settings
+from recsys_pipeline.settings import HomePaths, ensure_home, get_settings, library_environment
 
 __all__ = [
     "DUCKDB_POOL",
@@ -95,6 +95,7 @@ def prepare(paths: HomePaths | None = None) -> HomePaths:
     # the cost: partitions of a failed run are not marked failed, the run is.
     os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
     os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
+    library_environment(paths)
     relax_sqlite_sync()
     ensure_postgres_storage(paths)
     return paths

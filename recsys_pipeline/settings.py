@@ -40,6 +40,7 @@ __all__ = [
     "HomePaths",
     "get_settings",
     "ensure_home",
+    "library_environment",
     "instance_profile",
     "BUNDLED_MOVIELENS_DIR",
     "BUNDLED_FIRST_DAY",
@@ -372,3 +373,11 @@ def ensure_home(paths: HomePaths, profile: str | None = None) -> HomePaths:
             "history stays where it is)"
         )
     return paths
+
+
+def library_environment(paths: HomePaths) -> None:
+    """Defaults for the libraries' own state, set before they are imported (an explicit value wins): MLflow 3's
+    usage telemetry off (an id file under ``~/.config`` and reports sent over the network: no network at run time)
+    and matplotlib's font cache (Lightning imports matplotlib) under the home instead of ``~/.cache``."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MPLCONFIGDIR", str(paths.root / "cache" / "matplotlib"))
