@@ -944,6 +944,7 @@ def write_result(text: str, out: str | Path) -> None:
     print(text)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text)
+    print(f"wrote {out}", flush=True)
 
 
 def _short(params: dict) -> str:

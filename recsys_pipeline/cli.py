@@ -764,9 +764,10 @@ def export(args: argparse.Namespace) -> int:
         features = load_item_features(con)
     data.to_parquet(out / "interactions.parquet", index=False)
     features.to_npz(out / "item_features.npz")
+    torchrun = Path(sys.executable).parent / "torchrun"  # the venv's: not on PATH unless it is activated
     print(
         f"wrote {len(data):,} interactions and {len(features.item_ids):,} items to {out}\n"
-        f"train: torchrun --nproc-per-node 2 -m recsys_pipeline.models.two_tower.train --interactions "
+        f"train: {torchrun} --nproc-per-node 2 -m recsys_pipeline.models.two_tower.train --interactions "
         f"{out / 'interactions.parquet'} --features {out / 'item_features.npz'} --out {out / 'model'} "
         f"--strategy ddp --devices 2"
     )
