@@ -6,10 +6,12 @@ Rules, applied in order (the first failing rule is the row's reason):
 reason                          when
 ==============================  =========================================================
 ``malformed … line: …``         the source line could not be parsed (``parse_error``: wrong
-                                field count, unbalanced quote, invalid JSON); ``not UTF-8``
+                                field count, unbalanced quote, invalid JSON, ``NaN`` in JSON);
+                                ``not UTF-8``
 ``missing user_id``             empty or whitespace-only user id
 ``missing item_id``             empty or whitespace-only item id
 ``id too long``                 an id longer than ``MAX_ID_LENGTH`` characters
+``missing timestamp``           no timestamp, or an empty one
 ``unparseable timestamp``       neither epoch seconds nor an ISO-8601 date-time
 ``timestamp outside partition`` the UTC time is not on the row's partition day ``[day, day + 1)``
 ``invalid value``               a value that is not a finite number
@@ -98,6 +100,8 @@ def clean_events(
     flag(user.isna() | (user == ""), "missing user_id")
     flag(item.isna() | (item == ""), "missing item_id")
     flag((user.str.len() > MAX_ID_LENGTH) | (item.str.len() > MAX_ID_LENGTH), "id too long")
+    ts_text = frame["timestamp_raw"].astype("string").str.strip()
+    flag(ts_text.isna() | (ts_text == ""), "missing timestamp")
     flag(ts.isna(), "unparseable timestamp")
     # Each row must fall on its own partition's UTC day (not merely inside the run's window), so a day re-run
     # alone deletes and re-inserts exactly the rows a range run gave it.

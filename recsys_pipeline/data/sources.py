@@ -252,6 +252,12 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_RAW_LINE_CHARS else text[:MAX_RAW_LINE_CHARS] + "…"
 
 
+def _not_json(constant: str) -> None:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (RFC 8259), though Python's parser reads them: a line
+    holding one is malformed (quarantined), never a silent NaN (which would read as no value)."""
+    raise ValueError(f"{constant} is not a JSON value")
+
+
 def _read_event_lines(path: Path) -> pd.DataFrame:
     """Read a CSV (with header) or JSON Lines event file line by line, keeping the lines that cannot be parsed.
 
@@ -303,7 +309,7 @@ def _read_event_lines(path: Path) -> pd.DataFrame:
                     raise csv.Error(f"field larger than field limit ({limit})")
                 good_rows.append([*fields, number])
             else:
-                parsed = json.loads(text)
+                parsed = json.loads(text, parse_constant=_not_json)
                 if not isinstance(parsed, dict):
                     raise ValueError(f"a JSON {type(parsed).__name__}, not an object")
                 good_rows.append({**parsed, "source_row": number})

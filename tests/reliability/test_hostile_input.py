@@ -124,6 +124,7 @@ def test_jsonl_bad_lines_are_quarantined(tmp_path):
         b'{"user_id": "caf\xe9", "item_id": "a", "timestamp": "2024-01-05T10:00:00Z"}',
         json.dumps({"user_id": 7, "item_id": "b", "timestamp": 1704450000, "value": None}).encode(),  # numbers
         json.dumps({"user_id": "u4", "item_id": "a"}).encode(),  # no timestamp key
+        b'{"user_id": "u6", "item_id": "a", "timestamp": "2024-01-05T11:00:00Z", "value": NaN}',  # not JSON
     ]
     resources = setup(tmp_path, {"2024-01-05.jsonl": b"\n".join(lines)})
     assert dg.materialize(
@@ -138,8 +139,9 @@ def test_jsonl_bad_lines_are_quarantined(tmp_path):
     assert reasons[1].startswith("malformed JSON line: Expecting value")
     assert reasons[2] == "malformed JSON line: a JSON list, not an object"
     assert reasons[3] == "not UTF-8 (byte 16)"
-    assert reasons[5] == "unparseable timestamp"
-    assert len(reasons) == 4
+    assert reasons[5] == "missing timestamp"
+    assert reasons[6] == "malformed JSON line: NaN is not a JSON value"  # not a silent 'no value' (1.0)
+    assert len(reasons) == 5
 
 
 def test_undecodable_file_is_a_clear_error_and_keeps_the_previous_state(tmp_path):
