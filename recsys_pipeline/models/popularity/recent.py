@@ -44,6 +44,8 @@ def utc_seconds(values) -> np.ndarray:
         raise ValueError(f"{int(series.isna().sum())} missing timestamps")
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
         return np.floor(series.to_numpy(dtype=np.float64)).astype(np.int64)
+    if pd.api.types.is_datetime64_dtype(series):  # naive, read as UTC: numpy alone (a request's fold-in path)
+        return series.to_numpy().astype("datetime64[s]").astype(np.int64)
     times = pd.to_datetime(series, utc=True)
     return ((times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
 

@@ -245,8 +245,10 @@ class TwoTowerRecommender(Recommender):
             table[: len(self._folded_vectors)] = self._folded_vectors
         table[torch.tensor(rows, dtype=torch.long)] = vectors
         other._folded_index, other._folded_vectors = folded, table
-        latest = pd.Series(utc_seconds(events["timestamp"]), index=events.index).groupby(events["user_id"]).max()
-        other._folded_times = {**self._folded_times, **{u: int(t) for u, t in latest.items()}}
+        codes, names = pd.factorize(events["user_id"])
+        latest = np.full(len(names), np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(latest, codes, utc_seconds(events["timestamp"]))
+        other._folded_times = {**self._folded_times, **dict(zip(names, latest.tolist()))}
         for user in self.user_index.keys() & set(users):  # a known user (folded again) gets no recency term
             other._folded_times.pop(user, None)
         return other
