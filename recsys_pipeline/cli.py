@@ -786,6 +786,12 @@ def serve(args: argparse.Namespace) -> int:
             "`recommendations` is materialized",
             file=sys.stderr,
         )
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not get_settings().api_key:
+        print(
+            f"warning: serving on {args.host} without RECSYS_API_KEY: anyone who can reach this port reads every "
+            "user's list (set RECSYS_API_KEY to require the X-API-Key header)",
+            file=sys.stderr,
+        )
     base = f"http://{args.host}:{args.port}"
     print(
         f"recsys serve: {base}/recommendations/<user_id>?k=10 (home {paths.root})\n"

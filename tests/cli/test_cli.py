@@ -609,3 +609,17 @@ def test_ui_started_as_a_script_s_background_job_stops_everything_on_sigterm(tmp
         # whatever a failure left behind: dagster dev and its servers name the port on their command lines
         subprocess.run(["pkill", "-KILL", "-f", f"(-p|--port) {port}( |$)"], check=False)
         log.close()
+
+
+def test_serve_warns_when_it_listens_beyond_loopback_without_an_api_key(tmp_path, monkeypatch, capsys):
+    import recsys_pipeline.serving.app as app
+
+    monkeypatch.setattr(app, "serve", lambda paths, host, port: None)  # no server: the warning is what is checked
+    monkeypatch.delenv("RECSYS_API_KEY", raising=False)
+    assert main(["--home", str(tmp_path), "serve", "--host", "0.0.0.0", "--port", "8123"]) == 0
+    assert "warning: serving on 0.0.0.0 without RECSYS_API_KEY" in capsys.readouterr().err
+    assert main(["--home", str(tmp_path), "serve", "--port", "8123"]) == 0  # 127.0.0.1: no warning
+    assert "without RECSYS_API_KEY" not in capsys.readouterr().err
+    monkeypatch.setenv("RECSYS_API_KEY", "s3cret-key-of-enough-length")
+    assert main(["--home", str(tmp_path), "serve", "--host", "0.0.0.0", "--port", "8123"]) == 0
+    assert "without RECSYS_API_KEY" not in capsys.readouterr().err
