@@ -202,7 +202,7 @@ def _run(
             raise KeyboardInterrupt
         failed = [e for e in result.all_events if e.is_step_failure]
         for event in failed:
-            print(event.step_failure_data.error.to_string(), file=sys.stderr)
+            print(f"{event.step_key}: {_error_chain(event.step_failure_data.error)}", file=sys.stderr)
         failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed and e.blocking]
         if failed_checks:  # e.g. the model_evaluation gate: what follows (publishing) must not run
             reasons = "; ".join(f"{e.asset_check_key.name}: {e.description or 'failed'}" for e in failed_checks)
@@ -211,7 +211,7 @@ def _run(
                 f"were not run, nothing new was published (run {result.run_id})"
             )
         steps = ", ".join(e.step_key for e in failed) or label
-        raise SystemExit(f"step failed: {steps} (run {result.run_id}); see `recsys ui` for the logs")
+        raise SystemExit(f"step failed: {steps} (run {result.run_id}); `recsys ui` shows its logs and stack traces")
     print(f"    run {result.run_id[:8]} succeeded", flush=True)
     return seconds
 
@@ -1062,6 +1062,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     except (SourceError, ValueError, LookupError, WarehouseLockedError) as exc:  # a message, not a traceback
         print(f"recsys {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _error_chain(error) -> str:
+    """A Dagster step's error as its messages, outermost first (``caused by:`` per cause), without the stacks:
+    the cause a user acts on (a missing file, a bad setting) in a few lines; the run's log keeps the stacks."""
+    lines = []
+    while error is not None and len(lines) < 10:
+        lines.append(error.message.strip())
+        error = error.cause or error.context
+    return "\n    caused by: ".join(lines)
 
 
 def _quiet_closed_stdout() -> None:

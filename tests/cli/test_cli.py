@@ -224,6 +224,8 @@ def test_failed_step_is_reported(tmp_path):
     )
     assert out.returncode == 1
     assert "step failed: item_catalog" in out.stderr and "movies.csv" in out.stderr
+    # the cause in a few lines, not Dagster's stack traces (they stay in the run's log)
+    assert 'File "' not in out.stderr and len(out.stderr.splitlines()) < 15, out.stderr
 
 
 def test_backfill_rejects_bad_ranges(tmp_path, capsys):
