@@ -199,6 +199,7 @@ def adapt_text_encoder(
         enable_model_summary=False,
         callbacks=[_Record()],
         log_every_n_steps=10,
+        deterministic="warn",  # same seed and threads, same encoder (see TrainerConfig.deterministic)
     )
     started = time.perf_counter()
     model.train()

@@ -575,6 +575,7 @@ class TwoTowerRecommender(Recommender):
                 num_sanity_val_steps=0,
                 log_every_n_steps=1,
                 limit_val_batches=1.0 if with_val else 0,
+                deterministic=trainer_config.deterministic,
             )
 
         reductions = _fit_reductions(read, config, init)
