@@ -170,6 +170,9 @@ def _run(
 
     if origin not in ORIGINS:
         raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
+    missing = get_settings().missing_paths()
+    if missing:  # one line before the run, not a failed step inside it
+        raise ValueError("; ".join(missing) + " (nothing was run)")
 
     instance = _instance()
     for run_id in free_slots_of_dead_steps(instance):  # else a killed earlier run blocks every DuckDB step

@@ -240,6 +240,25 @@ class Settings(BaseSettings):
         """``audio_root`` split on ``os.pathsep``, each made absolute."""
         return _split_roots(self.audio_root)
 
+    def missing_paths(self) -> list[str]:
+        """``RECSYS_X=value: no such folder`` (or file) for each path setting a run would read that names nothing:
+        the source's (``movielens_path`` for a MovieLens source; ``events_dir`` and ``catalog_path`` for daily
+        files), ``image_weights``, and each folder of ``image_root`` and ``audio_root``. Empty when all exist or
+        are unset. Checked before a run starts, so a typo is one line, not a failed step."""
+        wanted: list[tuple[str, Path | None, bool]] = [("image_weights", self.image_weights, False)]
+        if self.source_kind == "movielens":
+            wanted.append(("movielens_path", self.movielens_path, True))
+        else:
+            wanted += [("events_dir", self.events_dir, True), ("catalog_path", self.catalog_path, False)]
+        wanted += [("image_root", root, True) for root in self.image_roots()]
+        wanted += [("audio_root", root, True) for root in self.audio_roots()]
+        missing = []
+        for name, path, folder in wanted:
+            if path is None or (Path(path).is_dir() if folder else Path(path).is_file()):
+                continue
+            missing.append(f"{ENV_PREFIX}{name.upper()}={path}: no such {'folder' if folder else 'file'}")
+        return missing
+
     @classmethod
     def variables(cls) -> dict[str, str]:
         """``{RECSYS_X: description}`` for every setting (what the README's configuration table lists)."""

@@ -243,6 +243,27 @@ def test_backfill_rejects_bad_ranges(tmp_path, capsys):
     assert "--end" in capsys.readouterr().err
 
 
+def test_a_path_setting_naming_nothing_stops_before_the_run(tmp_path, monkeypatch, capsys):
+    from recsys_pipeline.settings import get_settings
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("RECSYS_MOVIELENS_PATH", str(tmp_path / "no-such-release"))
+    monkeypatch.setenv("RECSYS_IMAGE_ROOT", os.pathsep.join([str(tmp_path), str(tmp_path / "no-posters")]))
+    assert main(["--home", str(home), "backfill", "--start", "2018-09-01", "--end", "2018-09-02"]) == 2
+    err = capsys.readouterr().err
+    assert f"RECSYS_MOVIELENS_PATH={tmp_path / 'no-such-release'}: no such folder" in err
+    assert f"RECSYS_IMAGE_ROOT={tmp_path / 'no-posters'}: no such folder" in err and "(nothing was run)" in err
+    assert not (home / "dagster" / "storage").exists()  # no run was started
+    # a daily-files source is checked by its own settings; existing paths pass
+    monkeypatch.setenv("RECSYS_SOURCE_KIND", "daily_files")
+    monkeypatch.setenv("RECSYS_EVENTS_DIR", str(tmp_path))
+    monkeypatch.setenv("RECSYS_CATALOG_PATH", str(tmp_path / "items.csv"))
+    monkeypatch.setenv("RECSYS_IMAGE_ROOT", str(tmp_path))
+    assert get_settings().missing_paths() == [f"RECSYS_CATALOG_PATH={tmp_path / 'items.csv'}: no such file"]
+    (tmp_path / "items.csv").write_text("item_id,title\n")
+    assert get_settings().missing_paths() == []
+
+
 @pytest.mark.slow
 def test_backfill_is_one_run_over_the_range(tmp_path, movielens_slice):
     import os
