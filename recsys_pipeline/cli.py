@@ -467,7 +467,7 @@ def demo(args: argparse.Namespace) -> int:
 
 SUMMARY_WIDTH = 100  # columns: every line of the demo's summary fits (but a path longer than that)
 TITLE_CHARS = 60  # a longer title is cut, with "…"
-BECAUSE_TITLE_CHARS = 32  # each of the (up to 3) titles of an explanation, so a line stays readable
+BECAUSE_TITLE_CHARS = 28  # each of the (up to 3) titles of an explanation: a line of them stays within 100 columns
 SUMMARY_TABLES = (
     "raw_events",
     "interactions",
@@ -715,21 +715,23 @@ def recommend(args: argparse.Namespace) -> int:
     recs = recs.merge(titles, on="item_id", how="left").assign(
         score=lambda f: f["score"].round(4), title=lambda f: f["title"].map(lambda t: _clip(t, TITLE_CHARS))
     )
-    columns = ["rank", "item_id", "title", "score"]
+    why: list[str] = []
     if args.explain:
         if "explanation" not in recs.columns or recs["explanation"].isna().all():
             print("these lists were published without explanations", file=sys.stderr)
-        else:
+        else:  # one line per rank under the table: as a column they made rows of ~185 columns
             by_id = dict(zip(titles["item_id"].astype(str), titles["title"]))
-            recs["because you liked"] = recs["explanation"].map(lambda text: _because(text, by_id))
-            columns.append("because you liked")
+            why = [f"{r:>4}  {_because(text, by_id)}" for r, text in zip(recs["rank"], recs["explanation"])]
     version = f"champion v{recs['model_version'].iloc[0]}, " if "model_version" in recs.columns else ""
     of_day = f" of {recs['partition_date'].iloc[0]}" if "partition_date" in recs.columns else ""
     print(
         f"Top {len(recs)}{of_day} for user {args.user} ({version}model run {recs['model_run_id'].iloc[0]}, "
         f"produced {recs['produced_on'].iloc[0]}):"
     )
-    print(recs[columns].to_markdown(index=False))
+    print(recs[["rank", "item_id", "title", "score"]].to_markdown(index=False))
+    if why:
+        print("Because you liked (the user's items that raise each most; a new item: its content's shares):")
+        print("\n".join(why))
     if len(recs) < args.k:  # the lists were published shorter: say so rather than print fewer rows silently
         print(
             f"-k {args.k}: {len(recs)} published for this user (`recommendations` publishes the top "
