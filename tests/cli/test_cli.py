@@ -139,7 +139,8 @@ def test_recommend_answers_from_the_current_day_or_the_date_asked(tmp_path, caps
     assert "--date '24/09/2018' is not a YYYY-MM-DD date" in capsys.readouterr().err
     assert main(["--home", home, "recommend", "--user", "u1", "--explain"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[5].startswith("Because you liked") and lines[6:] == ["   1  Gamma; Beta", "   2  (content: text 0.75, image 0.25)"]
+    assert lines[5].startswith("Because you liked")
+    assert lines[6:] == ["   1  Gamma; Beta", "   2  (content: text 0.75, image 0.25)"]
     assert main(["--home", home, "recommend", "--user", "u2", "--explain"]) == 0
     assert "published without explanations" in capsys.readouterr().err
 
