@@ -85,7 +85,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
+from collections.abc import Callable, Collection, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -157,10 +157,34 @@ def load_interactions() -> pd.DataFrame:
     )
 
 
-def load_catalog() -> pd.DataFrame:
-    """The pipeline's ``item_catalog`` rows (``item_id, title, genres, year, text, ...``) for ml-latest-small."""
+def load_catalog(untagged: Collection[str] = ()) -> pd.DataFrame:
+    """The pipeline's ``item_catalog`` rows (``item_id, title, genres, year, text, ...``) for ml-latest-small;
+    the items of ``untagged`` without their user tags (``tags.csv``), as a brand-new item would be described."""
     items, tags = MovieLensSource().read_catalog()
+    if len(untagged):
+        tags = tags[~tags["item_id"].astype(str).isin(set(map(str, untagged)))]
     return build_item_catalog(items, tags).sort_values("item_id", kind="stable").reset_index(drop=True)
+
+
+class UntaggedColdItems:
+    """``--cold-without-tags``: ``(split, content) -> content`` where the split's held-out (cold) items are described
+    without their user tags, their text rebuilt by the pipeline's ``build_item_catalog`` and re-encoded (cached like
+    every text vector); other splits and items are unchanged. Tags are written by users who interacted with a movie
+    (and which movies got tagged follows their popularity), so a brand-new item has none: with them, a cold item's
+    text carries a trace of its interactions. ``image``: the poster vectors, kept as they are."""
+
+    def __init__(self, image: tuple[list[str], np.ndarray] | None = None):
+        self.image = image
+        self._built: dict[frozenset, ItemFeatures] = {}
+
+    def __call__(self, split: Split, content: ItemFeatures) -> ItemFeatures:
+        if split.cold_items is None or not len(split.cold_items):
+            return content
+        cold = frozenset(map(str, split.cold_items))
+        if cold not in self._built:
+            catalog = load_catalog(untagged=cold)
+            self._built[cold] = build_content(catalog, text_vectors(catalog["text"].tolist()), self.image)
+        return self._built[cold].subset(list(content.item_ids))  # the data view's items, in its order
 
 
 def _cached_vectors(name: str, keys: list[str], encode: Callable[[list[int]], tuple[list[int], np.ndarray]]):
@@ -841,6 +865,9 @@ class Tuner:
     mlflow_on: bool = False
     log: Callable[[str], None] = print
     overrides: dict = field(default_factory=dict)  # family name -> fixed params (``--ours``)
+    # the content a split's models read (``--cold-without-tags``: its held-out items without user tags)
+    content_for: Callable[[Split, ItemFeatures], ItemFeatures] = lambda split, content: content  # noqa: E731
+    given: dict = field(default_factory=dict)  # family name -> {split family: params} (``--params-from``)
 
     def tune(self, fam: Family, protocols: Sequence[str], train: pd.DataFrame, content, seed: int) -> dict:
         """The params of ``fam`` with the best validation figure of ``protocols[0]`` (``validation_value``) on a split
@@ -850,7 +877,10 @@ class Tuner:
         if fam.space is None:
             return dict(fixed)
         protocol = protocols[0]
+        if fam.name in self.given:  # chosen by an earlier run on the same splits: no search here
+            return {**self.given[fam.name][split_family(protocol)], **fixed}
         inner = restrict_users(make_split(train, protocol, EvaluationSettings(seed=1000 + seed)), self.max_users)
+        content = self.content_for(inner, content)
 
         def fit(params: dict, part: pd.DataFrame) -> Recommender:
             return fit_family(fam, Data(part, content, seed), {**params, **fixed}, protocol, self.quick)
@@ -918,7 +948,8 @@ def run(
             for seed in seeds:
                 split = split_of(fam_split, seed)
                 t0 = time.perf_counter()
-                model = fit_family(fam, Data(split.train, content, seed), params, members[0], tuner.quick)
+                data = Data(split.train, tuner.content_for(split, content), seed)
+                model = fit_family(fam, data, params, members[0], tuner.quick)
                 fit_s = time.perf_counter() - t0
                 row["fit_s"].append(round(fit_s, 2))
                 res = figures(model, restrict_users(split, tuner.max_users), members)
@@ -977,6 +1008,10 @@ def header_lines(meta: dict) -> list[str]:
         f"{meta.get('cores', os.cpu_count())} cores",
         f"- command: `{meta.get('command', '')}`",
     ]
+    if meta.get("params_from"):
+        lines.append(f"- params: {meta['params_from']}")
+    if meta.get("cold_items"):
+        lines.append(f"- item-cold protocols: {meta['cold_items']} (`--cold-without-tags`)")
     if meta.get("quick"):
         lines.append("- QUICK MODE: tiny budgets (smoke test), figures are not comparable to a full run")
     return lines
@@ -1108,7 +1143,12 @@ def merge_runs(runs: Sequence[dict]) -> tuple[list[dict], dict]:
     only). A protocol a family has neither figures for nor an N/A reason for is N/A "not run". The header names
     each run's commit and the families (and protocols, where not all) whose figures in the table it gave, and sums
     the wall times.
+
+    Raises:
+        ValueError: the runs described held-out items differently (``--cold-without-tags`` in some only).
     """
+    if len({saved["meta"].get("cold_items") for saved in runs}) > 1:
+        raise ValueError("the runs describe held-out items differently (--cold-without-tags): not one table")
     by_name: dict[str, dict] = {}
     origin: dict[tuple[str, str], int] = {}  # (family, protocol) -> the run whose figures or N/A the table shows
     for n, saved in enumerate(runs):
@@ -1205,6 +1245,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny budgets: 2 trials, 1 seed, few epochs, 100 users")
     p.add_argument("--ours", default="{}", help="JSON ModelConfig overrides for our model (fixed in every trial)")
     p.add_argument(
+        "--cold-without-tags",
+        action="store_true",
+        help="item-cold protocols: describe the held-out items without their user tags (a new item has none yet)",
+    )
+    p.add_argument(
+        "--params-from",
+        nargs="+",
+        default=None,
+        help="--rows-out JSON files of earlier runs: each family found there uses the params chosen there (no search)",
+    )
+    p.add_argument(
         "--out",
         default=None,
         help="the table's file (default: the committed result of the data view, benchmarks/results/quality.md or "
@@ -1276,7 +1327,11 @@ def main(argv=None) -> int:
     note = "\n\n".join(t for t in [args.note, note_text] if t)
     extra = "\n" + note + "\n" if note else ""
     if args.merge:
-        rows, meta = merge_runs(runs)
+        try:
+            rows, meta = merge_runs(runs)
+        except ValueError as exc:
+            print(f"quality.py: error: {exc}", file=sys.stderr)
+            return 2
         out = Path(args.out) if args.out else default_out(bool(meta.get("quick")), int(meta.get("k_core") or 0))
         meta = {**meta, "command": f"{meta.get('command', '')}  (merged: {command})"}
         print(write_table(rows, meta, out, extra))
@@ -1308,9 +1363,23 @@ def main(argv=None) -> int:
         command=command,
         cores=os.cpu_count(),
     )
+    given: dict[str, dict] = {}
+    try:
+        for path in args.params_from or []:
+            given |= {row["name"]: row["params"] for row in read_rows_file(path)["rows"] if row["params"]}
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"quality.py: error: --params-from: {exc}", file=sys.stderr)
+        return 2
+    if given:
+        meta["params_from"] = f"{', '.join(sorted(given))} from {' '.join(args.params_from)} (no search)"
+    if args.cold_without_tags:
+        meta["cold_items"] = "held-out items described without their user tags"
     ctx = contextlib.nullcontext() if args.no_mlflow else mlflow_parent(f"quality_{time.strftime('%Y%m%d_%H%M%S')}")
     with ctx:
         tuner = Tuner(args.trials, args.quick, args.max_users, not args.no_mlflow, log, {"ours": json.loads(args.ours)})
+        tuner.given = given
+        if args.cold_without_tags:
+            tuner.content_for = UntaggedColdItems(image)
         rows = run(interactions, content, fams, args.protocols, args.seeds, tuner, args.k_core, log)
         rows = order_rows(rows)
         meta["wall_s"] = time.perf_counter() - started
