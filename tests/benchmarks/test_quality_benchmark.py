@@ -297,3 +297,46 @@ def test_a_run_without_out_never_overwrites_another_views_or_a_quick_result():
     assert quality.default_out(False, 10) == quality.RESULTS_DIR / "quality_10core.md"
     quick = quality.default_out(True, 0)
     assert quick.name == "quality_quick.md" and quality.RESULTS_DIR not in quick.parents
+
+
+def test_cold_items_without_tags_lose_their_tags_and_nothing_else(monkeypatch):
+    from recsys_pipeline.evaluation.protocols import Split
+
+    def fake_vectors(texts, encoder_factory=None):  # no text model here: [length, has a "Tags:" part]
+        return np.array([[len(t), "Tags:" in t] for t in texts], np.float32)
+
+    monkeypatch.setattr(quality, "text_vectors", fake_vectors)
+    catalog = quality.load_catalog()
+    tagged = catalog.loc[catalog["tags_text"].str.len() > 0, "item_id"].astype(str).tolist()
+    untagged = catalog.loc[catalog["tags_text"].str.len() == 0, "item_id"].astype(str).tolist()
+    cold = set(tagged[:3] + untagged[:2])
+    content = quality.build_content(catalog, fake_vectors(catalog["text"].tolist()))
+    view = content.subset(tagged[:50] + untagged[:50])  # a data view: its items, in its order
+    out = quality.UntaggedColdItems()(Split(None, None, cold), view)
+    assert list(out.item_ids) == list(view.item_ids)
+    before, after = view.modalities["text"], out.modalities["text"]
+    changed = {i for i, b, a in zip(view.item_ids, before, after) if not np.array_equal(b, a)}
+    assert changed == set(tagged[:3])  # the held-out items that had tags, and only they
+    assert all(after[view.index[i]][1] == 0 and before[view.index[i]][1] == 1 for i in changed)
+    assert quality.UntaggedColdItems()(Split(None, None, None), view) is view  # no held-out items: unchanged
+
+
+def test_params_from_an_earlier_run_skip_the_search_and_content_follows_the_split(setup):
+    content, inter = setup
+    fams = [f for f in quality.families() if f.name in ("ease", "content_knn")]
+    logged: list[str] = []
+    asked: list[int] = []
+
+    def content_for(split, features):
+        asked.append(len(split.cold_items or ()))
+        return features
+
+    tuner = quality.Tuner(trials=2, quick=True, log=logged.append, content_for=content_for)
+    tuner.given = {"ease": {"user_last_fraction": {"lamb": 123.0}}}
+    rows = {r["name"]: r for r in quality.run(inter, content, fams, ["user_last_fraction"], [0, 1], tuner, log=print)}
+    assert not any(line.startswith("  trial ") for line in logged)  # ease's params came from the earlier run
+    assert rows["ease"]["params"] == {"user_last_fraction": {"lamb": 123.0}}
+    assert asked == [0, 0, 0, 0]  # every fit's split (2 families x 2 seeds) went through content_for
+    first = {"meta": {"protocols": ["item_cold_start"], "cold_items": "without tags"}, "rows": []}
+    with pytest.raises(ValueError, match="describe held-out items differently"):
+        quality.merge_runs([first, {"meta": {"protocols": ["item_cold_start"]}, "rows": []}])
