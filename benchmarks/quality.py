@@ -1283,12 +1283,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def default_out(quick: bool, k_core: int) -> Path:
+def default_out(quick: bool, k_core: int, cold_without_tags: bool = False) -> Path:
     """Where a run's table goes without ``--out``: the committed result of its data view (``quality.md``, or
-    ``quality_<k_core>core.md``); a ``--quick`` smoke run goes to the temp folder, never over a committed result."""
+    ``quality_<k_core>core.md``; ``..._cold_without_tags.md`` for ``--cold-without-tags``); a ``--quick`` smoke run
+    goes to the temp folder, never over a committed result."""
     if quick:
         return Path(tempfile.gettempdir()) / "quality_quick.md"
-    return RESULTS_DIR / (f"quality_{k_core}core.md" if k_core else "quality.md")
+    name = f"quality_{k_core}core" if k_core else "quality"
+    return RESULTS_DIR / (name + ("_cold_without_tags" if cold_without_tags else "") + ".md")
 
 
 def read_rows_file(path: str | Path) -> dict:
@@ -1332,7 +1334,8 @@ def main(argv=None) -> int:
         except ValueError as exc:
             print(f"quality.py: error: {exc}", file=sys.stderr)
             return 2
-        out = Path(args.out) if args.out else default_out(bool(meta.get("quick")), int(meta.get("k_core") or 0))
+        view = bool(meta.get("quick")), int(meta.get("k_core") or 0), bool(meta.get("cold_items"))
+        out = Path(args.out) if args.out else default_out(*view)
         meta = {**meta, "command": f"{meta.get('command', '')}  (merged: {command})"}
         print(write_table(rows, meta, out, extra))
         if not args.no_mlflow:
@@ -1340,7 +1343,7 @@ def main(argv=None) -> int:
                 log_results(rows, meta, out)
         return 0
 
-    out = Path(args.out) if args.out else default_out(args.quick, args.k_core)
+    out = Path(args.out) if args.out else default_out(args.quick, args.k_core, args.cold_without_tags)
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)

@@ -295,6 +295,7 @@ def test_merge_rejects_a_bad_rows_file_with_its_name(tmp_path, capsys):
 def test_a_run_without_out_never_overwrites_another_views_or_a_quick_result():
     assert quality.default_out(False, 0) == quality.RESULTS_DIR / "quality.md"
     assert quality.default_out(False, 10) == quality.RESULTS_DIR / "quality_10core.md"
+    assert quality.default_out(False, 10, True) == quality.RESULTS_DIR / "quality_10core_cold_without_tags.md"
     quick = quality.default_out(True, 0)
     assert quick.name == "quality_quick.md" and quality.RESULTS_DIR not in quick.parents
 
