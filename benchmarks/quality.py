@@ -49,6 +49,12 @@ Table (``benchmarks/results/quality.md``): rows = models, columns = protocol x {
 share@20 for ``item_cold_mixed``), mean ± sample std over seeds, the chosen parameters, mean fit seconds and notes;
 the header gives the data view, seeds, trials, commit, wall time and the command line.
 
+A movie's text includes its user-applied tags (``tags.csv``), which a brand-new item would not have yet and which
+follow its popularity. ``--cold-without-tags`` describes the held-out items of the item-cold protocols (and of their
+tuning splits) without their tags: their text is rebuilt by the pipeline's ``build_item_catalog`` without them and
+re-encoded (:class:`UntaggedColdItems`); the table goes to ``..._cold_without_tags.md``. ``--params-from`` takes each
+family's chosen params from an earlier run's ``--rows-out`` file instead of searching (the header says so).
+
 Text vectors of the 9,742 catalog texts are computed once with the project's ``TextEncoder`` and cached in
 ``benchmarks/.cache/`` keyed by model id and per-item SHA-256 of the text (poster vectors likewise, by file SHA-256).
 
@@ -64,7 +70,7 @@ Usage::
 
     nice -n 10 .venv/bin/python benchmarks/quality.py [--seeds 0 1 2] [--trials 10] [--k-core 0]
         [--protocols user_last_fraction ...] [--models ours ease ...] [--posters DIR] [--max-users N]
-        [--rows-out rows.json] [--no-mlflow]
+        [--rows-out rows.json] [--no-mlflow] [--cold-without-tags] [--params-from rows.json ...]
     .venv/bin/python benchmarks/quality.py --merge a.json b.json   # one table from runs on the same splits
     .venv/bin/python benchmarks/quality.py --quick --no-mlflow      # smoke: 1 seed, 2 trials, tiny epochs (to /tmp)
 """
