@@ -49,11 +49,12 @@ Table (``benchmarks/results/quality.md``): rows = models, columns = protocol x {
 share@20 for ``item_cold_mixed``), mean ± sample std over seeds, the chosen parameters, mean fit seconds and notes;
 the header gives the data view, seeds, trials, commit, wall time and the command line.
 
-A movie's text includes its user-applied tags (``tags.csv``), which a brand-new item would not have yet and which
-follow its popularity. ``--cold-without-tags`` describes the held-out items of the item-cold protocols (and of their
-tuning splits) without their tags: their text is rebuilt by the pipeline's ``build_item_catalog`` without them and
-re-encoded (:class:`UntaggedColdItems`); the table goes to ``..._cold_without_tags.md``. ``--params-from`` takes each
-family's chosen params from an earlier run's ``--rows-out`` file instead of searching (the header says so).
+The item text is the pipeline's (``build_item_catalog``): title and genres, without the users' tags (``tags.csv``),
+which a brand-new item would not have yet and which follow popularity; ``--user-tags-in-text`` puts them in (the
+text of the runs before 2026-12-07's seventh session), and with it ``--cold-without-tags`` describes the held-out
+items of the item-cold protocols (and of their tuning splits) without their tags, their text rebuilt and re-encoded
+(:class:`UntaggedColdItems`; the table goes to ``..._cold_without_tags.md``). ``--params-from`` takes each family's
+chosen params from an earlier run's ``--rows-out`` file instead of searching (the header says so).
 
 Text vectors of the 9,742 catalog texts are computed once with the project's ``TextEncoder`` and cached in
 ``benchmarks/.cache/`` keyed by model id and per-item SHA-256 of the text (poster vectors likewise, by file SHA-256).
@@ -147,6 +148,7 @@ METRICS = {
     ],
 }
 NO_FACTOR = "no interactions = no trained factor"
+TAGGED_TEXT = "title, genres and the users' tags"
 
 
 # ---------------------------------------------------------------------- data
@@ -163,17 +165,20 @@ def load_interactions() -> pd.DataFrame:
     )
 
 
-def load_catalog(untagged: Collection[str] = ()) -> pd.DataFrame:
-    """The pipeline's ``item_catalog`` rows (``item_id, title, genres, year, text, ...``) for ml-latest-small;
-    the items of ``untagged`` without their user tags (``tags.csv``), as a brand-new item would be described."""
+def load_catalog(tags_in_text: bool = False, untagged: Collection[str] = ()) -> pd.DataFrame:
+    """The pipeline's ``item_catalog`` rows (``item_id, title, genres, year, text, ...``) for ml-latest-small, the
+    users' tags (``tags.csv``) in the text when ``tags_in_text`` (the pipeline's ``RECSYS_USER_TAGS_IN_TEXT``)
+    except for the items of ``untagged``, described as a brand-new item would be."""
     items, tags = MovieLensSource().read_catalog()
     if len(untagged):
         tags = tags[~tags["item_id"].astype(str).isin(set(map(str, untagged)))]
-    return build_item_catalog(items, tags).sort_values("item_id", kind="stable").reset_index(drop=True)
+    catalog = build_item_catalog(items, tags, tags_in_text=tags_in_text)
+    return catalog.sort_values("item_id", kind="stable").reset_index(drop=True)
 
 
 class UntaggedColdItems:
-    """``--cold-without-tags``: ``(split, content) -> content`` where the split's held-out (cold) items are described
+    """``--user-tags-in-text --cold-without-tags``: ``(split, content) -> content`` where the split's held-out (cold)
+    items are described
     without their user tags, their text rebuilt by the pipeline's ``build_item_catalog`` and re-encoded (cached like
     every text vector); other splits and items are unchanged. Tags are written by users who interacted with a movie
     (and which movies got tagged follows their popularity), so a brand-new item has none: with them, a cold item's
@@ -188,7 +193,7 @@ class UntaggedColdItems:
             return content
         cold = frozenset(map(str, split.cold_items))
         if cold not in self._built:
-            catalog = load_catalog(untagged=cold)
+            catalog = load_catalog(tags_in_text=True, untagged=cold)
             self._built[cold] = build_content(catalog, text_vectors(catalog["text"].tolist()), self.image)
         return self._built[cold].subset(list(content.item_ids))  # the data view's items, in its order
 
@@ -1014,6 +1019,8 @@ def header_lines(meta: dict) -> list[str]:
         f"{meta.get('cores', os.cpu_count())} cores",
         f"- command: `{meta.get('command', '')}`",
     ]
+    if meta.get("text"):
+        lines.append(f"- item text: {meta['text']}")
     if meta.get("params_from"):
         lines.append(f"- params: {meta['params_from']}")
     if meta.get("cold_items"):
@@ -1155,6 +1162,7 @@ def merge_runs(runs: Sequence[dict]) -> tuple[list[dict], dict]:
     """
     if len({saved["meta"].get("cold_items") for saved in runs}) > 1:
         raise ValueError("the runs describe held-out items differently (--cold-without-tags): not one table")
+    texts = [saved["meta"].get("text", TAGGED_TEXT) for saved in runs]  # runs before the option: tags in the text
     by_name: dict[str, dict] = {}
     origin: dict[tuple[str, str], int] = {}  # (family, protocol) -> the run whose figures or N/A the table shows
     for n, saved in enumerate(runs):
@@ -1181,6 +1189,8 @@ def merge_runs(runs: Sequence[dict]) -> tuple[list[dict], dict]:
                 if mine:
                     names.append(r["name"] if len(mine) == len(protocols) else f"{r['name']} on {', '.join(mine)}")
             gave.append(f"{saved['meta'].get('commit')} ({', '.join(names) or 'nothing kept'})")
+        if len(set(texts)) > 1:  # families that read no text (EASE, ALS, ...) are unaffected: the header says which
+            meta["text"] = "; ".join(f"{saved['meta'].get('commit')}: {t}" for saved, t in zip(runs, texts))
         meta.update(
             commit="; ".join(gave),
             wall_s=sum(float(m["meta"].get("wall_s", 0)) for m in runs),
@@ -1251,9 +1261,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny budgets: 2 trials, 1 seed, few epochs, 100 users")
     p.add_argument("--ours", default="{}", help="JSON ModelConfig overrides for our model (fixed in every trial)")
     p.add_argument(
+        "--user-tags-in-text",
+        action="store_true",
+        help="the item text carries the users' tags (the pipeline's RECSYS_USER_TAGS_IN_TEXT; default: not)",
+    )
+    p.add_argument(
         "--cold-without-tags",
         action="store_true",
-        help="item-cold protocols: describe the held-out items without their user tags (a new item has none yet)",
+        help="with --user-tags-in-text, item-cold protocols: the held-out items without their tags (as a new item)",
     )
     p.add_argument(
         "--params-from",
@@ -1357,7 +1372,10 @@ def main(argv=None) -> int:
     interactions = load_interactions()
     if args.max_interactions:
         interactions = interactions.sort_values("timestamp", kind="stable").head(args.max_interactions)
-    catalog = load_catalog()
+    if args.cold_without_tags and not args.user_tags_in_text:
+        print("quality.py: error: --cold-without-tags needs --user-tags-in-text (no tags in the text)", file=sys.stderr)
+        return 2
+    catalog = load_catalog(tags_in_text=args.user_tags_in_text)
     image = poster_vectors(catalog["item_id"].tolist(), Path(args.posters)) if args.posters else None
     content = build_content(catalog, text_vectors(catalog["text"].tolist()), image)
     fams = [f for f in families() if f.name in args.models]
@@ -1381,6 +1399,7 @@ def main(argv=None) -> int:
         return 2
     if given:
         meta["params_from"] = f"{', '.join(sorted(given))} from {' '.join(args.params_from)} (no search)"
+    meta["text"] = TAGGED_TEXT if args.user_tags_in_text else "title and genres (no user tags)"
     if args.cold_without_tags:
         meta["cold_items"] = "held-out items described without their user tags"
     ctx = contextlib.nullcontext() if args.no_mlflow else mlflow_parent(f"quality_{time.strftime('%Y%m%d_%H%M%S')}")

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
         description="last daily partition (YYYY-MM-DD) of a static source; default: the bundled data's last day "
         "(2018-09-24) for the bundled data, else yesterday (UTC): the partitions grow by a day each day",
     )
+    user_tags_in_text: bool = Field(
+        False,
+        description="the item text the encoder reads also carries the users' tags (off: a new item has none yet, "
+        "and a model trained with them ranks new items worse, see data.catalog.build_item_catalog)",
+    )
     text_encoder: Literal["frozen", "adapted"] = Field(
         "frozen",
         description="text_embeddings' encoder: the published model (frozen) or text_encoder_adaptation's (adapted)",

@@ -169,7 +169,7 @@ def ingestion_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.Assets
         items, tags = src.read_catalog()
         name = Path(src.catalog_path).name if isinstance(src, DailyFileSource) else "movielens catalog"
         kept, quarantined = clean_catalog_items(items, source=name)
-        catalog = build_item_catalog(kept, tags, first_day=partitions.start.date())
+        catalog = build_item_catalog(kept, tags, first_day=partitions.start.date(), tags_in_text=source.tags_in_text())
         as_of = catalog[pd.to_datetime(catalog["added_at"]) < end].reset_index(drop=True)
         # catalog and its quarantine rows change together
         with warehouse_db.session() as con:

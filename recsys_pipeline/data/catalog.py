@@ -41,9 +41,21 @@ def added_days(added_at: pd.Series, first_day: date | None = None) -> pd.Series:
 
 
 def build_item_catalog(
-    items: pd.DataFrame, tags: pd.DataFrame, max_tags: int = 20, first_day: date | None = None
+    items: pd.DataFrame,
+    tags: pd.DataFrame,
+    max_tags: int = 20,
+    first_day: date | None = None,
+    tags_in_text: bool = False,
 ) -> pd.DataFrame:
     """Build the ``item_catalog`` table.
+
+    User-applied tags are kept (``tags_text``) but by default are not part of the text the encoder reads: users write
+    them after interacting with an item, so a brand-new item has none, and which items have them follows their
+    popularity. A model trained on tagged text and shown an untagged new item ranks it as it would an unpopular old
+    one. Measured on ml-latest-small (``benchmarks/quality.py``, the tuned setting, split seeds 0-2; new items'
+    Recall@20 among new items / in the whole catalogue, held-out items always untagged): trained on text with
+    tags 0.183 / 0.015, trained on text without them 0.221 / 0.063 (``benchmarks/results/model_changes.md``,
+    seventh session of 2026-12-07).
 
     Args:
         items: ``item_id, title, genres`` (``|``-separated str), ``extra_text``, ``image_uri``, ``audio_uri`` and
@@ -51,12 +63,13 @@ def build_item_catalog(
         tags: ``item_id, tag``: one row per user-applied tag.
         max_tags: most frequent distinct tags kept per item (case-folded).
         first_day: the first daily partition (UTC); items without ``added_at`` or dated before it get it.
+        tags_in_text: also put the tags in ``text`` (``RECSYS_USER_TAGS_IN_TEXT``; see above).
 
     Returns:
         One row per item: ``item_id`` (str), ``title`` (str), ``genres`` (list[str]), ``year`` (Int64, <NA> when
         the title carries no ``(YYYY)``), ``tags_text`` (str), ``text`` (the text-encoder input: title, genres,
-        tags and extra text, cut at ``MAX_TEXT_CHARS`` characters), ``image_uri``, ``audio_uri``, ``added_at``
-        (``datetime.date``: the item's daily partition).
+        the tags when ``tags_in_text``, and extra text, cut at ``MAX_TEXT_CHARS`` characters), ``image_uri``,
+        ``audio_uri``, ``added_at`` (``datetime.date``: the item's daily partition).
 
     Raises:
         ValueError: an empty or duplicated ``item_id`` (the catalog is the source of truth for item ids).
@@ -93,7 +106,8 @@ def build_item_catalog(
     )
     genre_text = frame["genres"].map(", ".join)
     text = frame["title"] + ". Genres: " + genre_text + "."
-    text = text.where(frame["tags_text"] == "", text + " Tags: " + frame["tags_text"] + ".")
+    if tags_in_text:
+        text = text.where(frame["tags_text"] == "", text + " Tags: " + frame["tags_text"] + ".")
     extra = pd.Series(extra, index=items.index).astype(str).values
     frame["text"] = [f"{t} {e}".strip()[:MAX_TEXT_CHARS] for t, e in zip(text, extra)]
     frame["image_uri"] = items["image_uri"].values

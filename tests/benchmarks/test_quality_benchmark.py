@@ -307,7 +307,8 @@ def test_cold_items_without_tags_lose_their_tags_and_nothing_else(monkeypatch):
         return np.array([[len(t), "Tags:" in t] for t in texts], np.float32)
 
     monkeypatch.setattr(quality, "text_vectors", fake_vectors)
-    catalog = quality.load_catalog()
+    catalog = quality.load_catalog(tags_in_text=True)
+    assert not quality.load_catalog()["text"].str.contains("Tags:").any()  # the pipeline's default text
     tagged = catalog.loc[catalog["tags_text"].str.len() > 0, "item_id"].astype(str).tolist()
     untagged = catalog.loc[catalog["tags_text"].str.len() == 0, "item_id"].astype(str).tolist()
     cold = set(tagged[:3] + untagged[:2])

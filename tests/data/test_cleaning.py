@@ -88,7 +88,10 @@ def test_catalog_year_genres_tags_and_text():
     assert cat["year"].tolist()[0] == 1995 and pd.isna(cat["year"].tolist()[1])
     assert cat["genres"].tolist() == [["Animation", "Comedy"], []]
     assert cat["tags_text"].tolist() == ["pixar, fun", ""]
-    assert cat["text"].tolist()[0] == "Toy Story (1995). Genres: Animation, Comedy. Tags: pixar, fun."
+    # the users' tags are kept but stay out of the encoded text unless asked: a new item has none yet
+    assert cat["text"].tolist()[0] == "Toy Story (1995). Genres: Animation, Comedy."
+    tagged = build_item_catalog(items, tags, tags_in_text=True)
+    assert tagged["text"].tolist()[0] == "Toy Story (1995). Genres: Animation, Comedy. Tags: pixar, fun."
 
 
 def test_rows_must_fall_on_their_own_partition_day_even_in_a_range_run():

@@ -54,3 +54,19 @@ def test_a_wrong_source_path_fails_the_first_asset_that_reads_it(tmp_path, asset
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert f"MovieLens folder not found: {missing}" in failure.step_failure_data.error.to_string()
+
+
+def test_the_users_tags_stay_out_of_the_encoded_text_unless_asked(tmp_path, asset):
+    from recsys_pipeline.data import warehouse
+
+    catalog = asset("item_catalog")
+    day = catalog.partitions_def.get_last_partition_key()
+    texts = {}
+    for asked in (None, True):
+        resources = resources_for_home(str(tmp_path / f"home-{asked}"))
+        resources["source"] = type(resources["source"])(user_tags_in_text=asked)
+        assert dg.materialize([catalog], resources=resources, partition_key=day).success
+        with warehouse.session(resources["warehouse_db"].path, read_only=True) as con:
+            texts[asked] = con.execute("SELECT text, tags_text FROM item_catalog WHERE item_id = '1'").fetchone()
+    assert texts[None] == ("Toy Story (1995). Genres: Adventure, Animation, Children, Comedy, Fantasy.", "pixar, fun")
+    assert texts[True][0] == texts[None][0] + " Tags: pixar, fun."
