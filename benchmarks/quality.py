@@ -1189,6 +1189,13 @@ def merge_runs(runs: Sequence[dict]) -> tuple[list[dict], dict]:
                 if mine:
                     names.append(r["name"] if len(mine) == len(protocols) else f"{r['name']} on {', '.join(mine)}")
             gave.append(f"{saved['meta'].get('commit')} ({', '.join(names) or 'nothing kept'})")
+        given = [
+            f"{saved['meta'].get('commit')}: {saved['meta']['params_from']}"
+            for saved in runs
+            if "params_from" in saved["meta"]
+        ]
+        if given:
+            meta["params_from"] = "; ".join(given)
         if len(set(texts)) > 1:  # families that read no text (EASE, ALS, ...) are unaffected: the header says which
             meta["text"] = "; ".join(f"{saved['meta'].get('commit')}: {t}" for saved, t in zip(runs, texts))
         meta.update(
