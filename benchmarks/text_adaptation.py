@@ -138,6 +138,7 @@ def main(argv=None) -> int:
     text = (
         "# Frozen vs domain-adapted text encoder (ml-latest-small)\n\n"
         f"- seeds {args.seeds} (mean ± sample std); adaptation: {config} on each protocol's train part only\n"
+        "- item text: title and genres, no user tags (the pipeline's default since the tags left the encoded text)\n"
         f"- cost per adaptation (fine-tuning + encoding the 9,742 texts, one thread): "
         f"{statistics.mean(minutes):.1f} min (min {min(minutes):.1f}, max {max(minutes):.1f})\n"
         f"- commit {git_commit()}, wall time {time.perf_counter() - started:.0f} s, {os.cpu_count()} cores\n"
