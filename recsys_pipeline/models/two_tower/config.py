@@ -84,6 +84,9 @@ class ModelConfig:
     History head, measured (validation split carved from the benchmark's train split, text only, seed 0): no
     history -> history head: per-user holdout NDCG@10 0.088 -> 0.153, Recall@20 0.108 -> 0.183; item cold start
     NDCG@10 0.273 -> 0.313, Recall@20 0.222 -> 0.263. Figures per change: ``benchmarks/results/model_changes.md``.
+    The figures above were measured with the users' tags in the item text, as it was before the tags left it
+    (seventh session of 2026-12-07); the quality benchmark's tables (``benchmarks/results/quality.md``) are on
+    today's text.
 
     Raises:
         ValueError: a field outside its range (the message names the field).
