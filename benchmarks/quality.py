@@ -1030,20 +1030,55 @@ def header_lines(meta: dict) -> list[str]:
     return lines
 
 
-def against_best_peer(rows: list[dict], protocols: Sequence[str]) -> list[dict]:
-    """Ours (the row named ``ours``) against the best peer per protocol x metric (Recall@20, NDCG@10), the
-    criterion the benchmark is read by: ours is **first** when its mean exceeds the best peer's by more than the
-    larger of the two seed spreads (sample std), **level** when the gap is within it, **behind** otherwise.
+def compare_with_best(mine: Sequence[float], peers: Sequence[tuple[str, Sequence[float]]]) -> dict:
+    """Ours' per-seed figures against the peer with the highest mean: the benchmark's reading rule.
 
-    The best peer is the peer row (not ``ours*``, not ``random``) with the highest mean. Every family runs the same
-    split and seed for seed ``i`` (``run``), so the per-seed difference ``ours[i] - peer[i]`` is paired: its mean ±
-    sample std and the number of seeds ours leads on are given too (``None`` when the two have different seed
-    counts, e.g. merged runs of different seeds).
+    **first** when ours' mean exceeds the best peer's by more than the larger of the two seed spreads (sample std),
+    **level** when the gap is within it, **behind** otherwise. When both have the same number (> 1) of seeds, seed
+    ``i`` being the same split and seed for both, the per-seed difference is paired: its mean ± sample std and the
+    number of seeds ours leads on.
+
+    Args:
+        mine: ours' value per seed.
+        peers: ``(name, value per seed)``, at least one.
 
     Returns:
-        one dict per (protocol, metric) where ours and a peer both have figures: ``protocol, metric, ours (mean,
-        std), peer name, peer (mean, std), margin, spread, verdict, paired (mean, std) or None, ahead "k/n" or
-        None``.
+        ``ours (mean, std), peer_name, peer (mean, std), margin, spread, verdict, paired (mean, std) or None,
+        ahead "k/n" or None``.
+    """
+    name, theirs = max(peers, key=lambda nv: float(np.mean(nv[1])))
+    a, b = np.asarray(mine, dtype=float), np.asarray(theirs, dtype=float)
+    sd_a = float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    sd_b = float(b.std(ddof=1)) if len(b) > 1 else 0.0
+    margin, spread = float(a.mean() - b.mean()), max(sd_a, sd_b)
+    verdict = "first" if margin > spread else ("level" if abs(margin) <= spread else "behind")
+    paired = ahead = None
+    if len(a) == len(b) and len(a) > 1:
+        d = a - b
+        paired, ahead = (float(d.mean()), float(d.std(ddof=1))), f"{int((d > 0).sum())}/{len(d)}"
+    return dict(
+        ours=(float(a.mean()), sd_a),
+        peer_name=name,
+        peer=(float(b.mean()), sd_b),
+        margin=margin,
+        spread=spread,
+        verdict=verdict,
+        paired=paired,
+        ahead=ahead,
+    )
+
+
+def against_best_peer(rows: list[dict], protocols: Sequence[str]) -> list[dict]:
+    """Ours (the row named ``ours``) against the best peer per protocol x metric (Recall@20, NDCG@10), the
+    criterion the benchmark is read by (:func:`compare_with_best`).
+
+    The best peer is the peer row (not ``ours*``, not ``random``) with the highest mean. Every family runs the same
+    split and seed for seed ``i`` (``run``), so the per-seed difference is paired (``None`` when the two have
+    different seed counts, e.g. merged runs of different seeds).
+
+    Returns:
+        one dict per (protocol, metric) where ours and a peer both have figures: ``protocol, metric`` and the keys
+        of :func:`compare_with_best`.
     """
     ours = next((r for r in rows if r["name"] == "ours"), None)
     if ours is None:
@@ -1061,30 +1096,7 @@ def against_best_peer(rows: list[dict], protocols: Sequence[str]) -> list[dict]:
             ]
             if not mine or not peers:
                 continue
-            name, theirs = max(peers, key=lambda nv: float(np.mean(nv[1])))
-            a, b = np.asarray(mine, dtype=float), np.asarray(theirs, dtype=float)
-            sd_a = float(a.std(ddof=1)) if len(a) > 1 else 0.0
-            sd_b = float(b.std(ddof=1)) if len(b) > 1 else 0.0
-            margin, spread = float(a.mean() - b.mean()), max(sd_a, sd_b)
-            verdict = "first" if margin > spread else ("level" if abs(margin) <= spread else "behind")
-            paired = ahead = None
-            if len(a) == len(b) and len(a) > 1:
-                d = a - b
-                paired, ahead = (float(d.mean()), float(d.std(ddof=1))), f"{int((d > 0).sum())}/{len(d)}"
-            out.append(
-                dict(
-                    protocol=p,
-                    metric=label,
-                    ours=(float(a.mean()), sd_a),
-                    peer_name=name,
-                    peer=(float(b.mean()), sd_b),
-                    margin=margin,
-                    spread=spread,
-                    verdict=verdict,
-                    paired=paired,
-                    ahead=ahead,
-                )
-            )
+            out.append(dict(protocol=p, metric=label, **compare_with_best(mine, peers)))
     return out
 
 

@@ -342,3 +342,29 @@ def test_params_from_an_earlier_run_skip_the_search_and_content_follows_the_spli
     first = {"meta": {"protocols": ["item_cold_start"], "cold_items": "without tags"}, "rows": []}
     with pytest.raises(ValueError, match="describe held-out items differently"):
         quality.merge_runs([first, {"meta": {"protocols": ["item_cold_start"]}, "rows": []}])
+
+
+def test_user_cold_start_verdicts_use_the_issue_peers_and_pair_the_held_out_users():
+    import user_cold_start
+
+    results = {
+        ("ours", 3): [(0.12, 0.50), (0.10, 0.46), (0.11, 0.48)],
+        ("ours_pooled", 3): [(0.90, 0.90)] * 3,  # our own variant: never the peer
+        ("ease", 3): [(0.10, 0.40), (0.09, 0.41), (0.08, 0.39)],  # Recall@20 mean 0.09: the best issue peer
+        ("content_knn", 3): [(0.02, 0.10)] * 3,
+        ("popularity", 3): [(0.07, 0.44), (0.07, 0.42), (0.08, 0.43)],  # NDCG@10 mean 0.43: the best issue peer
+        ("recent_popularity", 3): [(0.11, 0.49), (0.10, 0.47), (0.11, 0.47)],
+    }
+    rows = [line for line in user_cold_start.verdict_lines(results, [3]) if line.startswith("| 3 |")]
+    assert len(rows) == 4  # (Recall@20, NDCG@10) x (the issue's best peer, recent_popularity)
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    recall_issue, recall_recent, ndcg_issue, ndcg_recent = cells
+    assert recall_issue[1:3] == ["Recall@20", "best of EASE, content k-NN, popularity"]
+    assert recall_issue[4].startswith("ease 0.0900")
+    assert recall_issue[5] == "+0.0200"  # 0.11 - 0.09, against spreads 0.01 (both): first
+    assert recall_issue[7] == "first" and recall_issue[9] == "3/3"
+    assert ndcg_issue[4].startswith("popularity 0.4300") and ndcg_issue[5] == "+0.0500"
+    assert ndcg_issue[7] == "first"  # 0.05 > max(0.02, 0.01)
+    assert recall_recent[4].startswith("recent_popularity") and recall_recent[7] == "level"  # +0.0033 vs 0.0058
+    assert recall_recent[8] == "+0.0033 ± 0.0058" and recall_recent[9] == "1/3"
+    assert ndcg_recent[5] == "+0.0033"
