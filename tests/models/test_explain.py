@@ -33,9 +33,10 @@ def test_the_named_item_is_the_one_whose_removal_drops_the_score_most(trained, u
     for row in explained.itertuples():
         before = model.score([user], [row.item_id])[0, 0]
         drops = {i: before - _without(model, user, i).score([user], [row.item_id])[0, 0] for i in mine}
-        best = max(drops, key=drops.get)
+        largest = max(drops.values())
         assert row.because, f"no explanation for {row.item_id}"
-        assert row.because[0] == best, (row.because, sorted(drops.items(), key=lambda kv: -kv[1])[:3])
+        # the named item's removal drops the score most (two items can tie exactly: either may be named)
+        assert drops[row.because[0]] >= largest - 1e-6, (row.because, sorted(drops.items(), key=lambda kv: -kv[1])[:3])
         np.testing.assert_allclose(row.contributions, [drops[i] for i in row.because], rtol=1e-3, atol=1e-5)
         assert row.contributions == sorted(row.contributions, reverse=True) and row.contributions[-1] > 0
         assert len(row.because) <= 3
