@@ -127,8 +127,15 @@ class _LinesAboveBars:
 
 
 def _paths(home: str | None) -> HomePaths:
-    """The home of this command: ``--home``, else ``RECSYS_HOME``, else ``./.recsys`` (nothing is created)."""
-    return get_settings(**({"home": Path(home)} if home else {})).paths
+    """The home of this command: ``--home``, else ``RECSYS_HOME``, else ``./.recsys`` (nothing is created).
+
+    Raises:
+        ValueError: the home exists and is not a folder.
+    """
+    paths = get_settings(**({"home": Path(home)} if home else {})).paths
+    if paths.root.exists() and not paths.root.is_dir():
+        raise ValueError(f"the home {paths.root} is a file, not a folder (--home or RECSYS_HOME)")
+    return paths
 
 
 def _prepare_home(home: str | None, in_process: bool = True) -> HomePaths:
@@ -763,7 +770,14 @@ def export(args: argparse.Namespace) -> int:
 
     paths = _paths(args.home)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not Path(paths.warehouse).is_file():
+        raise ValueError(
+            f"no warehouse at {paths.warehouse}: run `recsys demo` (or the pipeline) first (nothing was written)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: {exc.strerror or exc} (nothing was written)") from exc
     with warehouse.session(paths.warehouse, read_only=True) as con:
         data = warehouse.read_interactions(con)
         features = load_item_features(con)

@@ -264,6 +264,26 @@ def test_a_path_setting_naming_nothing_stops_before_the_run(tmp_path, monkeypatc
     assert get_settings().missing_paths() == []
 
 
+def test_no_warehouse_an_unwritable_out_or_a_file_as_home_is_one_line_not_a_traceback(tmp_path, capsys):
+    home, out = tmp_path / "home", tmp_path / "export"
+    assert main(["--home", str(home), "export", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no warehouse at" in err and "(nothing was written)" in err
+    assert not out.exists()
+    (home).mkdir(exist_ok=True)
+    from recsys_pipeline.settings import HomePaths
+
+    HomePaths.at(home).warehouse.write_bytes(b"")  # exists: the --out check comes next
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["--home", str(home), "export", "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"recsys export: error: --out {blocker / 'sub'}: ") and "(nothing was written)" in err
+    for command in (["recommend", "--user", "1"], ["export", "--out", str(out)]):
+        assert main(["--home", str(blocker), *command]) == 2
+        assert f"the home {blocker} is a file, not a folder" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_backfill_is_one_run_over_the_range(tmp_path, movielens_slice):
     import os
