@@ -49,10 +49,12 @@ import threading
 import time
 
 import dagster as dg
+import sqlalchemy as db
 from dagster._config import Field, StringSource
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.event_log import SqliteEventLogStorage
-from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
+from dagster._core.storage.event_log.schema import ConcurrencySlotsTable, SqlEventLogStorageTable
+from dagster._utils.concurrency import ConcurrencySlotStatus
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -175,6 +177,13 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     Anything else goes through ``store_event``. Measured (``benchmarks/pipeline.py --section events --partitions
     2000``, 2 cores, load 3.4): 2,000 daily partitions x 2 assets in one run, 85.6 s -> 1.2 s.
 
+    Concurrency slots: Dagster claims a pool slot by reading a free slot row ``SELECT ... FOR UPDATE`` and then
+    updating that row by id. SQLite ignores ``FOR UPDATE``, so two processes that read the same free row both
+    "claim" it and a pool of one slot runs two steps at once (reproduced with two processes claiming together:
+    both succeeded in 4 of 14 tries, Dagster 1.13.27). :meth:`_claim_concurrency_slot` makes the update conditional
+    on the row still being free, one statement, which SQLite executes atomically; the loser is told ``BLOCKED`` and
+    retries like any blocked step.
+
     Config (``dagster.yaml``): ``base_dir`` (default ``$DAGSTER_HOME/history/runs``, where Dagster's default
     SQLite storage keeps its event logs, so a home's history stays readable).
     """
@@ -192,6 +201,20 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     @classmethod
     def from_config_value(cls, inst_data, config_value) -> BatchedSqliteEventLogStorage:
         return cls(inst_data=inst_data, **config_value)
+
+    def _claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str) -> ConcurrencySlotStatus:
+        """Claim a free slot of ``concurrency_key`` for the step: ``CLAIMED``, or ``BLOCKED`` when no slot is free
+        or another process took the one read here first (compare-and-set on ``step_key IS NULL``)."""
+        slots = ConcurrencySlotsTable.c
+        free = db.and_(slots.concurrency_key == concurrency_key, slots.step_key.is_(None), slots.deleted.is_(False))
+        with self.index_connection() as conn:
+            row = conn.execute(db.select(slots.id).where(free).limit(1)).fetchone()
+            if row is None:
+                return ConcurrencySlotStatus.BLOCKED
+            taken = conn.execute(
+                ConcurrencySlotsTable.update().values(run_id=run_id, step_key=step_key).where(slots.id == row[0], free)
+            ).rowcount
+        return ConcurrencySlotStatus.CLAIMED if taken else ConcurrencySlotStatus.BLOCKED
 
     def store_event_batch(self, events) -> None:
         if not events:
