@@ -324,8 +324,8 @@ def run_demo(home: str | None = None, start: str | None = None, end: str | None 
     """
     from recsys_pipeline.automation import CONTENT_ASSETS, INGESTION_ASSETS, MODEL_ASSETS
 
+    first, last = _demo_range(start, end)  # a bad date or range is refused before the home is made
     paths = _prepare_home(home)
-    first, last = _demo_range(start, end)
     print(f"recsys demo: home {paths.root}\n    data {first} .. {last} (UTC days)", flush=True)
     seconds = _run(
         list(INGESTION_ASSETS), f"{PIPELINE_JOB}: ingestion, daily partitions {first} .. {last} as one run", first, last

@@ -65,6 +65,8 @@ __all__ = [
     "EVENT_BATCH_SIZE",
     "HOST_TAG",
     "BatchedSqliteEventLogStorage",
+    "GuardedPostgresEventLogStorage",
+    "SlotClaimByCompareAndSet",
     "PoolWaitError",
     "prepare",
     "ensure_postgres_storage",
@@ -170,19 +172,41 @@ _BATCHABLE = {
 }
 
 
-class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
+class SlotClaimByCompareAndSet:
+    """A Dagster SQL event log storage mixin: a pool slot is claimed by compare-and-set.
+
+    Dagster (1.13.27) claims a slot by reading a free slot row with ``SELECT ... FOR UPDATE SKIP LOCKED`` and then
+    updating that row by its id. SQLite ignores ``FOR UPDATE``, and Dagster's PostgreSQL event log runs each
+    statement in autocommit, which releases the row lock as soon as the read ends. So two processes that read the
+    same free row both "claim" it, and a pool of one slot (the ``duckdb`` pool) runs two steps at once: two
+    processes claiming together on SQLite both succeeded in 4 of 14 tries. Here the update also requires the row to
+    be still free, one statement that the database executes atomically; the loser is told ``BLOCKED`` and retries
+    like any blocked step (``tests/orchestration/test_instance.py`` forces that interleaving).
+    """
+
+    def _claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str) -> ConcurrencySlotStatus:
+        """Claim a free slot of ``concurrency_key`` for the step: ``CLAIMED``, or ``BLOCKED`` when no slot is free
+        or another process took the one read here first (compare-and-set on ``step_key IS NULL``)."""
+        slots = ConcurrencySlotsTable.c
+        free = db.and_(slots.concurrency_key == concurrency_key, slots.step_key.is_(None), slots.deleted.is_(False))
+        with self.index_connection() as conn:
+            row = conn.execute(db.select(slots.id).where(free).limit(1)).fetchone()
+            if row is None:
+                return ConcurrencySlotStatus.BLOCKED
+            taken = conn.execute(
+                ConcurrencySlotsTable.update().values(run_id=run_id, step_key=step_key).where(slots.id == row[0], free)
+            ).rowcount
+        return ConcurrencySlotStatus.CLAIMED if taken else ConcurrencySlotStatus.BLOCKED
+
+
+class BatchedSqliteEventLogStorage(SlotClaimByCompareAndSet, SqliteEventLogStorage):
     """Dagster's SQLite event log storage with a real ``store_event_batch``: a batch of asset materializations or
     observations, planned or done, of one run (what Dagster batches: one step's partition events) is written in one
     transaction on the run's shard and one on the index shard, with the same rows as one ``store_event`` per event.
     Anything else goes through ``store_event``. Measured (``benchmarks/pipeline.py --section events --partitions
     2000``, 2 cores, load 3.4): 2,000 daily partitions x 2 assets in one run, 85.6 s -> 1.2 s.
 
-    Concurrency slots: Dagster claims a pool slot by reading a free slot row ``SELECT ... FOR UPDATE`` and then
-    updating that row by id. SQLite ignores ``FOR UPDATE``, so two processes that read the same free row both
-    "claim" it and a pool of one slot runs two steps at once (reproduced with two processes claiming together:
-    both succeeded in 4 of 14 tries, Dagster 1.13.27). :meth:`_claim_concurrency_slot` makes the update conditional
-    on the row still being free, one statement, which SQLite executes atomically; the loser is told ``BLOCKED`` and
-    retries like any blocked step.
+    Pool slots are claimed by compare-and-set (:class:`SlotClaimByCompareAndSet`).
 
     Config (``dagster.yaml``): ``base_dir`` (default ``$DAGSTER_HOME/history/runs``, where Dagster's default
     SQLite storage keeps its event logs, so a home's history stays readable).
@@ -201,20 +225,6 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     @classmethod
     def from_config_value(cls, inst_data, config_value) -> BatchedSqliteEventLogStorage:
         return cls(inst_data=inst_data, **config_value)
-
-    def _claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str) -> ConcurrencySlotStatus:
-        """Claim a free slot of ``concurrency_key`` for the step: ``CLAIMED``, or ``BLOCKED`` when no slot is free
-        or another process took the one read here first (compare-and-set on ``step_key IS NULL``)."""
-        slots = ConcurrencySlotsTable.c
-        free = db.and_(slots.concurrency_key == concurrency_key, slots.step_key.is_(None), slots.deleted.is_(False))
-        with self.index_connection() as conn:
-            row = conn.execute(db.select(slots.id).where(free).limit(1)).fetchone()
-            if row is None:
-                return ConcurrencySlotStatus.BLOCKED
-            taken = conn.execute(
-                ConcurrencySlotsTable.update().values(run_id=run_id, step_key=step_key).where(slots.id == row[0], free)
-            ).rowcount
-        return ConcurrencySlotStatus.CLAIMED if taken else ConcurrencySlotStatus.BLOCKED
 
     def store_event_batch(self, events) -> None:
         if not events:
@@ -238,6 +248,30 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                 last[e.dagster_event.asset_key] = (e, event_id)
             for e, event_id in last.values():
                 self._store_asset_event(conn, e, event_id)
+
+
+try:  # the `postgres` extra
+    from dagster_postgres.event_log import PostgresEventLogStorage
+except ImportError:  # pragma: no cover - the extra is not installed
+    PostgresEventLogStorage = None
+
+if PostgresEventLogStorage is not None:
+
+    class GuardedPostgresEventLogStorage(SlotClaimByCompareAndSet, PostgresEventLogStorage):
+        """Dagster's PostgreSQL event log storage (``dagster_postgres``), whose pool slots are claimed by
+        compare-and-set (:class:`SlotClaimByCompareAndSet`): the ``event_log_storage`` of the ``postgres`` profile's
+        template. Config: Dagster's ``pg_config`` (``postgres_url``, or ``postgres_db``)."""
+
+        @classmethod
+        def from_config_value(cls, inst_data, config_value) -> GuardedPostgresEventLogStorage:
+            from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+
+            return cls(
+                inst_data=inst_data,
+                postgres_url=pg_url_from_config(config_value),
+                should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+                token_provider=get_token_provider_from_config(config_value),
+            )
 
 
 def _alive(pid: int) -> bool:

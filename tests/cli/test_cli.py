@@ -62,11 +62,14 @@ def test_home_may_follow_the_command(tmp_path, capsys):
 
 
 def test_bad_arguments_give_messages_not_tracebacks(tmp_path, capsys):
-    home = str(tmp_path / "home")
+    home = str(tmp_path / "home")  # every demo below is refused before the home is made
     assert main(["--home", home, "demo", "--start", "2018-09-05", "--end", "2018-09-01"]) == 2
     assert "is after --end" in capsys.readouterr().err
     assert main(["--home", home, "demo", "--start", "foo"]) == 2
     assert "--start 'foo' is not a YYYY-MM-DD date" in capsys.readouterr().err
+    assert main(["--home", home, "demo", "--end", "2018-13-01"]) == 2
+    assert "--end '2018-13-01' is not a YYYY-MM-DD date" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()
     with pytest.raises(SystemExit):
         main(["--home", home, "recommend", "--user", "1", "-k", "0"])
     assert "must be at least 1" in capsys.readouterr().err

@@ -106,45 +106,8 @@ def test_the_home_instance_uses_the_batched_storage_without_dagster_home(tmp_pat
 
 
 def test_two_claims_of_the_last_free_slot_read_at_once_give_it_to_one(tmp_path, monkeypatch):
-    """Both claimers read the one free slot before either writes (the interleaving that let two runs' DuckDB steps
-    run at once): the second writer is told BLOCKED, and the slot holds the first writer's step."""
-    import threading
-
-    from dagster._utils.concurrency import ConcurrencySlotStatus
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
+    from tests.reliability.support import race_for_one_slot
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    # one storage per claimer, as in two processes (a storage serializes its own threads' connections)
-    storages = {"a": BatchedSqliteEventLogStorage(), "b": BatchedSqliteEventLogStorage()}
-    storages["a"].set_concurrency_slots("duckdb", 1)
-    a_has_read, b_is_done = threading.Event(), threading.Event()
-
-    def hold_a_before_its_write(conn, cursor, statement, *args):
-        if threading.current_thread().name == "a" and statement.lstrip().upper().startswith("UPDATE CONCURRENCY_SLOTS"):
-            a_has_read.set()
-            assert b_is_done.wait(30)
-
-    status = {}
-
-    def claim(name: str) -> None:
-        if name == "b":
-            assert a_has_read.wait(30)
-        status[name] = storages[name]._claim_concurrency_slot("duckdb", f"run-{name}", f"step-{name}")
-        if name == "b":
-            b_is_done.set()
-
-    event.listen(Engine, "before_cursor_execute", hold_a_before_its_write)
-    try:
-        threads = [threading.Thread(target=claim, args=(n,), name=n) for n in ("a", "b")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        event.remove(Engine, "before_cursor_execute", hold_a_before_its_write)
-    assert status == {"b": ConcurrencySlotStatus.CLAIMED, "a": ConcurrencySlotStatus.BLOCKED}
-    (slot,) = storages["a"].get_concurrency_info("duckdb").claimed_slots
-    assert (slot.run_id, slot.step_key) == ("run-b", "step-b")
-    for storage in storages.values():
-        storage.dispose()
+    # one storage per claimer, as in two processes (a SQLite storage serializes its own threads' connections)
+    race_for_one_slot(BatchedSqliteEventLogStorage(), BatchedSqliteEventLogStorage())

@@ -48,6 +48,9 @@ from tests.reliability.support import DAGSTER, Children, child_env
 LOCK_ERRORS = ("Could not set lock", "WarehouseLockedError", "deadlock detected", "UniqueViolation", "IntegrityError")
 
 
+STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
+
+
 # ------------------------------------------------------------------------------------------------- settings
 def test_postgres_profile_needs_a_url_and_names_the_variable(monkeypatch):
     monkeypatch.setenv("RECSYS_PROFILE", "postgres")
@@ -85,15 +88,16 @@ def test_postgres_home_gets_the_postgres_instance_and_refuses_a_mixed_home(monke
     paths = ensure_home(HomePaths.at(tmp_path / "home"))
     written = yaml.safe_load((paths.dagster_home / "dagster.yaml").read_text())
     sqlite = yaml.safe_load(DAGSTER_YAML_TEMPLATES["sqlite"].read_text())
-    assert written["storage"] == {"postgres": {"postgres_url": {"env": "RECSYS_POSTGRES_URL"}}}
-    assert "event_log_storage" not in written  # BatchedSqliteEventLogStorage is SQLite's
+    url_from_env = {"postgres_url": {"env": "RECSYS_POSTGRES_URL"}}
+    assert {k: (written[k]["class"], written[k]["config"]) for k in STORAGES} == {
+        "run_storage": ("PostgresRunStorage", url_from_env),
+        "event_log_storage": ("GuardedPostgresEventLogStorage", url_from_env),  # not BatchedSqliteEventLogStorage
+        "schedule_storage": ("PostgresScheduleStorage", url_from_env),
+    }
     assert written["concurrency"] == sqlite["concurrency"]  # the duckdb pool: one slot, op granularity
     assert written["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}
     config, custom_class = dagster_instance_config(str(paths.dagster_home))  # validates; connects to nothing
-    assert (
-        custom_class is None
-        and config["storage"]["postgres"]["postgres_url"] == written["storage"]["postgres"]["postgres_url"]
-    )
+    assert custom_class is None and all(config[k]["config"] == url_from_env for k in STORAGES)
     monkeypatch.setattr(instance, "_installed", False)
     instance.relax_sqlite_sync()
     assert instance._installed is False  # no SQLite fsync hook on this profile
@@ -188,6 +192,13 @@ TRAIN = textwrap.dedent(
     print("TRAINED", result.run_id, result.model_version, flush=True)
     """
 )
+
+
+def test_two_claims_of_the_last_free_slot_read_at_once_give_it_to_one_on_postgres(postgres_server):
+    from recsys_pipeline.instance import GuardedPostgresEventLogStorage
+    from tests.reliability.support import race_for_one_slot
+
+    race_for_one_slot(*(GuardedPostgresEventLogStorage(postgres_server.url) for _ in range(2)))
 
 
 @pytest.mark.slow

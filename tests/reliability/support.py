@@ -165,3 +165,50 @@ def definitions_training(home, settings: Settings | None = None, **model) -> dg.
     CPU training configured by ``model`` (``ModelConfig`` overrides)."""
     training = TrainingResource(model=ModelOverrides(**model), accelerator="cpu", devices="1", num_threads=1)
     return build_definitions(settings or toy_settings(), resources=resources_for_home(str(home), training=training))
+
+
+def race_for_one_slot(storage_a, storage_b, pool: str = "duckdb") -> None:
+    """Two claimers of the one slot of ``pool`` both read it free before either writes (the interleaving that let
+    two runs' DuckDB steps run at once): assert the second writer is told BLOCKED and the slot holds the first
+    writer's step. ``storage_a`` / ``storage_b``: two event log storages of one instance (as two processes hold),
+    whose ``_claim_concurrency_slot`` is under test. Disposes both."""
+    import threading
+
+    from dagster._utils.concurrency import ConcurrencySlotStatus
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    storages = {"a": storage_a, "b": storage_b}
+    storage_a.set_concurrency_slots(pool, 1)
+    a_has_read, b_is_done = threading.Event(), threading.Event()
+
+    def hold_a_before_its_write(conn, cursor, statement, *args):
+        if threading.current_thread().name == "a" and statement.lstrip().upper().startswith("UPDATE CONCURRENCY_SLOTS"):
+            a_has_read.set()
+            assert b_is_done.wait(30)
+
+    status = {}
+
+    def claim(name: str) -> None:
+        if name == "b":
+            assert a_has_read.wait(30)
+        status[name] = storages[name]._claim_concurrency_slot(pool, f"run-{name}", f"step-{name}")
+        if name == "b":
+            b_is_done.set()
+
+    event.listen(Engine, "before_cursor_execute", hold_a_before_its_write)
+    try:
+        threads = [threading.Thread(target=claim, args=(n,), name=n) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        event.remove(Engine, "before_cursor_execute", hold_a_before_its_write)
+    try:
+        assert status == {"b": ConcurrencySlotStatus.CLAIMED, "a": ConcurrencySlotStatus.BLOCKED}, status
+        claimed = storage_a.get_concurrency_info(pool).claimed_slots
+        assert [(s.run_id, s.step_key) for s in claimed] == [("run-b", "step-b")], claimed
+    finally:
+        for storage in storages.values():
+            storage.dispose()
