@@ -248,7 +248,8 @@ class VisitorRequest(BaseModel):
     """Body of ``POST /recommendations``: a visitor's items, oldest first, and the list length."""
 
     items: list[str] = Field(min_length=1, max_length=MAX_VISITOR_ITEMS, description="item ids, oldest first")
-    k: int = Field(10, ge=1, le=MAX_K, description="list length")
+    # strict: JSON true or "3" is a client's mistake, not k = 1 or 3
+    k: int = Field(10, ge=1, le=MAX_K, strict=True, description="list length (a JSON integer)")
     date: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="UTC day (default: current)")
 
 

@@ -184,6 +184,11 @@ def test_recommendations_and_pyfunc_use_the_champion(store):
     out = served.predict(pd.DataFrame({"user_id": users}), params={"k": 5})
     assert list(out.columns) == ["user_id", "rank", "item_id", "score"]
     assert out["item_id"].tolist() == recs[recs["user_id"].isin(users)]["item_id"].tolist()
+    # a bad k or input: MLflow's INVALID_PARAMETER_VALUE, which `mlflow models serve` answers as 400 with the message
+    for bad_input, bad_params in ((pd.DataFrame({"user_id": users}), {"k": 0}), (pd.DataFrame({"user": users}), {})):
+        with pytest.raises(mlflow.exceptions.MlflowException, match="param k must be an integer in 1..|'user_id'") as e:
+            served.predict(bad_input, params=bad_params)
+        assert e.value.get_http_status_code() == 400
     explained = served.predict(pd.DataFrame({"user_id": users}), params={"k": 5, "explain": True})
     assert list(explained.columns) == ["user_id", "rank", "item_id", "score", "because", "modality_weights"]
     expected = model.explain(["u7"], out.loc[out["user_id"] == "u7", "item_id"].tolist())

@@ -85,6 +85,9 @@ def test_a_visitor_without_known_items_or_with_a_bad_body_is_422(home):
     assert bad.json()["ignored_items"] == ["nope", "never"]
     assert client.post("/recommendations", json={"items": []}).status_code == 422
     assert client.post("/recommendations", json={"items": ["i1"], "k": 0}).status_code == 422
+    for not_an_integer in (True, "3", 2.5):
+        answer = client.post("/recommendations", json={"items": ["i1"], "k": not_an_integer})
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "k"], not_an_integer
     wrong_day = client.post("/recommendations", json={"items": ["i1"], "date": "2019-01-01"})
     assert wrong_day.status_code == 404 and wrong_day.json()["error"] == "unknown_date"
 
