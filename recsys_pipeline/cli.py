@@ -147,8 +147,15 @@ def _prepare_home(home: str | None, in_process: bool = True) -> HomePaths:
         _quiet_libraries()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    paths = _paths(home)
+    for folder in (paths.root, paths.dagster_home):
+        if folder.exists() and not os.access(folder, os.W_OK):  # else: SQLite's "unable to open database file"
+            raise ValueError(
+                f"the home {paths.root} is not writable ({folder}: a read-only file system or no permission); "
+                "this command records its runs and tables there"
+            )
     with _postgres_errors():
-        return instance.prepare(_paths(home))
+        return instance.prepare(paths)
 
 
 def _definitions():

@@ -402,6 +402,10 @@ def ensure_home(paths: HomePaths, profile: str | None = None) -> HomePaths:
 def library_environment(paths: HomePaths) -> None:
     """Defaults for the libraries' own state, set before they are imported (an explicit value wins): MLflow 3's
     usage telemetry off (an id file under ``~/.config`` and reports sent over the network: no network at run time)
-    and matplotlib's font cache (Lightning imports matplotlib) under the home instead of ``~/.cache``."""
+    and matplotlib's font cache (Lightning imports matplotlib) under the home instead of ``~/.cache``, unless the
+    home exists and cannot be written (a read-only home: matplotlib would warn and use a temporary folder anyway)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MPLCONFIGDIR", str(paths.root / "cache" / "matplotlib"))
+    cache = paths.root / "cache" / "matplotlib"
+    existing = next((p for p in (cache, *cache.parents) if p.exists()), None)
+    if existing is None or os.access(existing, os.W_OK):
+        os.environ.setdefault("MPLCONFIGDIR", str(cache))

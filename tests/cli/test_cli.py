@@ -287,6 +287,22 @@ def test_no_warehouse_an_unwritable_out_or_a_file_as_home_is_one_line_not_a_trac
         assert f"the home {blocker} is a file, not a folder" in capsys.readouterr().err
 
 
+def test_a_read_only_home_is_one_line_for_the_commands_that_write_it(tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    (home / "dagster").mkdir(parents=True)
+    real_access = os.access
+    # root ignores permission bits and a read-only mount needs privileges: the home answers as a read-only one would
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(str(home)) else real_access(p, mode))
+    for command in (["backfill", "--start", "2018-09-01", "--end", "2018-09-02"], ["demo"], ["tune"]):
+        assert main(["--home", str(home), *command]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"recsys {command[0]}: error: the home {home} is not writable ({home}: a read-only file system or no "
+            "permission); this command records its runs and tables there\n"
+        )
+    assert sorted(p.name for p in home.iterdir()) == ["dagster"]  # nothing was made there
+
+
 @pytest.mark.slow
 def test_backfill_is_one_run_over_the_range(tmp_path, movielens_slice):
     import os
