@@ -184,10 +184,7 @@ def _run(
 
     if origin not in ORIGINS:
         raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
-    missing = get_settings().missing_paths()
-    if missing:  # one line before the run, not a failed step inside it
-        raise ValueError("; ".join(missing) + " (nothing was run)")
-
+    _refuse_missing_paths()
     instance = _instance()
     for run_id in free_slots_of_dead_steps(instance):  # else a killed earlier run blocks every DuckDB step
         print(f"    run {run_id[:8]} was killed mid-step: marked failed, its duckdb pool slot freed", flush=True)
@@ -331,6 +328,7 @@ def run_demo(home: str | None = None, start: str | None = None, end: str | None 
     """
     from recsys_pipeline.automation import CONTENT_ASSETS, INGESTION_ASSETS, MODEL_ASSETS
 
+    _refuse_missing_paths()  # the range reads the source: its path is checked first, in the words of every run
     first, last = _demo_range(start, end)  # a bad date or range is refused before the home is made
     paths = _prepare_home(home)
     print(f"recsys demo: home {paths.root}\n    data {first} .. {last} (UTC days)", flush=True)
@@ -344,6 +342,14 @@ def run_demo(home: str | None = None, start: str | None = None, end: str | None 
         last,
     )
     return seconds
+
+
+def _refuse_missing_paths() -> None:
+    """Raise ValueError naming each path setting a run would read that names nothing
+    (``Settings.missing_paths``): one line before the run, not a failed step inside it."""
+    missing = get_settings().missing_paths()
+    if missing:
+        raise ValueError("; ".join(missing) + " (nothing was run)")
 
 
 def _demo_range(start: str | None, end: str | None) -> tuple[str, str]:

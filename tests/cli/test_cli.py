@@ -252,11 +252,12 @@ def test_a_path_setting_naming_nothing_stops_before_the_run(tmp_path, monkeypatc
     home = tmp_path / "home"
     monkeypatch.setenv("RECSYS_MOVIELENS_PATH", str(tmp_path / "no-such-release"))
     monkeypatch.setenv("RECSYS_IMAGE_ROOT", os.pathsep.join([str(tmp_path), str(tmp_path / "no-posters")]))
-    assert main(["--home", str(home), "backfill", "--start", "2018-09-01", "--end", "2018-09-02"]) == 2
-    err = capsys.readouterr().err
-    assert f"RECSYS_MOVIELENS_PATH={tmp_path / 'no-such-release'}: no such folder" in err
-    assert f"RECSYS_IMAGE_ROOT={tmp_path / 'no-posters'}: no such folder" in err and "(nothing was run)" in err
-    assert not (home / "dagster" / "storage").exists()  # no run was started
+    for command in (["backfill", "--start", "2018-09-01", "--end", "2018-09-02"], ["demo"]):  # the same words
+        assert main(["--home", str(home), *command]) == 2
+        err = capsys.readouterr().err
+        assert f"RECSYS_MOVIELENS_PATH={tmp_path / 'no-such-release'}: no such folder" in err
+        assert f"RECSYS_IMAGE_ROOT={tmp_path / 'no-posters'}: no such folder" in err and "(nothing was run)" in err
+        assert not (home / "dagster" / "storage").exists()  # no run was started
     # a daily-files source is checked by its own settings; existing paths pass
     monkeypatch.setenv("RECSYS_SOURCE_KIND", "daily_files")
     monkeypatch.setenv("RECSYS_EVENTS_DIR", str(tmp_path))
