@@ -379,6 +379,10 @@ def ensure_home(paths: HomePaths, profile: str | None = None) -> HomePaths:
 
     Called by the commands and by a run that needs the home, never at import.
 
+    A home moved or copied to another folder keeps the absolute ``base_dir`` of its SQLite event log (the template's
+    ``{dagster_home}/history/runs``), so its runs' events would go to the old folder (a copy writing into the
+    original's history): that one value is rewritten to this home's folder (:func:`_repoint_event_log`).
+
     Raises:
         SettingsError: the existing ``dagster.yaml`` serves the other profile (a home made on SQLite, then run with
             ``RECSYS_PROFILE=postgres``, or the reverse): the instance and the MLflow store would part ways.
@@ -396,7 +400,34 @@ def ensure_home(paths: HomePaths, profile: str | None = None) -> HomePaths:
             f"RECSYS_PROFILE={found}, or move that file away to have the {profile!r} template written (its run "
             "history stays where it is)"
         )
+    else:
+        _repoint_event_log(config, paths.dagster_home.resolve())
     return paths
+
+
+def _repoint_event_log(config: Path, dagster_home: Path) -> None:
+    """Rewrite the SQLite event log's ``base_dir`` in ``config`` to ``<dagster_home>/history/runs`` when it is the
+    template's value written for another folder (``<other>/dagster/history/runs``: the home was moved or copied). Any
+    other value (set by hand) is left alone. The file is replaced atomically."""
+    data = yaml.safe_load(config.read_text()) or {}
+    storage = data.get("event_log_storage") or {}
+    base_dir = (storage.get("config") or {}).get("base_dir")
+    if storage.get("class") != "BatchedSqliteEventLogStorage" or not isinstance(base_dir, str):
+        return
+    old = Path(base_dir)
+    if old.parts[-2:] != ("history", "runs") or old.parent.parent.name != "dagster":
+        return
+    if old.parent.parent == dagster_home:
+        return
+    text = config.read_text()
+    if text.count(f'"{base_dir}"') != 1:
+        return  # not the template's one quoted line: the user's to fix
+    tmp = config.with_suffix(".yaml.tmp")
+    try:
+        tmp.write_text(text.replace(f'"{base_dir}"', f'"{dagster_home / "history" / "runs"}"'))
+        os.replace(tmp, config)
+    except OSError:  # a read-only home: no run can start there anyway (the commands that write refuse it first)
+        tmp.unlink(missing_ok=True)
 
 
 def library_environment(paths: HomePaths) -> None:

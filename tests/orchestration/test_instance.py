@@ -111,3 +111,26 @@ def test_two_claims_of_the_last_free_slot_read_at_once_give_it_to_one(tmp_path, 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     # one storage per claimer, as in two processes (a SQLite storage serializes its own threads' connections)
     race_for_one_slot(BatchedSqliteEventLogStorage(), BatchedSqliteEventLogStorage())
+
+
+def test_a_moved_or_copied_home_records_its_runs_in_its_own_history(tmp_path, monkeypatch):
+    import shutil
+
+    from recsys_pipeline.settings import HomePaths, ensure_home
+
+    original = ensure_home(HomePaths.at(tmp_path / "original"))
+    copy = HomePaths.at(tmp_path / "copy")
+    shutil.copytree(original.root, copy.root)
+    edited = HomePaths.at(tmp_path / "edited")
+    shutil.copytree(original.root, edited.root)
+    by_hand = str(tmp_path / "elsewhere" / "events")
+    config = edited.dagster_home / "dagster.yaml"
+    config.write_text(config.read_text().replace(str(original.dagster_home.resolve() / "history" / "runs"), by_hand))
+
+    for paths in (ensure_home(copy), ensure_home(edited)):
+        with dg.DagsterInstance.from_config(str(paths.dagster_home)) as instance:
+            instance.report_engine_event("hello", dg.DagsterRun(job_name="j", run_id="0" * 32))
+    assert (copy.dagster_home / "history" / "runs" / f"{'0' * 32}.db").exists()
+    assert not (original.dagster_home / "history" / "runs" / f"{'0' * 32}.db").exists()
+    assert (tmp_path / "elsewhere" / "events" / f"{'0' * 32}.db").exists()  # a value set by hand is the user's
+    assert "# " in (copy.dagster_home / "dagster.yaml").read_text()  # only the value changed: the comments stay
