@@ -194,6 +194,14 @@ class Settings(BaseSettings):
     )
     fault_ready: Path | None = Field(None, description="crash tests only: file touched when the pause point is hit")
 
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_fits_a_header(cls, key: str | None) -> str | None:
+        # HTTP header values arrive as latin-1 bytes: a key outside visible ASCII could never match (never echoed)
+        if key is not None and not all("!" <= c <= "~" for c in key):
+            raise ValueError("the API key must be visible ASCII characters (no spaces, no other alphabets)")
+        return key
+
     @field_validator("postgres_url")
     @classmethod
     def _postgres_url_for_the_profile(cls, url: str | None, info: ValidationInfo) -> str | None:

@@ -26,11 +26,14 @@ Contract of ``GET /recommendations/{user_id}?k=10[&fallback=true][&date=YYYY-MM-
 id, served from the items they just interacted with (oldest first), without retraining: the day's published model
 (``published/days/D/model-*``, loaded on first use) folds them in (``TwoTowerRecommender.with_history``) and ranks
 the catalogue minus those items. ``200`` with ``strategy = "folded_in"`` and ``ignored_items`` (ids not in the
-model's catalogue, left out); ``422`` when no item is known (``{"error": "unknown_items"}``) or the body is
-malformed; ``503`` ``model_not_published`` for a day published without a model.
+model's catalogue, left out: the first 20, and ``n_ignored_items`` counts them all); ``422`` when no item is known
+(``{"error": "unknown_items"}``) or the body is malformed; ``413`` ``body_too_large`` for a body over
+:data:`MAX_BODY_BYTES`; ``503`` ``model_not_published`` for a day published without a model.
 
-``GET /health``: ``200`` with what is loaded (users, model version, production date, the current day and the
-published days), ``503`` before the first publish.
+``GET /health`` (or ``HEAD``): ``200`` with what is loaded (users, model version, production date, the current day
+and the published days), ``503`` ``not_published`` before the first publish.
+
+Every error body has ``error`` (a word: ``unknown_user``, ``not_found``, ``method_not_allowed``, ...) and ``detail``.
 
 ``GET /openapi.json``: the OpenAPI schema of the above. There is no ``/docs`` page (it would load Swagger UI from a
 CDN, so it is blank offline).
@@ -65,6 +68,8 @@ from recsys_pipeline.serving.snapshot import (
 from recsys_pipeline.settings import HomePaths
 
 MAX_K = 1000
+# the largest body a POST needs: MAX_VISITOR_ITEMS ids of a few hundred characters each fit in well under this
+MAX_BODY_BYTES = 1 << 20
 CACHED_DAYS = 8  # loaded days kept in memory besides the current one (a request for another day reads it once)
 
 
@@ -240,6 +245,7 @@ class PublishedModels:
             return model
 
 
+MAX_LISTED_IGNORED = 20  # unknown ids a POST answer lists (all are counted)
 VISITOR = "\x00visitor"  # the user id a POST's visitor folds in under: no real id contains NUL
 MAX_VISITOR_ITEMS = 1000
 
@@ -265,11 +271,57 @@ def _cut_validation_error(error: dict) -> dict:
     cut["loc"] = [echoed_id(str(part)) if isinstance(part, str) else part for part in cut.get("loc", [])]
     if "input" in error:
         value = jsonable_encoder(error["input"])
-        text = json.dumps(value)
-        cut["input"] = value if len(text) <= MAX_ECHO_CHARS else echoed_id(text)
+        text = json.dumps(value)  # NaN / Infinity and lone surrogates: text, not values JSON cannot carry
+        cut["input"] = value if len(text) <= MAX_ECHO_CHARS and _renders(value) else echoed_id(text)
     if "ctx" in error:
         cut["ctx"] = {k: echoed_id(str(v)) for k, v in error["ctx"].items()}
     return cut
+
+
+def _renders(value) -> bool:
+    """``value`` can be sent as strict JSON in UTF-8 (no NaN / Infinity, no lone surrogate)."""
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return False
+    return True
+
+
+ERROR_WORDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` (by its ``Content-Length``, or counted as it streams in)
+    is answered ``413 {"error": "body_too_large"}`` before the app reads it all."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from fastapi import HTTPException
+
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._too_large(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # a chunked body: FastAPI answers this as the 413 below
+                raise HTTPException(413, f"the request body is over {self.max_bytes} bytes")
+            return message
+
+        return await self.app(scope, limited, send)
+
+    async def _too_large(self, scope, receive, send):
+        from fastapi.responses import JSONResponse
+
+        detail = f"the request body is over {self.max_bytes} bytes"
+        await JSONResponse(status_code=413, content={"error": "body_too_large", "detail": detail})(scope, receive, send)
 
 
 def _explained(stored: str | None, titles: dict[str, str]) -> dict:
@@ -311,6 +363,7 @@ def create_app(paths: HomePaths, api_key: str | None = None):
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     state = PublishedSnapshots(paths)
     models = PublishedModels(paths)
@@ -319,7 +372,24 @@ def create_app(paths: HomePaths, api_key: str | None = None):
     fold_in_slots = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
     # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, blank offline. The schema they would
     # render is /openapi.json (served as usual).
-    app = FastAPI(title="recsys_pipeline recommendations", description=__doc__, docs_url=None, redoc_url=None)
+    # redirect_slashes off: /recommendations/ is a 404, not a redirect built from the Host header
+    app = FastAPI(
+        title="recsys_pipeline recommendations",
+        description=__doc__,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own errors (no route, wrong method, a body too large) in the app's shape: ``error`` and
+        ``detail``."""
+        word = ERROR_WORDS.get(exc.status_code, f"http_{exc.status_code}")
+        return JSONResponse(
+            status_code=exc.status_code, content={"error": word, "detail": str(exc.detail)}, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -388,12 +458,20 @@ def create_app(paths: HomePaths, api_key: str | None = None):
         return not_published() if loaded is None else loaded
 
     # async: the work is a dict lookup and a few array slices; a thread-pool hop per request would cost more
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what load balancers' health checks send
     async def health():
         """Liveness plus what is loaded: users, model version, production date."""
         loaded = state.current()
         if loaded is None:
-            return JSONResponse(status_code=503, content={"status": "no_snapshot", "home": str(paths.root)})
+            return JSONResponse(
+                status_code=503,
+                content={
+                    "error": "not_published",
+                    "status": "no_snapshot",
+                    "home": str(paths.root),
+                    "detail": "nothing published yet: materialize `recommendations` (or run `recsys demo`)",
+                },
+            )
         days = published_days(paths)
         return {
             "status": "ok",
@@ -504,7 +582,8 @@ def create_app(paths: HomePaths, api_key: str | None = None):
                 content={
                     "error": "unknown_items",
                     "detail": f"none of the {len(items)} item ids is in the model's catalogue",
-                    "ignored_items": ignored[:20],
+                    "ignored_items": ignored[:MAX_LISTED_IGNORED],
+                    "n_ignored_items": len(ignored),
                 },
             )
         # in the order given, the last one now (UTC): "now" sets the window of the new-user recency term
@@ -521,7 +600,8 @@ def create_app(paths: HomePaths, api_key: str | None = None):
             "requested_k": body.k,
             **loaded.meta,
             "items_used": len(known),
-            "ignored_items": ignored,
+            "ignored_items": ignored[:MAX_LISTED_IGNORED],
+            "n_ignored_items": len(ignored),
             "items": [
                 {
                     "rank": int(r.rank),

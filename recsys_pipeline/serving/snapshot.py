@@ -255,5 +255,7 @@ MAX_ECHO_CHARS = 200  # at most this much of a caller's id is echoed back (HTTP 
 
 
 def echoed_id(text: str) -> str:
-    """``text`` cut to :data:`MAX_ECHO_CHARS` characters (marked with ``…``), for echoing a caller's id back."""
-    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"
+    """``text`` cut to :data:`MAX_ECHO_CHARS` characters (marked with ``…``), for echoing a caller's id back; a lone
+    surrogate (JSON ``"\\ud800"``, no UTF-8 text) is written as its escape, so the echo can be encoded."""
+    text = text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -135,3 +135,53 @@ def test_a_model_publish_that_fails_keeps_the_previous_model(home):
     assert not list(day_folder(home, DAY).glob(".model-*"))  # the half-written folder is gone
     after = publish_model(home, DAY, lambda folder: folder.mkdir(), model_version="6")
     assert published_model(home, DAY)[0] == after and not before.exists()  # the replaced folder is deleted
+
+
+def test_bodies_json_cannot_echo_or_too_large_are_answered_not_500(home):
+    from recsys_pipeline.serving.app import MAX_BODY_BYTES
+
+    client = TestClient(create_app(home), raise_server_exceptions=False)
+    post = lambda text: client.post(  # noqa: E731  raw JSON text: NaN and lone surrogates as a client sends them
+        "/recommendations", content=text.encode(), headers={"content-type": "application/json"}
+    )
+    for text, where, echoed in (
+        ('{"items": ["i1"], "k": NaN}', ["body", "k"], "NaN"),
+        ('{"items": ["i1"], "k": 1e400}', ["body", "k"], "Infinity"),
+        ('{"items": ["i1"], "date": "\\ud800"}', ["body", "date"], '"\\ud800"'),
+    ):
+        answer = post(text)
+        assert answer.status_code == 422, (text, answer.status_code, answer.text)
+        (entry,) = answer.json()["detail"]
+        assert entry["loc"] == where and entry["input"] == echoed, entry
+    # an unknown id that is no UTF-8 text is listed as its escape; 25 unknown ids: 20 listed, all counted
+    unknown = [f"nope-{n}" for n in range(24)]
+    answer = post('{"items": ["i1", "\\ud800", ' + ", ".join(f'"{u}"' for u in unknown) + "]}")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["ignored_items"] == ["\\ud800", *unknown[:19]] and body["n_ignored_items"] == 25
+    # over MAX_BODY_BYTES: 413 by Content-Length, and counted as it streams in when it has none
+    huge = '{"items": ["i1"], "pad": "' + "z" * MAX_BODY_BYTES + '"}'
+    too_large = post(huge)
+    assert too_large.status_code == 413 and too_large.json()["error"] == "body_too_large"
+    chunked = client.post(
+        "/recommendations",
+        content=iter([huge[: len(huge) // 2].encode(), huge[len(huge) // 2 :].encode()]),
+        headers={"content-type": "application/json"},
+    )
+    assert chunked.status_code == 413 and chunked.json()["error"] == "body_too_large", chunked.text
+    assert post('{"items": ["i1"], "k": 2}').status_code == 200  # the limit is far above a real request
+
+
+def test_health_answers_head_and_the_app_errors_all_have_the_same_shape(home, tmp_path):
+    client = TestClient(create_app(home))
+    assert client.head("/health").status_code == 200
+    for method, path, status, word in (
+        ("GET", "/no-such-page", 404, "not_found"),
+        ("GET", "/recommendations/", 404, "not_found"),  # no redirect built from the Host header
+        ("DELETE", "/health", 405, "method_not_allowed"),
+    ):
+        answer = client.request(method, path, follow_redirects=False)
+        assert answer.status_code == status and answer.json()["error"] == word, (path, answer.text)
+        assert answer.json()["detail"]
+    empty = TestClient(create_app(HomePaths.at(tmp_path / "empty"))).get("/health")
+    assert empty.status_code == 503 and empty.json()["error"] == "not_published"
