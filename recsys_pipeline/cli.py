@@ -284,16 +284,20 @@ def _interrupted(result) -> bool:
 
 
 def _day(text: str | None, flag: str):
-    """Parse a YYYY-MM-DD option (strictly: not ISO week or basic forms); None stays None. Raises ValueError naming
-    the flag."""
-    from datetime import datetime
+    """Parse a YYYY-MM-DD option: four, two and two ASCII digits (as the HTTP API's ``date``: not ``2018-9-24``, nor
+    ISO week or basic forms); None stays None. Raises ValueError naming the flag and, for a day that does not
+    exist (``2018-02-30``), why."""
+    import re
+    from datetime import date
 
     if text is None:
         return None
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        raise ValueError(f"{flag} {text[:40]!r} is not a YYYY-MM-DD date")
     try:
-        return datetime.strptime(text, "%Y-%m-%d").date()
-    except ValueError:
-        raise ValueError(f"{flag} {text!r} is not a YYYY-MM-DD date") from None
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"{flag} {text!r} is not a YYYY-MM-DD date ({exc})") from None
 
 
 def _partition_range(first, last) -> tuple[str, str]:
@@ -778,15 +782,23 @@ def _because(stored, titles: dict[str, str]) -> str:
 
 def export(args: argparse.Namespace) -> int:
     """Write the training inputs for ``python -m recsys_pipeline.models.two_tower.train`` (e.g. under torchrun)."""
+    import shlex
+
     from recsys_pipeline.content.features import load_item_features
     from recsys_pipeline.data import warehouse
 
     paths = _paths(args.home)
+    if not args.out.strip():
+        raise ValueError("--out is empty: name the folder to write to (nothing was written)")
     out = Path(args.out)
     if not Path(paths.warehouse).is_file():
         raise ValueError(
             f"no warehouse at {paths.warehouse}: run `recsys demo` (or the pipeline) first (nothing was written)"
         )
+    targets = {"interactions": out / "interactions.parquet", "features": out / "item_features.npz"}
+    for target in targets.values():
+        if target.exists() and not target.is_file():
+            raise ValueError(f"--out {out}: {target.name} exists and is not a file (nothing was written)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -794,14 +806,26 @@ def export(args: argparse.Namespace) -> int:
     with warehouse.session(paths.warehouse, read_only=True) as con:
         data = warehouse.read_interactions(con)
         features = load_item_features(con)
-    data.to_parquet(out / "interactions.parquet", index=False)
-    features.to_npz(out / "item_features.npz")
+    # both written beside their targets first, then moved into place: a failed write leaves the folder as it was
+    staged = {k: t.with_name(f".{t.stem}.{os.getpid()}.tmp{t.suffix}") for k, t in targets.items()}
+    try:
+        data.to_parquet(staged["interactions"], index=False)
+        features.to_npz(staged["features"])
+        for key, target in targets.items():
+            os.replace(staged[key], target)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: {exc.strerror or exc} (nothing was written)") from exc
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
     torchrun = Path(sys.executable).parent / "torchrun"  # the venv's: not on PATH unless it is activated
+    command = [
+        str(torchrun), "--nproc-per-node", "2", "-m", "recsys_pipeline.models.two_tower.train",
+        "--interactions", str(targets["interactions"]), "--features", str(targets["features"]),
+        "--out", str(out / "model"), "--strategy", "ddp", "--devices", "2",
+    ]  # fmt: skip
     print(
-        f"wrote {len(data):,} interactions and {len(features.item_ids):,} items to {out}\n"
-        f"train: {torchrun} --nproc-per-node 2 -m recsys_pipeline.models.two_tower.train --interactions "
-        f"{out / 'interactions.parquet'} --features {out / 'item_features.npz'} --out {out / 'model'} "
-        f"--strategy ddp --devices 2"
+        f"wrote {len(data):,} interactions and {len(features.item_ids):,} items to {out}\ntrain: {shlex.join(command)}"
     )
     return 0
 

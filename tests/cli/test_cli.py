@@ -68,7 +68,9 @@ def test_bad_arguments_give_messages_not_tracebacks(tmp_path, capsys):
     assert main(["--home", home, "demo", "--start", "foo"]) == 2
     assert "--start 'foo' is not a YYYY-MM-DD date" in capsys.readouterr().err
     assert main(["--home", home, "demo", "--end", "2018-13-01"]) == 2
-    assert "--end '2018-13-01' is not a YYYY-MM-DD date" in capsys.readouterr().err
+    assert "--end '2018-13-01' is not a YYYY-MM-DD date (month must be in 1..12)" in capsys.readouterr().err
+    assert main(["--home", home, "demo", "--start", "2018-9-24"]) == 2  # as the HTTP API: two-digit month and day
+    assert "--start '2018-9-24' is not a YYYY-MM-DD date" in capsys.readouterr().err
     assert not (tmp_path / "home").exists()
     with pytest.raises(SystemExit):
         main(["--home", home, "recommend", "--user", "1", "-k", "0"])
@@ -283,9 +285,42 @@ def test_no_warehouse_an_unwritable_out_or_a_file_as_home_is_one_line_not_a_trac
     assert main(["--home", str(home), "export", "--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"recsys export: error: --out {blocker / 'sub'}: ") and "(nothing was written)" in err
+    assert main(["--home", str(home), "export", "--out", ""]) == 2  # not the current folder
+    assert "--out is empty" in capsys.readouterr().err
+    (out / "item_features.npz").mkdir(parents=True)
+    assert main(["--home", str(home), "export", "--out", str(out)]) == 2
+    assert "item_features.npz exists and is not a file (nothing was written)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["item_features.npz"]
     for command in (["recommend", "--user", "1"], ["export", "--out", str(out)]):
         assert main(["--home", str(blocker), *command]) == 2
         assert f"the home {blocker} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_export_writes_both_training_inputs_and_a_command_that_survives_spaces(tmp_path, capsys, toy):
+    import shlex
+
+    import pandas as pd
+
+    from recsys_pipeline.content.features import ItemFeatures
+    from recsys_pipeline.settings import HomePaths, ensure_home
+    from tests.reliability.support import toy_warehouse, with_hits
+
+    paths = ensure_home(HomePaths.at(tmp_path / "home"))
+    toy_warehouse(paths, toy)
+    out = tmp_path / "with space"
+    assert main(["--home", str(paths.root), "export", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["interactions.parquet", "item_features.npz"]  # no temporaries
+    interactions = pd.read_parquet(out / "interactions.parquet")
+    features = ItemFeatures.from_npz(out / "item_features.npz")
+    assert len(interactions) == len(with_hits(toy.interactions())) and interactions["user_id"].nunique() > 1
+    assert sorted(features.item_ids) == sorted(toy.features().item_ids)
+    command = shlex.split(capsys.readouterr().out.splitlines()[-1].removeprefix("train: "))
+    value = {flag: command[command.index(flag) + 1] for flag in ("--interactions", "--features", "--out")}
+    assert value == {
+        "--interactions": str(out / "interactions.parquet"),
+        "--features": str(out / "item_features.npz"),
+        "--out": str(out / "model"),
+    }
 
 
 def test_a_read_only_home_is_one_line_for_the_commands_that_write_it(tmp_path, capsys, monkeypatch):
