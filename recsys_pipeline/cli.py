@@ -711,7 +711,6 @@ def recommend(args: argparse.Namespace) -> int:
         echoed_id,
         published_days,
         read_snapshot,
-        snapshot_path,
     )
 
     paths = _paths(args.home)
@@ -724,7 +723,7 @@ def recommend(args: argparse.Namespace) -> int:
         recs = read_snapshot(paths, RECOMMENDATIONS, day)
     except FileNotFoundError:
         print(
-            f"nothing published at {snapshot_path(paths)}: materialize `recommendations` or run `recsys demo` first",
+            f"nothing published at {paths.published}: materialize `recommendations` or run `recsys demo` first",
             file=sys.stderr,
         )
         return 2
@@ -838,7 +837,7 @@ def serve(args: argparse.Namespace) -> int:
     paths = _paths(args.home)
     if not snapshot_path(paths).exists():
         print(
-            f"note: nothing published yet at {snapshot_path(paths)}; /recommendations answers 503 until "
+            f"note: nothing published yet at {paths.published}; /recommendations answers 503 until "
             "`recommendations` is materialized",
             file=sys.stderr,
         )

@@ -422,14 +422,14 @@ def create_app(paths: HomePaths, api_key: str | None = None):
 
     def not_published() -> JSONResponse:
         try:
-            path = snapshot_path(paths, RECOMMENDATIONS)
+            snapshot_path(paths, RECOMMENDATIONS)
         except ValueError as exc:  # an unreadable current-day pointer: say so, not a 500
             return JSONResponse(status_code=503, content={"error": "not_published", "detail": str(exc)[:500]})
         return JSONResponse(
             status_code=503,
             content={
                 "error": "not_published",
-                "detail": f"no published recommendations at {path}: materialize "
+                "detail": f"no published recommendations under {paths.published}: materialize "
                 "`recommendations` (or run `recsys demo`)",
             },
         )
