@@ -296,6 +296,7 @@ class BodySizeLimit:
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
+        self.detail = f"the request body is over {max_bytes} bytes"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -312,7 +313,7 @@ class BodySizeLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:  # a chunked body: FastAPI answers this as the 413 below
-                raise HTTPException(413, f"the request body is over {self.max_bytes} bytes")
+                raise HTTPException(413, self.detail)
             return message
 
         return await self.app(scope, limited, send)
@@ -320,8 +321,8 @@ class BodySizeLimit:
     async def _too_large(self, scope, receive, send):
         from fastapi.responses import JSONResponse
 
-        detail = f"the request body is over {self.max_bytes} bytes"
-        await JSONResponse(status_code=413, content={"error": "body_too_large", "detail": detail})(scope, receive, send)
+        content = {"error": ERROR_WORDS[413], "detail": self.detail}
+        await JSONResponse(status_code=413, content=content)(scope, receive, send)
 
 
 def _explained(stored: str | None, titles: dict[str, str]) -> dict:
