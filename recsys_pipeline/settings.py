@@ -417,8 +417,8 @@ def _repoint_event_log(config: Path, dagster_home: Path) -> None:
     """Rewrite the SQLite event log's ``base_dir`` in ``config`` to ``<dagster_home>/history/runs`` when it is the
     template's value written for another folder (``<other>/dagster/history/runs``: the home was moved or copied). Any
     other value (set by hand) is left alone. The file is replaced atomically."""
-    data = yaml.safe_load(config.read_text()) or {}
-    storage = data.get("event_log_storage") or {}
+    text = config.read_text()
+    storage = (yaml.safe_load(text) or {}).get("event_log_storage") or {}
     base_dir = (storage.get("config") or {}).get("base_dir")
     if storage.get("class") != "BatchedSqliteEventLogStorage" or not isinstance(base_dir, str):
         return
@@ -427,7 +427,6 @@ def _repoint_event_log(config: Path, dagster_home: Path) -> None:
         return
     if old.parent.parent == dagster_home:
         return
-    text = config.read_text()
     if text.count(f'"{base_dir}"') != 1:
         return  # not the template's one quoted line: the user's to fix
     tmp = config.with_suffix(".yaml.tmp")
