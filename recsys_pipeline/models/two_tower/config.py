@@ -41,8 +41,7 @@ class ModelConfig:
 
     ``history_length=L > 0`` adds a history head: a learned recency-weighted pooling of the user's last ``L`` items
     (causal in training: only items before the positive), scored against a separate item-id output embedding
-    only, so in training a new item is ranked by the id embedding and its content alone (when serving, see
-    ``new_item_history_neighbours``); it is stored per user after training.
+    only, so a new item is ranked by the id embedding and its content alone; it is stored per user after training.
     ``history_dropout`` hides a training pair's whole history so the id-and-content part also learns to rank on its
     own.
 
@@ -72,14 +71,6 @@ class ModelConfig:
     content vector (id hidden). Same splits and seeds (``model_changes.md``, second session of 2026-12-07):
     ``k = 10`` against none: item cold start NDCG@10 0.3542 ± 0.0155 -> 0.3799 ± 0.0134, new items in the whole
     catalogue (``item_cold_mixed``) NDCG@10 0.0001 -> 0.0175 ± 0.0047, the temporal holdout unchanged (0.1499).
-
-    ``new_item_history_neighbours=k > 0`` (with a history head): an item with no trained id (a new item) has no
-    history part of its own; it borrows the cosine-weighted mean of the history parts of its ``k`` nearest trained
-    items by the same content vector, so a new item mixed into the whole catalogue gets a history term like the
-    known items beside it. On the quality benchmark's validation splits of ``item_cold_start`` (full view, the
-    setting its tuning chose, 3 seeds; ``model_changes.md``, session of 2026-12-08) ``k = 3`` against none: new
-    items in the whole catalogue Recall@20 0.0419 -> 0.0457, NDCG@10 0.0426 -> 0.0443; among new items Recall@20
-    0.1968 -> 0.1955, NDCG@10 0.2435 -> 0.2423 (``k`` 5, 10, 20, 50 did no better).
 
     ``new_user_recency_weight=w > 0``: a user the model has no embedding for, folded in from their interactions
     (``TwoTowerRecommender.with_history``), also gets ``w * z(log(1 + recent popularity))``: the distinct users per
@@ -136,7 +127,6 @@ class ModelConfig:
     item_item_neighbours: int = 200  # item-item weights kept per item
     item_item_max_items: int = 5_000  # only the most-interacted items get item-item weights (O(n³) time)
     item_item_content_neighbours: int = 10  # an item outside the head borrows k content neighbours' scores (0 = off)
-    new_item_history_neighbours: int = 3  # an untrained item borrows k content neighbours' history part (0 = off)
     new_user_recency_weight: float = 0.5  # new users folded in: blend in the popularity of their time (0 = off)
     new_user_recency_days: int = 365  # ... over the days before their latest interaction
     seed: int = 42
@@ -194,10 +184,6 @@ class ModelConfig:
             raise ValueError(
                 f"item_item_content_neighbours must be >= 0 (0 = off), got {self.item_item_content_neighbours}"
             )
-        if self.new_item_history_neighbours < 0:
-            raise ValueError(
-                f"new_item_history_neighbours must be >= 0 (0 = off), got {self.new_item_history_neighbours}"
-            )
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
@@ -253,7 +239,6 @@ LEGACY_VALUES = {
     "fusion_pooling": "mean",
     "item_item_weight": 0.0,
     "item_item_content_neighbours": 0,
-    "new_item_history_neighbours": 0,
     "new_user_recency_weight": 0.0,
 }
 

@@ -25,7 +25,6 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys_pipeline.models.base import SeenItems
-from recsys_pipeline.models.two_tower.neighbours import content_neighbours
 
 __all__ = ["ItemItemHead"]
 
@@ -136,11 +135,20 @@ class ItemItemHead:
         inside = np.flatnonzero(head_cols >= 0)
         outside = np.flatnonzero(head_cols < 0)
         rows, cols, vals = [head_cols[inside]], [inside], [np.ones(len(inside), np.float32)]
-        if neighbours > 0 and len(inside) and len(outside):
-            top, weight = content_neighbours(content, inside, outside, neighbours)
-            rows.append(head_cols[inside[top]].ravel())
-            cols.append(np.repeat(outside, top.shape[1]))
-            vals.append(weight.ravel())
+        k = min(neighbours, len(inside))
+        if k > 0 and len(outside):
+            unit = content / np.maximum(np.linalg.norm(content, axis=1, keepdims=True), 1e-12)
+            keys = unit[inside]  # head items present in this catalog, in catalog order
+            for start in range(0, len(outside), 4096):  # bounded memory: 4,096 x n_head similarities at a time
+                part = outside[start : start + 4096]
+                sim = unit[part] @ keys.T
+                top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+                weight = np.maximum(np.take_along_axis(sim, top, axis=1), 0.0)
+                total = weight.sum(axis=1, keepdims=True)
+                weight = np.divide(weight, total, out=np.zeros_like(weight), where=total > 0)
+                rows.append(head_cols[inside[top]].ravel())
+                cols.append(np.repeat(part, k))
+                vals.append(weight.ravel().astype(np.float32))
         return sp.csc_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
             shape=(len(self.item_ids), len(catalog)),

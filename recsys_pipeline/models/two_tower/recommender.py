@@ -36,7 +36,6 @@ from recsys_pipeline.models.two_tower.lightning_module import (
     compute_item_vectors,
 )
 from recsys_pipeline.models.two_tower.modules import HistoryPooling, TwoTowerModel, fit_modality_pca
-from recsys_pipeline.models.two_tower.neighbours import content_neighbours
 from recsys_pipeline.models.two_tower.warm_start import carry_rows, remap_state
 
 __all__ = ["TwoTowerRecommender", "FORMAT_VERSION", "two_tower_for_split"]
@@ -146,7 +145,6 @@ class TwoTowerRecommender(Recommender):
         self._item_vecs: torch.Tensor | None = None
         self._trained_rows_cache: torch.Tensor | None = None
         self._item_item_map_cache: sp.csc_matrix | None = None
-        self._content_vectors_cache: np.ndarray | None = None
         self._folded_index: dict[str, int] = {}  # with_history: user -> row of _folded_vectors
         self._folded_vectors: torch.Tensor | None = None
         self._folded_times: dict[str, int] = {}  # with_history: new user -> latest interaction (UTC seconds)
@@ -303,39 +301,10 @@ class TwoTowerRecommender(Recommender):
         return self
 
     def item_vectors(self) -> torch.Tensor:
-        """``(n_catalog_items, model.out_dim)`` float32 item vectors, computed once per catalog and cached; an item
-        with no trained id borrows its history part (:meth:`_with_borrowed_history`)."""
+        """``(n_catalog_items, model.out_dim)`` float32 item vectors, computed once per catalog and cached."""
         if self._item_vecs is None:
-            self._item_vecs = self._with_borrowed_history(compute_item_vectors(self.model, self._table))
+            self._item_vecs = compute_item_vectors(self.model, self._table)
         return self._item_vecs
-
-    def _with_borrowed_history(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``vectors`` with each untrained item's history part (zeros: it has no id) replaced by the cosine-weighted
-        mean of the history parts of its ``config.new_item_history_neighbours`` nearest trained items by content
-        (:meth:`_content_vectors`), so that a new item mixed into the catalogue also gets a history term."""
-        k = self.config.new_item_history_neighbours
-        dim = self.config.embedding_dim
-        if self.model.next_item_emb is None or k == 0:
-            return vectors
-        trained = self._trained_rows().cpu().numpy()
-        untrained = np.setdiff1d(np.arange(len(self.item_ids)), trained)
-        if not len(untrained) or not len(trained):
-            return vectors
-        top, weight = content_neighbours(self._content_vectors(), trained, untrained, k)
-        history = vectors[:, dim + 1 :]
-        borrowed = torch.from_numpy(weight).to(vectors)[:, :, None] * history[torch.from_numpy(trained[top])]
-        vectors = vectors.clone()
-        vectors[torch.from_numpy(untrained).to(vectors.device), dim + 1 :] = borrowed.sum(dim=1)
-        return vectors
-
-    def _content_vectors(self) -> np.ndarray:
-        """``(n_catalog, embedding_dim)`` float32: the item tower's vectors with every id hidden, bias left out: what
-        an item's content alone says (the space a new item finds its neighbours in), cached per catalog."""
-        if getattr(self, "_content_vectors_cache", None) is None:
-            hidden_ids = item_table(self.features, {}, self.genre_names, self.modality_dims)
-            vectors = compute_item_vectors(self.model, hidden_ids)[:, : self.config.embedding_dim]
-            self._content_vectors_cache = vectors.float().cpu().numpy()
-        return self._content_vectors_cache
 
     @torch.no_grad()
     def user_vectors(self, user_ids: Sequence[str]) -> torch.Tensor:
@@ -373,9 +342,7 @@ class TwoTowerRecommender(Recommender):
         none). An item outside the head (a new item, or a rarely interacted one) borrows the cosine-weighted mean of
         the item-item scores of its ``config.item_item_content_neighbours`` nearest head items by the item tower's
         content vector (the tower with the id hidden; :meth:`ItemItemHead.catalog_map`); with ``0`` its raw value
-        is 0, the same per-user constant after standardisation for every such item. With a history head, an item
-        with no trained id takes the history part of its ``config.new_item_history_neighbours`` nearest trained
-        items by the same content vector (:meth:`item_vectors`).
+        is 0, the same per-user constant after standardisation for every such item.
 
         A new user folded in by :meth:`with_history` (no id embedding) gets ``+ r * z(log(1 + c))`` with ``r =
         config.new_user_recency_weight`` and ``c`` the item's distinct users in the ``config.new_user_recency_days``
@@ -520,8 +487,11 @@ class TwoTowerRecommender(Recommender):
     def _item_item_map(self) -> sp.csc_matrix:
         """``(n_head_items, n_catalog)``: how each catalog item reads the item-item head (cached per catalog)."""
         if getattr(self, "_item_item_map_cache", None) is None:
+            hidden_ids = item_table(self.features, {}, self.genre_names, self.modality_dims)
+            vectors = compute_item_vectors(self.model, hidden_ids)[:, : self.config.embedding_dim]  # v: no bias
+            content = vectors.float().cpu().numpy()
             self._item_item_map_cache = self.item_item.catalog_map(
-                self.item_ids, self._content_vectors(), self.config.item_item_content_neighbours
+                self.item_ids, content, self.config.item_item_content_neighbours
             )
         return self._item_item_map_cache
 
